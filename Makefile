@@ -1,0 +1,41 @@
+# smsgw: `make run` starts the hub, `make test` runs lint, types and the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 9000
+
+.PHONY: run install install-test check test migrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	SMSGW_HOST=$${SMSGW_HOST:-$(HOST)} SMSGW_PORT=$${SMSGW_PORT:-$(PORT)} $(BIN)/smsgw serve
+
+migrate: install
+	$(BIN)/smsgw migrate
+
+check: install-test
+	$(BIN)/ruff check smsgw android_client tests
+	$(BIN)/ruff format --check smsgw android_client tests
+	$(BIN)/mypy
+
+test: check
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

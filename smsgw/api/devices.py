@@ -1,0 +1,183 @@
+"""Phones: enrollment, registration, listing, settings, removal and the HTTP heartbeat."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+
+from smsgw.api import api
+from smsgw.api.framework import Call, Reply
+from smsgw.api.models import (
+    DeviceList,
+    DeviceOut,
+    DevicePatch,
+    EnrollmentCodeIn,
+    EnrollmentCodeOut,
+    ErrorOut,
+    HeartbeatIn,
+    HeartbeatOut,
+    RegisterIn,
+    RegisterOut,
+)
+from smsgw.auth import (
+    DEVICE_PREFIX,
+    Scope,
+    hash_secret,
+    new_credential,
+    new_enrollment_code,
+    normalise_code,
+    presented_secret,
+)
+from smsgw.clock import new_id, utcnow
+from smsgw.errors import ApiError
+from smsgw.protocol import CloseCode
+from smsgw.store import Device
+
+_ERRORS: dict[int, type[BaseModel] | None] = {
+    400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut,
+}
+
+
+def _out(call: Call, device: Device) -> DeviceOut:
+    return DeviceOut.of(
+        device,
+        live=call.hub.registry.get(device.id),
+        default_quota=call.hub.settings.default_daily_quota,
+        today=utcnow().date().isoformat(),
+    )
+
+
+async def _device_or_404(call: Call) -> Device:
+    device = await call.hub.store.get_device(call.path("device_id"))
+    if device is None:
+        raise ApiError(404, "device_not_found", f"no device {call.path('device_id')}")
+    return device
+
+
+@api.route(
+    "POST", "/devices/enrollment-codes", tag="devices", scope=Scope.ADMIN, body=EnrollmentCodeIn,
+    summary="A short-lived, single-use code a phone registers with",
+    responses={201: EnrollmentCodeOut, **_ERRORS},
+)
+async def create_enrollment_code(call: Call) -> Reply:
+    body: EnrollmentCodeIn = call.body
+    now = utcnow()
+    expires = now + timedelta(seconds=body.ttl_seconds or call.hub.settings.enrollment_code_ttl)
+    code = new_enrollment_code()
+    await call.hub.store.create_enrollment_code(hash_secret(normalise_code(code)), now, expires)
+    return Reply(EnrollmentCodeOut(code=code, expires_at=expires), 201)
+
+
+def _ws_url(call: Call) -> str:
+    base = call.hub.settings.public_url or str(call.request.base_url)
+    base = base.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws/device"
+    return "ws://" + base.removeprefix("http://") + "/ws/device"
+
+
+@api.route(
+    "POST", "/devices/register", tag="devices", scope=None, body=RegisterIn,
+    summary="Register a phone with an enrollment code (body) or an admin key (header)",
+    responses={201: RegisterOut, **_ERRORS}, security="ApiKey or enrollment code",
+)
+async def register(call: Call) -> Reply:
+    body: RegisterIn = call.body
+    hub = call.hub
+    code_hash: str | None = None
+    if body.enrollment_code is not None:
+        code_hash = hash_secret(normalise_code(body.enrollment_code))
+    else:
+        if presented_secret(call.request) is None:
+            raise ApiError(401, "unauthorized", "an enrollment_code or an admin key is required")
+        await hub.auth.client(call.request, Scope.ADMIN)
+    token, prefix = new_credential(DEVICE_PREFIX)
+    result = await hub.store.register_device(
+        device_id=new_id(), name=body.name, hardware_id=body.hardware_id,
+        sims=[s.model_dump(exclude_none=True) for s in body.sims], fcm_token=body.fcm_token,
+        token_prefix=prefix, token_hash=hash_secret(token), now=utcnow(),
+        enrollment_code_hash=code_hash,
+    )
+    if result is None:
+        raise ApiError(401, "invalid_enrollment_code", "enrollment code unknown, used or expired")
+    device, _created = result
+    live = hub.registry.get(device.id)
+    if live is not None:  # the old token is dead; so is the session it opened
+        await live.session.close(CloseCode.REVOKED, "token rotated by re-registration")
+    return Reply(RegisterOut(device_id=device.id, device_token=token, ws_url=_ws_url(call)), 201)
+
+
+@api.route(
+    "GET", "/devices/", tag="devices", scope=Scope.READ, summary="All phones and their state",
+    responses={200: DeviceList, 401: ErrorOut, 403: ErrorOut},
+)
+async def list_devices(call: Call) -> DeviceList:
+    return DeviceList(items=[_out(call, d) for d in await call.hub.store.list_devices()])
+
+
+@api.route(
+    "GET", "/devices/{device_id}", tag="devices", scope=Scope.READ, summary="One phone",
+    responses={200: DeviceOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+)
+async def get_device(call: Call) -> DeviceOut:
+    return _out(call, await _device_or_404(call))
+
+
+@api.route(
+    "PATCH", "/devices/{device_id}", tag="devices", scope=Scope.ADMIN, body=DevicePatch,
+    summary="Rename, enable/disable, set the daily quota",
+    responses={200: DeviceOut, 404: ErrorOut, **_ERRORS},
+)
+async def patch_device(call: Call) -> DeviceOut:
+    body: DevicePatch = call.body
+    await _device_or_404(call)
+    fields = body.model_dump(exclude_unset=True)
+    if fields.get("name", 0) is None or fields.get("enabled", 0) is None:
+        raise ApiError(422, "invalid_request", "name and enabled cannot be null")
+    device = await call.hub.store.update_device(call.path("device_id"), utcnow(), **fields)
+    if device is None:
+        raise ApiError(404, "device_not_found", f"no device {call.path('device_id')}")
+    live = call.hub.registry.get(device.id)
+    if live is not None:
+        live.name, live.enabled = device.name, device.enabled
+        if "daily_quota" in fields:
+            live.daily_quota = (
+                device.daily_quota
+                if device.daily_quota is not None
+                else call.hub.settings.default_daily_quota
+            )
+    call.hub.dispatcher.wake()
+    return _out(call, device)
+
+
+@api.route(
+    "DELETE", "/devices/{device_id}", tag="devices", scope=Scope.ADMIN,
+    summary="Remove a phone: revokes its token and closes its socket",
+    responses={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+)
+async def delete_device(call: Call) -> Reply:
+    if not await call.hub.revoke_device(call.path("device_id")):
+        raise ApiError(404, "device_not_found", f"no device {call.path('device_id')}")
+    return Reply(None, 204)
+
+
+@api.route(
+    "POST", "/devices/heartbeat", tag="devices", scope=None, body=HeartbeatIn,
+    summary="HTTP fallback heartbeat (device token)", security="DeviceToken",
+    responses={200: HeartbeatOut, **_ERRORS},
+)
+async def heartbeat(call: Call) -> HeartbeatOut:
+    body: HeartbeatIn = call.body
+    device = await call.hub.auth.device(call.request)
+    await call.hub.store.record_device_status(
+        device.id, battery=body.battery, charging=body.charging, signal=body.signal,
+        network=body.network, now=utcnow(),
+    )
+    live = call.hub.registry.get(device.id)
+    if live is not None:
+        live.battery, live.charging, live.signal = body.battery, body.charging, body.signal
+        live.network = body.network
+        live.touch()
+    owned = await call.hub.store.owned_unfinished(device.id)
+    return HeartbeatOut(ok=True, pending_messages=len(owned))

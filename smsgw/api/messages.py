@@ -1,0 +1,133 @@
+"""Outbound and inbound SMS: dispatch with failover, send through one phone, read back."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+
+from smsgw.api import api
+from smsgw.api.framework import Call, Reply
+from smsgw.api.models import (
+    DispatchIn,
+    DispatchOut,
+    DispatchPending,
+    ErrorOut,
+    InboundOut,
+    InboundPage,
+    InboundQuery,
+    MessageOut,
+    MessagePage,
+    MessageQuery,
+    SendIn,
+)
+from smsgw.api.pagination import decode_cursor, next_cursor
+from smsgw.auth import Scope
+from smsgw.clock import new_id, utcnow
+from smsgw.errors import ApiError
+from smsgw.segments import count_parts
+from smsgw.store import InboundFilter, Message, MessageFilter, Status
+
+_ERRORS: dict[int, type[BaseModel] | None] = {
+    400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut,
+}
+
+
+async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
+    hub = call.hub
+    if len(body.message) > hub.settings.max_message_chars:
+        raise ApiError(
+            422, "message_too_long",
+            f"message is over {hub.settings.max_message_chars} characters",
+        )
+    now = utcnow()
+    msg = Message(
+        id=new_id(), recipient=body.to, body=body.message, status=Status.PENDING,
+        created_at=now, updated_at=now,
+        expires_at=now + timedelta(seconds=body.ttl or hub.settings.message_ttl),
+        pinned_device_id=pinned, sim_slot=sim_slot, parts=count_parts(body.message),
+    )
+    # Stored before anything else happens: from here on it cannot be lost.
+    await hub.store.create_message(msg)
+    if not body.wait:
+        hub.dispatcher.wake()
+        return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
+    deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
+    result = await hub.dispatcher.dispatch(msg.id, deadline)
+    if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
+        out = DispatchOut(
+            message_id=result.id, status=result.status, device_id=result.device_id,
+            attempts=len(result.attempts), error=result.error,
+        )
+        return Reply(out, 200)
+    return Reply(DispatchPending(message_id=result.id, status=result.status), 202)
+
+
+@api.route(
+    "POST", "/sms/dispatch", tag="sms", scope=Scope.SEND, body=DispatchIn,
+    summary="Send through the best phone, failing over; waits for SENT/FAILED",
+    responses={200: DispatchOut, 202: DispatchPending, **_ERRORS},
+)
+async def dispatch(call: Call) -> Reply:
+    body: DispatchIn = call.body
+    return await _create(call, body, None, None)
+
+
+@api.route(
+    "POST", "/sms/send", tag="sms", scope=Scope.SEND, body=SendIn,
+    summary="Send through one named phone (no failover)",
+    responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **_ERRORS},
+)
+async def send(call: Call) -> Reply:
+    body: SendIn = call.body
+    device = await call.hub.store.get_device(body.device_id)
+    if device is None:
+        raise ApiError(404, "device_not_found", f"no device {body.device_id}")
+    if not device.enabled:
+        raise ApiError(409, "device_disabled", f"device {body.device_id} is disabled")
+    return await _create(call, body, device.id, body.sim_slot)
+
+
+@api.route(
+    "GET", "/sms/inbound", tag="sms", scope=Scope.READ, query=InboundQuery,
+    summary="Received SMS, newest first", responses={200: InboundPage, **_ERRORS},
+)
+async def list_inbound(call: Call) -> InboundPage:
+    q: InboundQuery = call.body
+    rows = await call.hub.store.list_inbound(
+        InboundFilter(sender=q.sender, device_id=q.device_id, since=q.since,
+                      after=decode_cursor(q.cursor), limit=q.limit)
+    )
+    return InboundPage(
+        items=[InboundOut.of(r) for r in rows],
+        next_cursor=next_cursor([(r.created_at, r.id) for r in rows], q.limit),
+    )
+
+
+@api.route(
+    "GET", "/sms/{message_id}", tag="sms", scope=Scope.READ,
+    summary="One message, with its delivery attempts",
+    responses={200: MessageOut, 404: ErrorOut, 401: ErrorOut, 403: ErrorOut},
+)
+async def get_message(call: Call) -> MessageOut:
+    msg = await call.hub.store.get_message(call.path("message_id"), with_attempts=True)
+    if msg is None:
+        raise ApiError(404, "message_not_found", f"no message {call.path('message_id')}")
+    return MessageOut.of(msg, attempts=True)
+
+
+@api.route(
+    "GET", "/sms/", tag="sms", scope=Scope.READ, query=MessageQuery,
+    summary="Messages, newest first, with cursor pagination",
+    responses={200: MessagePage, **_ERRORS},
+)
+async def list_messages(call: Call) -> MessagePage:
+    q: MessageQuery = call.body
+    rows = await call.hub.store.list_messages(
+        MessageFilter(status=q.status, device_id=q.device_id, since=q.since,
+                      after=decode_cursor(q.cursor), limit=q.limit)
+    )
+    return MessagePage(
+        items=[MessageOut.of(m) for m in rows],
+        next_cursor=next_cursor([(m.created_at, m.id) for m in rows], q.limit),
+    )

@@ -1,0 +1,292 @@
+"""pydantic models of the REST API: they validate requests and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from smsgw.store import Attempt, Device, Inbound, Message, Status
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_SEPARATORS = re.compile(r"[\s().\-]")
+
+
+def normalise_e164(value: str) -> str:
+    """Accept common formatting ('+1 (555) 010-9999'), return strict E.164."""
+    compact = _SEPARATORS.sub("", value)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if not _E164.match(compact):
+        raise ValueError("not a plausible E.164 number (expected + and 7 to 15 digits)")
+    return compact
+
+
+E164 = Annotated[str, Field(max_length=32), AfterValidator(normalise_e164)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+class DispatchIn(Strict):
+    to: E164
+    message: str = Field(min_length=1, max_length=1600)
+    wait: bool = Field(default=True, description="false: return 202 at once")
+    timeout: float | None = Field(
+        default=None, gt=0, le=60, description="seconds to wait (default: the hub's deadline)"
+    )
+    ttl: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="seconds before an unsent message expires"
+    )
+
+
+class SendIn(DispatchIn):
+    device_id: str = Field(min_length=1, max_length=64)
+    sim_slot: int | None = Field(default=None, ge=0, le=7)
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    device_id: str
+    offered_at: datetime
+    accepted_at: datetime | None
+    ended_at: datetime | None
+    outcome: str | None
+    error_code: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(
+            attempt=a.attempt, device_id=a.device_id, offered_at=a.offered_at,
+            accepted_at=a.accepted_at, ended_at=a.ended_at, outcome=a.outcome,
+            error_code=a.error_code, error=a.error,
+        )
+
+
+class DispatchPending(BaseModel):
+    """202: the message is stored and stays in the outbox; poll GET /sms/{id}."""
+
+    message_id: str
+    status: Status
+
+
+class DispatchOut(DispatchPending):
+    """200: the radio's result is known."""
+
+    device_id: str | None
+    attempts: int
+    error: str | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    device_id: str | None
+    recipient: str
+    body: str
+    status: Status
+    error: str | None
+    error_code: str | None
+    parts: int
+    created_at: datetime
+    queued_at: datetime | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    failed_at: datetime | None
+    expires_at: datetime
+    attempts: list[AttemptOut] | None = None
+
+    @classmethod
+    def of(cls, m: Message, *, attempts: bool = False) -> MessageOut:
+        # While PENDING, device_id is only the phone it is on offer to: not an owner.
+        owner = m.device_id if m.status is not Status.PENDING else None
+        return cls(
+            id=m.id, device_id=owner, recipient=m.recipient, body=m.body, status=m.status,
+            error=m.error, error_code=m.error_code, parts=m.parts, created_at=m.created_at,
+            queued_at=m.queued_at, sent_at=m.sent_at, delivered_at=m.delivered_at,
+            failed_at=m.failed_at, expires_at=m.expires_at,
+            attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
+        )
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class ListQuery(Strict):
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200)
+    since: datetime | None = None
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+class MessageQuery(ListQuery):
+    status: Status | None = None
+
+
+class InboundQuery(ListQuery):
+    sender: E164 | None = Field(default=None, alias="from")
+
+
+class InboundOut(BaseModel):
+    id: str
+    device_id: str
+    local_id: str
+    sender: str = Field(serialization_alias="from")
+    body: str
+    sim_slot: int | None
+    received_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, i: Inbound) -> InboundOut:
+        return cls(
+            id=i.id, device_id=i.device_id, local_id=i.local_id, sender=i.sender, body=i.body,
+            sim_slot=i.sim_slot, received_at=i.received_at, created_at=i.created_at,
+        )
+
+
+class InboundPage(BaseModel):
+    items: list[InboundOut]
+    next_cursor: str | None
+
+
+# -- devices ----------------------------------------------------------------------------
+
+
+class SimIn(Strict):
+    slot: int = Field(ge=0, le=7)
+    carrier: str | None = Field(default=None, max_length=64)
+    number: str | None = Field(default=None, max_length=32)
+
+
+class EnrollmentCodeIn(Strict):
+    ttl_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class EnrollmentCodeOut(BaseModel):
+    code: str
+    expires_at: datetime
+
+
+class RegisterIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    hardware_id: str = Field(min_length=1, max_length=128)
+    sims: list[SimIn] = Field(default_factory=list, max_length=8)
+    fcm_token: str | None = Field(default=None, max_length=4096)
+    enrollment_code: str | None = Field(default=None, max_length=32)
+
+
+class RegisterOut(BaseModel):
+    device_id: str
+    device_token: str
+    ws_url: str
+
+
+class DeviceOut(BaseModel):
+    id: str
+    name: str
+    hardware_id: str
+    online: bool
+    enabled: bool
+    battery: int | None
+    charging: bool | None
+    signal: int | None
+    network: str | None
+    app_version: str | None
+    last_seen: datetime | None
+    sent_today: int
+    daily_quota: int
+    in_flight: int
+    sims: list[dict[str, Any]]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, d: Device, *, live: Any, default_quota: int, today: str) -> DeviceOut:
+        """``live`` is the registry's LiveDevice when the phone is connected."""
+        if live is not None:
+            return cls(
+                id=d.id, name=d.name, hardware_id=d.hardware_id, online=True,
+                enabled=live.enabled, battery=live.battery, charging=live.charging,
+                signal=live.signal, network=live.network, app_version=d.app_version,
+                last_seen=live.last_seen, sent_today=live.sent_on(today),
+                daily_quota=live.daily_quota, in_flight=len(live.in_flight), sims=live.sims,
+                created_at=d.created_at,
+            )
+        return cls(
+            id=d.id, name=d.name, hardware_id=d.hardware_id, online=False, enabled=d.enabled,
+            battery=d.battery, charging=d.charging, signal=d.signal, network=d.network,
+            app_version=d.app_version, last_seen=d.last_seen_at,
+            sent_today=d.sent_today if d.sent_day == today else 0,
+            daily_quota=d.daily_quota if d.daily_quota is not None else default_quota,
+            in_flight=0, sims=d.sims, created_at=d.created_at,
+        )
+
+
+class DeviceList(BaseModel):
+    items: list[DeviceOut]
+
+
+class DevicePatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    enabled: bool | None = None
+    daily_quota: int | None = Field(default=None, ge=0, le=100_000)
+    fcm_token: str | None = Field(default=None, max_length=4096)
+
+
+class HeartbeatIn(Strict):
+    battery: int = Field(ge=0, le=100)
+    charging: bool = False
+    signal: int = Field(ge=0, le=4)
+    network: str | None = Field(default=None, max_length=32)
+
+
+class HeartbeatOut(BaseModel):
+    ok: bool
+    pending_messages: int
+
+
+# -- keys and health --------------------------------------------------------------------
+
+
+class KeyIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1, max_length=3)
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret; shown only in this response")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class HealthOut(BaseModel):
+    status: str

@@ -1,0 +1,70 @@
+"""The ASGI application: routes, error handlers and the hub's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+# Endpoint modules register themselves on ``api`` when imported.
+from smsgw.api import api, devices, health, keys, messages  # noqa: F401
+from smsgw.api.device_ws import device_socket
+from smsgw.api.openapi import build_openapi
+from smsgw.config import Settings
+from smsgw.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    server_error_handler,
+)
+from smsgw.hub import Hub
+
+_SWAGGER = """<!doctype html>
+<html><head><title>smsgw API</title><meta charset="utf-8">
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head><body><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Starlette:
+    settings = settings or Settings()
+    the_hub = hub or Hub.build(settings)
+    spec = build_openapi(api)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(_SWAGGER)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await the_hub.start()
+        try:
+            yield
+        finally:
+            await the_hub.stop()
+
+    app = Starlette(
+        routes=[
+            *api.routes(),
+            Route("/openapi.json", openapi, include_in_schema=False),
+            Route("/docs", docs, include_in_schema=False),
+            WebSocketRoute("/ws/device", device_socket),
+        ],
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: server_error_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.hub = the_hub
+    return app

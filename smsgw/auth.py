@@ -1,0 +1,163 @@
+"""Credentials: client API keys (with scopes), device tokens and enrollment codes.
+
+Secrets look like ``sk_<12 hex>_<secret>`` (client keys) and ``dev_<12 hex>_<secret>``
+(device tokens). The part before the second underscore is a public lookup prefix; only a
+SHA-256 hash of the whole secret is stored, and it is compared with
+``hmac.compare_digest``, so neither the database nor a timing measurement gives the
+secret away. The two kinds are told apart by their prefix and stored in different tables:
+a device token never authenticates a client call, a client key never opens a device socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from starlette.requests import HTTPConnection
+
+from smsgw.clock import new_id
+from smsgw.errors import ApiError
+from smsgw.store import ApiKey, Device, Store
+
+
+class Scope(enum.StrEnum):
+    SEND = "send"
+    READ = "read"
+    ADMIN = "admin"  # implies every other scope
+
+
+ALL_SCOPES = frozenset(s.value for s in Scope)
+CLIENT_PREFIX = "sk_"
+DEVICE_PREFIX = "dev_"
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_credential(kind_prefix: str) -> tuple[str, str]:
+    """A fresh secret and its public lookup prefix."""
+    prefix = kind_prefix + secrets.token_hex(6)
+    return f"{prefix}_{secrets.token_urlsafe(24)}", prefix
+
+
+def lookup_prefix(secret: str, kind_prefix: str) -> str | None:
+    if not secret.startswith(kind_prefix):
+        return None
+    # token_urlsafe may itself contain '_': split on the first one after the kind prefix.
+    head, sep, rest = secret[len(kind_prefix) :].partition("_")
+    if not sep or len(head) != 12 or not rest:
+        return None
+    return kind_prefix + head
+
+
+def new_enrollment_code() -> str:
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
+    return "-".join(raw[i : i + 4] for i in range(0, 12, 4))
+
+
+def normalise_code(code: str) -> str:
+    return code.strip().upper().replace("-", "").replace(" ", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a stored key, or the admin key from the environment."""
+
+    key_id: str | None
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: Scope) -> bool:
+        return Scope.ADMIN in self.scopes or scope in self.scopes
+
+
+def presented_secret(conn: HTTPConnection) -> str | None:
+    key = conn.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = conn.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class Authenticator:
+    def __init__(self, store: Store, env_admin_key: str | None) -> None:
+        self.store = store
+        self.env_admin_key = env_admin_key
+
+    async def client(self, conn: HTTPConnection, scope: Scope) -> Principal:
+        principal = await self.identify_client(conn)
+        if not principal.allows(scope):
+            raise ApiError(403, "insufficient_scope", f"this key lacks the '{scope}' scope")
+        return principal
+
+    async def identify_client(self, conn: HTTPConnection) -> Principal:
+        secret = presented_secret(conn)
+        if secret is None:
+            raise ApiError(401, "unauthorized", "missing API key (X-API-Key or Bearer)")
+        principal = await self.resolve_client(secret)
+        if principal is None:
+            if secret.startswith(DEVICE_PREFIX):
+                raise ApiError(
+                    403, "wrong_credential", "a device token cannot call client endpoints"
+                )
+            raise ApiError(401, "unauthorized", "invalid or revoked API key")
+        return principal
+
+    async def resolve_client(self, secret: str) -> Principal | None:
+        if self.env_admin_key and hmac.compare_digest(
+            hash_secret(secret), hash_secret(self.env_admin_key)
+        ):
+            return Principal(None, "SMSGW_ADMIN_KEY", frozenset({Scope.ADMIN.value}))
+        prefix = lookup_prefix(secret, CLIENT_PREFIX)
+        if prefix is None:
+            return None
+        found = await self.store.api_key_by_prefix(prefix)
+        if found is None:
+            return None
+        key, stored_hash = found
+        if not hmac.compare_digest(hash_secret(secret), stored_hash):
+            return None
+        return Principal(key.id, key.name, key.scopes)
+
+    async def device(self, conn: HTTPConnection) -> Device:
+        secret = presented_secret(conn)
+        if secret is None:
+            raise ApiError(401, "unauthorized", "missing device token (Authorization: Bearer)")
+        device = await self.resolve_device(secret)
+        if device is None:
+            raise ApiError(401, "unauthorized", "invalid or revoked device token")
+        return device
+
+    async def resolve_device(self, secret: str) -> Device | None:
+        prefix = lookup_prefix(secret, DEVICE_PREFIX)
+        if prefix is None:
+            return None
+        found = await self.store.device_by_token_prefix(prefix)
+        if found is None:
+            return None
+        device, stored_hash = found
+        if not hmac.compare_digest(hash_secret(secret), stored_hash):
+            return None
+        return device
+
+
+async def issue_api_key(
+    store: Store, name: str, scopes: frozenset[str], now: datetime
+) -> tuple[str, ApiKey]:
+    """Create a client key; the secret is returned here and never again."""
+    unknown = scopes - ALL_SCOPES
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a non-empty subset of {sorted(ALL_SCOPES)}")
+    secret, prefix = new_credential(CLIENT_PREFIX)
+    key = ApiKey(id=new_id(), name=name, prefix=prefix, scopes=scopes, created_at=now)
+    await store.create_api_key(key, hash_secret(secret))
+    return secret, key

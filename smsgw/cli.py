@@ -1,0 +1,72 @@
+"""``smsgw``: serve the hub, apply migrations, manage client API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from smsgw.auth import ALL_SCOPES, issue_api_key
+from smsgw.clock import iso, utcnow
+from smsgw.config import Settings
+from smsgw.store import Store, create_store
+
+
+async def _with_store(settings: Settings, action: str, args: argparse.Namespace) -> int:
+    store: Store = create_store(settings)
+    await store.open()  # opening applies pending migrations
+    try:
+        if action == "migrate":
+            print(f"database at {settings.database_url} is up to date")
+        elif action == "create":
+            scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
+            try:
+                secret, key = await issue_api_key(store, args.name, scopes, utcnow())
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"created key {key.id} ({key.name}) scopes={','.join(sorted(key.scopes))}")
+            print(f"secret (shown once): {secret}")
+        elif action == "list":
+            for k in await store.list_api_keys():
+                state = f"revoked {iso(k.revoked_at)}" if k.revoked_at else "active"
+                print(f"{k.id}  {k.prefix}  {','.join(sorted(k.scopes)):<16} {state:<10} {k.name}")
+        elif action == "revoke":
+            if not await store.revoke_api_key(args.key_id, utcnow()):
+                print(f"error: no active key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smsgw", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the hub (settings from SMSGW_* variables)")
+    sub.add_parser("migrate", help="apply pending database migrations")
+    keys = sub.add_parser("keys", help="manage client API keys")
+    key_sub = keys.add_subparsers(dest="action", required=True)
+    create = key_sub.add_parser("create", help="create a key (the secret is printed once)")
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scopes", default="send,read", help=f"comma-separated, of {sorted(ALL_SCOPES)}"
+    )
+    key_sub.add_parser("list", help="list keys")
+    revoke = key_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    if args.command == "serve":
+        from smsgw.server import serve
+
+        serve(settings)
+        return 0
+    action = "migrate" if args.command == "migrate" else args.action
+    return asyncio.run(_with_store(settings, action, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Hub configuration, read from ``SMSGW_*`` environment variables (see the README table)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMSGW_", extra="ignore")
+
+    database_url: str = "sqlite:///./smsgw.db"
+    host: str = "0.0.0.0"
+    port: int = Field(default=9000, ge=0, le=65535)
+    # Public base URL phones should use; derived from the request when unset.
+    public_url: str | None = None
+    admin_key: str | None = None
+    log_level: str = "info"
+
+    heartbeat_interval: float = Field(default=30.0, gt=0)
+    accept_timeout: float = Field(default=5.0, gt=0)
+    dispatch_deadline: float = Field(default=10.0, gt=0)
+    message_ttl: float = Field(default=24 * 3600.0, gt=0)
+    default_daily_quota: int = Field(default=90, ge=0)
+    max_in_flight: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=10, ge=1)
+    retry_backoff: float = Field(default=5.0, ge=0)
+    outbox_interval: float = Field(default=1.0, gt=0)
+    enrollment_code_ttl: float = Field(default=600.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_message_chars: int = Field(default=1600, ge=1)
+    ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    sqlite_synchronous: str = "FULL"
+
+    @property
+    def sqlite_path(self) -> str:
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            raise ValueError(f"not a sqlite URL: {self.database_url}")
+        return self.database_url[len(prefix) :]

@@ -1,0 +1,257 @@
+"""One phone's session on the hub: protocol events applied to the store, registry and
+dispatcher, whatever transport carries the frames.
+
+The transport (``smsgw/api/device_ws.py`` for WebSockets) feeds each received text frame
+to ``handle_text`` and calls ``finished`` when the connection ends; this class answers
+through the ``Transport`` it was given. Every report is written to the store before the
+phone gets its ``ack``, so an acknowledged report is never lost.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING
+
+from smsgw.clock import iso, new_id, utcnow
+from smsgw.protocol import (
+    AcceptedFrame,
+    CloseCode,
+    CloseRequested,
+    DeliveredFrame,
+    DeviceProtocol,
+    Event,
+    FailedFrame,
+    HeartbeatFrame,
+    HelloFrame,
+    InboundFrame,
+    SentFrame,
+)
+from smsgw.registry import LiveDevice
+from smsgw.session import Session, SessionClosed
+from smsgw.store import Device, Inbound, Message, Status
+
+if TYPE_CHECKING:
+    from smsgw.hub import Hub
+
+log = logging.getLogger("smsgw.device")
+
+_OWNED_STATUSES = frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED})
+
+
+class Transport(abc.ABC):
+    @abc.abstractmethod
+    async def send_text(self, text: str) -> None:
+        """Write one frame; raise on a dead connection."""
+
+    @abc.abstractmethod
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class DeviceConnection(Session):
+    def __init__(self, hub: Hub, device: Device, transport: Transport) -> None:
+        self.hub = hub
+        self.device = device
+        self.device_id = device.id
+        self.transport = transport
+        self.protocol = DeviceProtocol()
+        self.live: LiveDevice | None = None
+        self.closed = False
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def idle_timeout(self) -> float:
+        return 2.5 * self.hub.settings.heartbeat_interval
+
+    # -- transport side -------------------------------------------------------------
+
+    async def handle_text(self, text: str) -> None:
+        await self._handle_events(self.protocol.receive_text(text))
+
+    async def handle_binary(self) -> None:
+        await self._handle_events(self.protocol.receive_binary())
+
+    async def finished(self) -> None:
+        """The connection is gone (closed by either side, or dropped)."""
+        self.closed = True
+        if self.live is not None and await self.hub.registry.detach(self.live):
+            self.hub.dispatcher.disconnected(self.device_id)
+            log.info("device %s offline", self.device_id)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.transport.close(int(code), reason)
+        except Exception:  # already gone: nothing left to tell the phone
+            log.debug("close of %s failed", self.device_id, exc_info=True)
+
+    async def send_command(self, message: Message, attempt: int) -> None:
+        if self.closed:
+            raise SessionClosed(self.device_id)
+        self.protocol.send_command(
+            message_id=message.id,
+            attempt=attempt,
+            to=message.recipient,
+            body=message.body,
+            sim_slot=message.sim_slot,
+            parts=message.parts,
+            expires_at=iso(message.expires_at),
+        )
+        await self._flush()
+
+    async def _flush(self) -> None:
+        # One writer at a time keeps frames whole and in the order they were queued.
+        async with self._write_lock:
+            for text in self.protocol.data_to_send():
+                try:
+                    await self.transport.send_text(text)
+                except Exception as exc:
+                    self.closed = True
+                    raise SessionClosed(self.device_id) from exc
+
+    # -- protocol events ------------------------------------------------------------
+
+    async def _handle_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, CloseRequested):
+                await self._flush_quietly()
+                await self.close(event.code, event.reason)
+                return
+            frame = event.frame
+            if self.live is not None:
+                self.live.touch()
+            if isinstance(frame, HelloFrame):
+                await self._on_hello(frame)
+            elif isinstance(frame, AcceptedFrame):
+                await self._on_accepted(frame)
+            elif isinstance(frame, SentFrame):
+                ok = await self.hub.store.mark_sent(frame.message_id, self.device_id, utcnow())
+                self.protocol.ack(frame.id)
+                self.hub.dispatcher.reported(
+                    frame.message_id, self.device_id, Status.SENT if ok else None
+                )
+            elif isinstance(frame, DeliveredFrame):
+                ok = await self.hub.store.mark_delivered(
+                    frame.message_id, self.device_id, utcnow()
+                )
+                self.protocol.ack(frame.id)
+                self.hub.dispatcher.reported(
+                    frame.message_id, self.device_id, Status.DELIVERED if ok else None
+                )
+            elif isinstance(frame, FailedFrame):
+                await self._on_failed(frame)
+            elif isinstance(frame, HeartbeatFrame):
+                await self._on_heartbeat(frame)
+            elif isinstance(frame, InboundFrame):
+                await self._on_inbound(frame)
+        await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except SessionClosed:
+            pass  # the transport notices and calls finished()
+
+    async def _on_hello(self, hello: HelloFrame) -> None:
+        hub, now = self.hub, utcnow()
+        sims = [s.model_dump(exclude_none=True) for s in hello.sims]
+        live = LiveDevice.from_device(
+            self,
+            self.device,
+            default_quota=hub.settings.default_daily_quota,
+            battery=hello.battery,
+            charging=hello.charging,
+            signal=hello.signal,
+            network=hello.network,
+            sims=sims,
+        )
+        fields: dict[str, object] = {"sims": sims, "app_version": hello.app_version}
+        if hello.fcm_token:
+            fields["fcm_token"] = hello.fcm_token
+        await hub.store.update_device(self.device_id, now, **fields)
+        await hub.store.record_device_status(
+            self.device_id, battery=hello.battery, charging=hello.charging,
+            signal=hello.signal, network=hello.network, now=now,
+        )
+        self.protocol.welcome(
+            hello.id,
+            device_id=self.device_id,
+            heartbeat_interval=hub.settings.heartbeat_interval,
+            server_time=iso(now) or "",
+        )
+        # Tell the phone which of the messages it holds are really its own.
+        held = set(hello.held)
+        for message_id in hello.held:
+            msg = await hub.store.get_message(message_id)
+            owner = (
+                msg is not None and msg.device_id == self.device_id
+                and msg.status in _OWNED_STATUSES
+            )
+            self.protocol.ownership(
+                None, message_id=message_id, attempt=msg.attempt if msg else 0, owner=owner
+            )
+        # Messages it owns but no longer holds (reinstalled app): send them again.
+        owned = await hub.store.owned_unfinished(self.device_id)
+        live.in_flight.update(m.id for m in owned)
+        for msg in owned:
+            if msg.id not in held:
+                self.protocol.send_command(
+                    message_id=msg.id, attempt=msg.attempt, to=msg.recipient, body=msg.body,
+                    sim_slot=msg.sim_slot, parts=msg.parts, expires_at=iso(msg.expires_at),
+                )
+        await self._flush_quietly()
+        self.live = live
+        previous = await hub.registry.attach(live)
+        if previous is not None and previous.session is not self:
+            await previous.session.close(CloseCode.REPLACED, "replaced by a newer session")
+        log.info("device %s online (%s)", self.device_id, self.device.name)
+        hub.dispatcher.wake()
+
+    async def _on_accepted(self, frame: AcceptedFrame) -> None:
+        owner = await self.hub.store.accept(
+            frame.message_id, self.device_id, frame.attempt, utcnow()
+        )
+        self.protocol.ownership(
+            frame.id, message_id=frame.message_id, attempt=frame.attempt, owner=owner
+        )
+        await self._flush_quietly()
+        self.hub.dispatcher.accepted(frame.message_id, self.device_id, frame.attempt, owner)
+
+    async def _on_failed(self, frame: FailedFrame) -> None:
+        settings = self.hub.settings
+        now = utcnow()
+        status = await self.hub.store.mark_failed(
+            frame.message_id, self.device_id, frame.attempt,
+            error_code=frame.error_code, error=frame.error, retryable=frame.retryable,
+            now=now, retry_at=now + timedelta(seconds=settings.retry_backoff),
+            max_attempts=settings.max_attempts,
+        )
+        self.protocol.ack(frame.id)
+        self.hub.dispatcher.reported(frame.message_id, self.device_id, status)
+
+    async def _on_heartbeat(self, frame: HeartbeatFrame) -> None:
+        if self.live is not None:
+            self.live.battery, self.live.charging = frame.battery, frame.charging
+            self.live.signal, self.live.network = frame.signal, frame.network
+        await self.hub.store.record_device_status(
+            self.device_id, battery=frame.battery, charging=frame.charging,
+            signal=frame.signal, network=frame.network, now=utcnow(),
+        )
+        self.protocol.ack(frame.id)
+
+    async def _on_inbound(self, frame: InboundFrame) -> None:
+        received = frame.received_at
+        if received.tzinfo is None:
+            received = received.replace(tzinfo=UTC)
+        await self.hub.store.store_inbound(
+            Inbound(
+                id=new_id(), device_id=self.device_id, local_id=frame.local_id,
+                sender=frame.sender, body=frame.body, sim_slot=frame.sim_slot,
+                received_at=received, created_at=utcnow(),
+            )
+        )
+        self.protocol.ack(frame.id)

@@ -1,0 +1,301 @@
+"""Getting messages out: offers to phones, failover, and the durable outbox loop.
+
+A message is offered to one phone at a time (``Store.offer``, a compare-and-set that bumps
+the message's attempt number). The phone has ``accept_timeout`` seconds to accept; if it
+does not, refuses retryably, or disconnects first, the offer is released and the next
+phone is tried. Ownership is decided by the database (``Store.accept``), never by this
+process, so a late ``accepted`` from a phone we gave up on loses the race and is told so.
+
+``dispatch`` is the synchronous path of ``POST /sms/dispatch``; the outbox loop offers
+every other PENDING message (and whatever a synchronous dispatch left behind) whenever a
+phone connects, frees a slot or a retry time comes up, and at least every
+``outbox_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from smsgw.clock import utcnow
+from smsgw.config import Settings
+from smsgw.registry import LiveDevice, Registry
+from smsgw.routing import free_slots, rank
+from smsgw.session import SessionClosed
+from smsgw.store import FINAL_STATUSES, Message, Status, Store
+
+log = logging.getLogger("smsgw.dispatch")
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    DECLINED = "declined"  # the phone refused the offer with a failure report
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    LOST = "lost"  # someone else changed the message first; nothing was offered
+
+
+@dataclass(slots=True)
+class _Offer:
+    device_id: str
+    attempt: int
+    future: asyncio.Future[Outcome]
+
+
+class Dispatcher:
+    def __init__(self, store: Store, registry: Registry, settings: Settings) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self._offers: dict[str, _Offer] = {}
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        # Messages a coroutine of this node is working on; the outbox leaves them alone.
+        self._active: set[str] = set()
+        # Phones that already had a message without taking it, so failover moves on.
+        self._tried: dict[str, set[str]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._outbox_loop(), name="smsgw-outbox")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the synchronous path ---------------------------------------------------------
+
+    async def dispatch(self, message_id: str, deadline: float) -> Message:
+        """Offer the message phone after phone until it is SENT or FAILED, no phone is
+        left, or ``deadline`` seconds pass. Returns the message as it then stands."""
+        end = time.monotonic() + deadline
+        self._active.add(message_id)
+        try:
+            while (remaining := end - time.monotonic()) > 0:
+                msg = await self.store.get_message(message_id)
+                if msg is None or msg.status in (Status.SENT, *FINAL_STATUSES):
+                    break
+                if msg.status is Status.QUEUED:
+                    await self._wait_change(message_id, remaining)
+                    continue
+                live = await self._pick(msg, allow_retry=False)
+                if live is None:
+                    break  # nobody (else) can take it now: the outbox keeps it going
+                outcome = await self._offer(msg, live, min(self.settings.accept_timeout, remaining))
+                if outcome is Outcome.ACCEPTED:
+                    await self._wait_change(message_id, end - time.monotonic())
+        finally:
+            self._active.discard(message_id)
+            self.wake()
+        found = await self.store.get_message(message_id, with_attempts=True)
+        assert found is not None
+        return found
+
+    async def _wait_change(self, message_id: str, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(message_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._watchers.get(message_id)
+            if waiters is not None:
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters:
+                    del self._watchers[message_id]
+
+    def _notify(self, message_id: str) -> None:
+        for fut in self._watchers.pop(message_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- offering ---------------------------------------------------------------------
+
+    async def _pick(self, msg: Message, *, allow_retry: bool) -> LiveDevice | None:
+        day = utcnow().date().isoformat()
+        if msg.pinned_device_id is not None:
+            live = self.registry.get(msg.pinned_device_id)
+            if live is None or not rank([live.candidate(self.settings.max_in_flight, day)]):
+                return None
+            if not allow_retry and live.device_id in self._tried.get(msg.id, ()):
+                return None
+            return live
+        lives = {live.device_id: live for live in self.registry.all()}
+        if not lives:
+            return None
+        candidates = [live.candidate(self.settings.max_in_flight, day) for live in lives.values()]
+        affinity = await self.store.last_device_for(msg.recipient)
+        order = rank(candidates, affinity=affinity, exclude=self._tried.get(msg.id, ()))
+        if not order and allow_retry:
+            order = rank(candidates, affinity=affinity)
+        return lives[order[0]] if order else None
+
+    def _has_untried(self, msg: Message) -> bool:
+        day = utcnow().date().isoformat()
+        tried = self._tried.get(msg.id, set())
+        if msg.pinned_device_id is not None:
+            return False
+        return bool(
+            rank(
+                (live.candidate(self.settings.max_in_flight, day) for live in self.registry.all()),
+                exclude=tried,
+            )
+        )
+
+    async def _offer(self, msg: Message, live: LiveDevice, timeout: float) -> Outcome:
+        attempt = msg.attempt + 1
+        now = utcnow()
+        # The lease outlives our own wait so no other node offers it meanwhile; a hub that
+        # dies mid-offer leaves a lease that simply runs out.
+        lease = now + timedelta(seconds=timeout + 1.0)
+        if not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
+            return Outcome.LOST
+        offer = _Offer(live.device_id, attempt, asyncio.get_running_loop().create_future())
+        self._offers[msg.id] = offer
+        live.in_flight.add(msg.id)
+        live.last_used = time.monotonic()
+        self._tried.setdefault(msg.id, set()).add(live.device_id)
+        msg.attempt = attempt
+        try:
+            await live.session.send_command(msg, attempt)
+            outcome = await asyncio.wait_for(asyncio.shield(offer.future), timeout)
+        except SessionClosed:
+            outcome = Outcome.DISCONNECTED
+        except TimeoutError:
+            outcome = Outcome.TIMEOUT
+        finally:
+            if self._offers.get(msg.id) is offer:
+                del self._offers[msg.id]
+        if outcome is Outcome.ACCEPTED:
+            self._tried.pop(msg.id, None)
+            return outcome
+        live.in_flight.discard(msg.id)
+        if outcome is Outcome.DECLINED:
+            return outcome  # the failure report already updated the store
+        retry_at = now if self._has_untried(msg) else utcnow() + timedelta(
+            seconds=self.settings.retry_backoff
+        )
+        status = await self.store.release_offer(
+            msg.id, live.device_id, attempt, outcome.value, utcnow(), retry_at,
+            self.settings.max_attempts,
+        )
+        if status is None:
+            # Our release lost to the phone's accept: it owns the message after all.
+            current = await self.store.get_message(msg.id)
+            if current is not None and current.device_id == live.device_id and (
+                current.status is not Status.PENDING
+            ):
+                live.in_flight.add(msg.id)
+                return Outcome.ACCEPTED
+        elif status is Status.FAILED:
+            self._finished(msg.id)
+        return outcome
+
+    # -- reports from phones (called after the store recorded them) -------------------
+
+    def accepted(self, message_id: str, device_id: str, attempt: int, owner: bool) -> None:
+        offer = self._offers.get(message_id)
+        if owner and offer and offer.device_id == device_id and offer.attempt == attempt:
+            if not offer.future.done():
+                offer.future.set_result(Outcome.ACCEPTED)
+
+    def reported(self, message_id: str, device_id: str, status: Status | None) -> None:
+        """A sent/failed/delivered report changed the message (``status`` is its new one)."""
+        live = self.registry.get(device_id)
+        if live is not None and status in (Status.SENT, Status.PENDING, Status.FAILED):
+            live.in_flight.discard(message_id)
+            if status is Status.SENT:
+                live.count_sent(utcnow().date().isoformat())
+        offer = self._offers.get(message_id)
+        if offer is not None and offer.device_id == device_id and not offer.future.done():
+            offer.future.set_result(Outcome.DECLINED)
+        if status in FINAL_STATUSES:
+            self._finished(message_id)
+        else:
+            self._notify(message_id)
+        self.wake()  # a slot freed up, or a message is PENDING again
+
+    def disconnected(self, device_id: str) -> None:
+        for offer in list(self._offers.values()):
+            if offer.device_id == device_id and not offer.future.done():
+                offer.future.set_result(Outcome.DISCONNECTED)
+
+    def _finished(self, message_id: str) -> None:
+        self._tried.pop(message_id, None)
+        self._notify(message_id)
+
+    # -- the outbox ---------------------------------------------------------------------
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.outbox_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database hiccup must not kill the loop: the next round tries again.
+                log.exception("outbox round failed")
+                await asyncio.sleep(self.settings.outbox_interval)
+
+    async def drain_once(self) -> int:
+        """One round: expire, then offer due messages to phones with free slots."""
+        now = utcnow()
+        for message_id in await self.store.expire_messages(now):
+            self._finished(message_id)
+        day = now.date().isoformat()
+        capacity = sum(
+            free_slots(live.candidate(self.settings.max_in_flight, day))
+            for live in self.registry.all()
+        )
+        if capacity == 0:
+            return 0
+        started = 0
+        for msg in await self.store.due_messages(now, capacity + len(self._active)):
+            if msg.id in self._active:
+                continue
+            live = await self._pick(msg, allow_retry=True)
+            if live is None:
+                continue
+            self._active.add(msg.id)
+            # Reserve the slot now so the next pick in this round sees it taken.
+            live.in_flight.add(msg.id)
+            task = asyncio.create_task(self._background_offer(msg, live))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def _background_offer(self, msg: Message, live: LiveDevice) -> None:
+        outcome = Outcome.LOST
+        try:
+            outcome = await self._offer(msg, live, self.settings.accept_timeout)
+            if outcome is Outcome.LOST:
+                live.in_flight.discard(msg.id)
+        except Exception:
+            live.in_flight.discard(msg.id)
+            log.exception("offer of %s to %s failed", msg.id, live.device_id)
+        finally:
+            self._active.discard(msg.id)
+        if outcome is not Outcome.ACCEPTED:
+            self.wake()

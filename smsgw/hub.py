@@ -1,0 +1,70 @@
+"""The hub's service object: the store, registry, dispatcher and authenticator of one node,
+started and stopped together. The HTTP and WebSocket layers only hold a reference to it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from smsgw.auth import Authenticator, issue_api_key
+from smsgw.clock import utcnow
+from smsgw.config import Settings
+from smsgw.dispatcher import Dispatcher
+from smsgw.protocol import CloseCode
+from smsgw.registry import LocalRegistry, Registry
+from smsgw.store import Store, create_store
+
+log = logging.getLogger("smsgw")
+
+
+@dataclass(slots=True)
+class Hub:
+    settings: Settings
+    store: Store
+    registry: Registry
+    dispatcher: Dispatcher
+    auth: Authenticator
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store | None = None) -> Hub:
+        store = store or create_store(settings)
+        registry = LocalRegistry()
+        return cls(
+            settings=settings,
+            store=store,
+            registry=registry,
+            dispatcher=Dispatcher(store, registry, settings),
+            auth=Authenticator(store, settings.admin_key),
+        )
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.ensure_admin_key()
+        self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        for live in self.registry.all():
+            await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
+        await self.store.close()
+
+    async def ensure_admin_key(self) -> str | None:
+        """First start without any admin key: create one and print it, once."""
+        if self.settings.admin_key or await self.store.has_admin_key():
+            return None
+        secret, _ = await issue_api_key(self.store, "initial admin", frozenset({"admin"}), utcnow())
+        banner = (
+            "\n  No admin key existed, so one was created. It is shown only this once:\n"
+            f"\n      {secret}\n\n  Keep it safe; create scoped keys with it (smsgw keys create).\n"
+        )
+        print(banner, flush=True)
+        return secret
+
+    async def revoke_device(self, device_id: str) -> bool:
+        if not await self.store.delete_device(device_id, utcnow()):
+            return False
+        live = self.registry.get(device_id)
+        if live is not None:
+            await live.session.close(CloseCode.REVOKED, "device removed")
+        self.dispatcher.wake()  # its unfinished messages are PENDING again
+        return True

@@ -1,0 +1,40 @@
+"""Storage behind one interface; the engine is chosen by the scheme of the database URL."""
+
+from __future__ import annotations
+
+from smsgw.config import Settings
+from smsgw.store.base import (
+    FINAL_STATUSES,
+    ApiKey,
+    Attempt,
+    Device,
+    Inbound,
+    InboundFilter,
+    Message,
+    MessageFilter,
+    Status,
+    Store,
+)
+
+__all__ = [
+    "FINAL_STATUSES",
+    "ApiKey",
+    "Attempt",
+    "Device",
+    "Inbound",
+    "InboundFilter",
+    "Message",
+    "MessageFilter",
+    "Status",
+    "Store",
+    "create_store",
+]
+
+
+def create_store(settings: Settings) -> Store:
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        from smsgw.store.sqlite import SqliteStore
+
+        return SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+    raise ValueError(f"unsupported SMSGW_DATABASE_URL scheme: {url.split(':', 1)[0]!r}")

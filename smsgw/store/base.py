@@ -1,0 +1,293 @@
+"""The storage interface: every durable fact of the hub goes through ``Store``.
+
+Nothing outside ``smsgw/store/`` may assume a particular engine. State changes that must
+not race (offering a message to a phone, a phone accepting it) are compare-and-set
+operations here, so the database, not any one process, decides who owns a message.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"  # stored; no phone owns it (it may be on offer to one)
+    QUEUED = "QUEUED"  # a phone accepted it and owns it
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
+FINAL_STATUSES = frozenset({Status.DELIVERED, Status.FAILED})
+
+
+@dataclass(slots=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    scopes: frozenset[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Device:
+    id: str
+    name: str
+    hardware_id: str
+    sims: list[dict[str, Any]]
+    fcm_token: str | None
+    enabled: bool
+    daily_quota: int | None
+    sent_today: int
+    sent_day: str | None
+    battery: int | None
+    charging: bool | None
+    signal: int | None
+    network: str | None
+    app_version: str | None
+    last_seen_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Attempt:
+    attempt: int
+    device_id: str
+    offered_at: datetime
+    accepted_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    recipient: str
+    body: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+    device_id: str | None = None
+    pinned_device_id: str | None = None
+    sim_slot: int | None = None
+    parts: int = 1
+    attempt: int = 0
+    lease_until: datetime | None = None
+    next_attempt_at: datetime | None = None
+    error_code: str | None = None
+    error: str | None = None
+    queued_at: datetime | None = None
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    failed_at: datetime | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Inbound:
+    id: str
+    device_id: str
+    local_id: str
+    sender: str
+    body: str
+    sim_slot: int | None
+    received_at: datetime
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class MessageFilter:
+    status: Status | None = None
+    device_id: str | None = None
+    since: datetime | None = None
+    # Keyset cursor: the (created_at, id) of the last row of the previous page.
+    after: tuple[datetime, str] | None = None
+    limit: int = 50
+
+
+@dataclass(slots=True)
+class InboundFilter:
+    sender: str | None = None
+    device_id: str | None = None
+    since: datetime | None = None
+    after: tuple[datetime, str] | None = None
+    limit: int = 50
+
+
+class Store(abc.ABC):
+    """Async storage. Implementations: ``SqliteStore`` (embedded default)."""
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database does not answer (readiness)."""
+
+    # -- client API keys ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_api_key(self, key: ApiKey, key_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
+        """The key with this public prefix and its stored hash, unless revoked."""
+
+    @abc.abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def has_admin_key(self) -> bool: ...
+
+    # -- enrollment -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_enrollment_code(
+        self, code_hash: str, now: datetime, expires_at: datetime
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def register_device(
+        self,
+        *,
+        device_id: str,
+        name: str,
+        hardware_id: str,
+        sims: list[dict[str, Any]],
+        fcm_token: str | None,
+        token_prefix: str,
+        token_hash: str,
+        now: datetime,
+        enrollment_code_hash: str | None,
+    ) -> tuple[Device, bool] | None:
+        """Create or re-register (same hardware_id keeps its id, rotates the token).
+
+        When ``enrollment_code_hash`` is given the code is consumed in the same
+        transaction; ``None`` is returned (and nothing written) if it is unknown,
+        expired or used. Returns the device and whether it was created.
+        """
+
+    # -- devices --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def device_by_token_prefix(self, prefix: str) -> tuple[Device, str] | None:
+        """The device holding the token with this public prefix, and the token's hash."""
+
+    @abc.abstractmethod
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def list_devices(self) -> list[Device]: ...
+
+    @abc.abstractmethod
+    async def update_device(self, device_id: str, now: datetime, **fields: Any) -> Device | None:
+        """Set name/enabled/daily_quota/fcm_token/sims/app_version."""
+
+    @abc.abstractmethod
+    async def record_device_status(
+        self,
+        device_id: str,
+        *,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_device(self, device_id: str, now: datetime) -> bool:
+        """Revoke the token and remove the device; its unfinished messages return to
+        PENDING (it can never report on them) and its pending offers are released."""
+
+    # -- messages -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_message(self, message: Message) -> None: ...
+
+    @abc.abstractmethod
+    async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None: ...
+
+    @abc.abstractmethod
+    async def list_messages(self, flt: MessageFilter) -> list[Message]: ...
+
+    @abc.abstractmethod
+    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
+        """PENDING, not on offer (or the offer's lease ran out), retry time reached."""
+
+    @abc.abstractmethod
+    async def owned_unfinished(self, device_id: str) -> list[Message]:
+        """QUEUED messages this device owns (accepted, no radio result yet)."""
+
+    @abc.abstractmethod
+    async def offer(
+        self, message_id: str, device_id: str, expected_attempt: int, now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        """CAS: PENDING, attempt == expected, no live lease -> on offer to ``device_id``
+        under attempt ``expected + 1``."""
+
+    @abc.abstractmethod
+    async def release_offer(
+        self, message_id: str, device_id: str, attempt: int, outcome: str, now: datetime,
+        retry_at: datetime | None, max_attempts: int,
+    ) -> Status | None:
+        """The offer ended without ownership (timeout, disconnect). Returns the new status
+        (PENDING, or FAILED after ``max_attempts``), or None if the offer was no longer
+        current (e.g. the phone's accept won the race)."""
+
+    @abc.abstractmethod
+    async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
+        """CAS: the phone becomes the owner if the message is on offer to it under this
+        attempt (or it already owns it under this attempt: accept is idempotent)."""
+
+    @abc.abstractmethod
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def mark_failed(
+        self, message_id: str, device_id: str, attempt: int, *, error_code: str, error: str,
+        retryable: bool, now: datetime, retry_at: datetime | None, max_attempts: int,
+    ) -> Status | None:
+        """A phone's failure report, for an offer it declined or a message it owns.
+        Retryable and attempts left -> PENDING again; otherwise FAILED. None if the
+        phone had no claim on the message (a stale report)."""
+
+    @abc.abstractmethod
+    async def expire_messages(self, now: datetime) -> list[str]:
+        """PENDING messages past ``expires_at`` -> FAILED ``expired``; returns their ids."""
+
+    @abc.abstractmethod
+    async def last_device_for(self, recipient: str) -> str | None: ...
+
+    # -- inbound --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def store_inbound(self, inbound: Inbound) -> bool:
+        """Store once per (device, local_id); False when it was a duplicate."""
+
+    @abc.abstractmethod
+    async def list_inbound(self, flt: InboundFilter) -> list[Inbound]: ...

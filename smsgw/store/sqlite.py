@@ -1,0 +1,721 @@
+"""SQLite store (the embedded default), on aiosqlite.
+
+One connection, WAL journal, ``synchronous=FULL`` by default so every state change is on
+disk before the hub acts on it. aiosqlite runs the connection on its own thread, so the
+event loop never blocks on disk; an asyncio lock makes each multi-statement operation one
+``BEGIN IMMEDIATE`` transaction that no other coroutine can interleave with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from smsgw.clock import iso, new_id, parse_iso
+from smsgw.store.base import (
+    ApiKey,
+    Attempt,
+    Device,
+    Inbound,
+    InboundFilter,
+    Message,
+    MessageFilter,
+    Status,
+    Store,
+)
+from smsgw.store.migrations import load_migrations
+
+_MESSAGE_COLUMNS = (
+    "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
+    "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
+    "sent_at, delivered_at, failed_at, expires_at"
+)
+
+
+def _dt(value: Any) -> datetime | None:
+    return parse_iso(value) if value is not None else None
+
+
+def _req_dt(value: Any) -> datetime:
+    dt = parse_iso(value)
+    assert dt is not None
+    return dt
+
+
+def _message(row: aiosqlite.Row) -> Message:
+    return Message(
+        id=row["id"],
+        recipient=row["recipient"],
+        body=row["body"],
+        status=Status(row["status"]),
+        device_id=row["device_id"],
+        pinned_device_id=row["pinned_device_id"],
+        sim_slot=row["sim_slot"],
+        parts=row["parts"],
+        attempt=row["attempt"],
+        lease_until=_dt(row["lease_until"]),
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        error_code=row["error_code"],
+        error=row["error"],
+        created_at=_req_dt(row["created_at"]),
+        updated_at=_req_dt(row["updated_at"]),
+        queued_at=_dt(row["queued_at"]),
+        sent_at=_dt(row["sent_at"]),
+        delivered_at=_dt(row["delivered_at"]),
+        failed_at=_dt(row["failed_at"]),
+        expires_at=_req_dt(row["expires_at"]),
+    )
+
+
+def _device(row: aiosqlite.Row) -> Device:
+    return Device(
+        id=row["id"],
+        name=row["name"],
+        hardware_id=row["hardware_id"],
+        sims=json.loads(row["sims"]),
+        fcm_token=row["fcm_token"],
+        enabled=bool(row["enabled"]),
+        daily_quota=row["daily_quota"],
+        sent_today=row["sent_today"],
+        sent_day=row["sent_day"],
+        battery=row["battery"],
+        charging=None if row["charging"] is None else bool(row["charging"]),
+        signal=row["signal"],
+        network=row["network"],
+        app_version=row["app_version"],
+        last_seen_at=_dt(row["last_seen_at"]),
+        created_at=_req_dt(row["created_at"]),
+        updated_at=_req_dt(row["updated_at"]),
+    )
+
+
+def _api_key(row: aiosqlite.Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        scopes=frozenset(row["scopes"].split()),
+        created_at=_req_dt(row["created_at"]),
+        last_used_at=_dt(row["last_used_at"]),
+        revoked_at=_dt(row["revoked_at"]),
+    )
+
+
+def _inbound(row: aiosqlite.Row) -> Inbound:
+    return Inbound(
+        id=row["id"],
+        device_id=row["device_id"],
+        local_id=row["local_id"],
+        sender=row["sender"],
+        body=row["body"],
+        sim_slot=row["sim_slot"],
+        received_at=_req_dt(row["received_at"]),
+        created_at=_req_dt(row["created_at"]),
+    )
+
+
+def _day(now: datetime) -> str:
+    return now.date().isoformat()
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"invalid sqlite synchronous mode {synchronous!r}")
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = aiosqlite.Row
+        for pragma in (
+            "journal_mode=WAL",
+            f"synchronous={self.synchronous}",
+            "busy_timeout=10000",
+            "foreign_keys=ON",
+        ):
+            await self._db.execute(f"PRAGMA {pragma}")
+        await self.migrate()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; returns what was applied."""
+        db = self.db
+        applied: list[str] = []
+        async with self._lock:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
+            done = {r[0] for r in rows}
+            for mig in load_migrations("sqlite"):
+                if mig.version in done:
+                    continue
+                stamp = iso(datetime.now().astimezone())
+                # executescript commits on its own; BEGIN/COMMIT inside makes the file and
+                # its version record one atomic step.
+                await db.executescript(
+                    "BEGIN IMMEDIATE;\n"
+                    + mig.sql()
+                    + f"\n;INSERT INTO schema_migrations VALUES ('{mig.version}', '{stamp}');"
+                    + "\nCOMMIT;"
+                )
+                applied.append(mig.version)
+        return applied
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        await self.db.execute_fetchall("SELECT 1")
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self._lock:
+            cur = await self.db.execute(sql, tuple(params))
+            row = await cur.fetchone()
+            await cur.close()
+            return row
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._lock:
+            return list(await self.db.execute_fetchall(sql, tuple(params)))
+
+    # -- client API keys ------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.id, key.name, key.prefix, key_hash, " ".join(sorted(key.scopes)),
+                 iso(key.created_at)),
+            )
+
+    async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
+        row = await self._one(
+            "SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL", (prefix,)
+        )
+        return (_api_key(row), row["key_hash"]) if row else None
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        rows = await self._all("SELECT * FROM api_keys ORDER BY created_at, id")
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (iso(now), key_id),
+            )
+            return cur.rowcount == 1
+
+    async def has_admin_key(self) -> bool:
+        rows = await self._all("SELECT scopes FROM api_keys WHERE revoked_at IS NULL")
+        return any("admin" in r[0].split() for r in rows)
+
+    # -- enrollment and devices -----------------------------------------------------
+
+    async def create_enrollment_code(
+        self, code_hash: str, now: datetime, expires_at: datetime
+    ) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO enrollment_codes (code_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                (code_hash, iso(now), iso(expires_at)),
+            )
+
+    async def register_device(
+        self,
+        *,
+        device_id: str,
+        name: str,
+        hardware_id: str,
+        sims: list[dict[str, Any]],
+        fcm_token: str | None,
+        token_prefix: str,
+        token_hash: str,
+        now: datetime,
+        enrollment_code_hash: str | None,
+    ) -> tuple[Device, bool] | None:
+        try:
+            return await self._register(
+                device_id, name, hardware_id, sims, fcm_token, token_prefix, token_hash, now,
+                enrollment_code_hash,
+            )
+        except _Abort:
+            return None
+
+    async def _register(
+        self, device_id: str, name: str, hardware_id: str, sims: list[dict[str, Any]],
+        fcm_token: str | None, token_prefix: str, token_hash: str, now: datetime,
+        enrollment_code_hash: str | None,
+    ) -> tuple[Device, bool]:
+        stamp = iso(now)
+        async with self._tx() as db:
+            existing = await (
+                await db.execute("SELECT id FROM devices WHERE hardware_id = ?", (hardware_id,))
+            ).fetchone()
+            final_id = existing["id"] if existing else device_id
+            if enrollment_code_hash is not None:
+                cur = await db.execute(
+                    "UPDATE enrollment_codes SET used_at = ?, device_id = ? "
+                    "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                    (stamp, final_id, enrollment_code_hash, stamp),
+                )
+                if cur.rowcount != 1:
+                    raise _Abort()
+            if existing:
+                await db.execute(
+                    "UPDATE devices SET name = ?, token_prefix = ?, token_hash = ?, sims = ?, "
+                    "fcm_token = COALESCE(?, fcm_token), updated_at = ?, revoked_at = NULL "
+                    "WHERE id = ?",
+                    (name, token_prefix, token_hash, json.dumps(sims), fcm_token, stamp, final_id),
+                )
+            else:
+                await db.execute(
+                    "INSERT INTO devices (id, name, hardware_id, token_prefix, token_hash, sims, "
+                    "fcm_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (final_id, name, hardware_id, token_prefix, token_hash, json.dumps(sims),
+                     fcm_token, stamp, stamp),
+                )
+            row = await (
+                await db.execute("SELECT * FROM devices WHERE id = ?", (final_id,))
+            ).fetchone()
+            assert row is not None
+            return _device(row), existing is None
+
+    async def device_by_token_prefix(self, prefix: str) -> tuple[Device, str] | None:
+        row = await self._one(
+            "SELECT * FROM devices WHERE token_prefix = ? AND revoked_at IS NULL", (prefix,)
+        )
+        return (_device(row), row["token_hash"]) if row else None
+
+    async def get_device(self, device_id: str) -> Device | None:
+        row = await self._one(
+            "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
+        )
+        return _device(row) if row else None
+
+    async def list_devices(self) -> list[Device]:
+        rows = await self._all(
+            "SELECT * FROM devices WHERE revoked_at IS NULL ORDER BY created_at, id"
+        )
+        return [_device(r) for r in rows]
+
+    _UPDATABLE = frozenset({"name", "enabled", "daily_quota", "fcm_token", "sims", "app_version"})
+
+    async def update_device(self, device_id: str, now: datetime, **fields: Any) -> Device | None:
+        unknown = set(fields) - self._UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = {k: (json.dumps(v) if k == "sims" else v) for k, v in fields.items()}
+        async with self._tx() as db:
+            if values:
+                assignments = ", ".join(f"{k} = ?" for k in values)
+                await db.execute(
+                    f"UPDATE devices SET {assignments}, updated_at = ? "
+                    "WHERE id = ? AND revoked_at IS NULL",
+                    (*values.values(), iso(now), device_id),
+                )
+            row = await (
+                await db.execute(
+                    "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
+                )
+            ).fetchone()
+            return _device(row) if row else None
+
+    async def record_device_status(
+        self,
+        device_id: str,
+        *,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE devices SET battery = ?, charging = ?, signal = ?, network = ?, "
+                "last_seen_at = ? WHERE id = ?",
+                (battery, int(charging), signal, network, iso(now), device_id),
+            )
+
+    async def delete_device(self, device_id: str, now: datetime) -> bool:
+        stamp = iso(now)
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE devices SET revoked_at = ?, token_prefix = NULL, token_hash = NULL, "
+                "updated_at = ? "
+                "WHERE id = ? AND revoked_at IS NULL",
+                (stamp, stamp, device_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            await db.execute(
+                "UPDATE message_attempts SET ended_at = ?, outcome = 'device_removed' "
+                "WHERE device_id = ? AND ended_at IS NULL",
+                (stamp, device_id),
+            )
+            await db.execute(
+                "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
+                "queued_at = NULL, updated_at = ? "
+                "WHERE device_id = ? AND status IN ('PENDING', 'QUEUED')",
+                (stamp, device_id),
+            )
+            # A message pinned to a removed phone can never leave: fail it visibly.
+            await db.execute(
+                "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
+                "error = 'the device this message was sent through was removed', "
+                "failed_at = ?, updated_at = ? WHERE pinned_device_id = ? AND status = 'PENDING'",
+                (stamp, stamp, device_id),
+            )
+            return True
+
+    # -- messages -------------------------------------------------------------------
+
+    async def create_message(self, message: Message) -> None:
+        m = message
+        async with self._tx() as db:
+            await db.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (m.id, m.recipient, m.body, m.status.value, m.device_id, m.pinned_device_id,
+                 m.sim_slot, m.parts, m.attempt, iso(m.lease_until), iso(m.next_attempt_at),
+                 m.error_code, m.error, iso(m.created_at), iso(m.updated_at), iso(m.queued_at),
+                 iso(m.sent_at), iso(m.delivered_at), iso(m.failed_at), iso(m.expires_at)),
+            )
+
+    async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
+        row = await self._one(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        if row is None:
+            return None
+        msg = _message(row)
+        if with_attempts:
+            rows = await self._all(
+                "SELECT * FROM message_attempts WHERE message_id = ? ORDER BY attempt",
+                (message_id,),
+            )
+            msg.attempts = [
+                Attempt(
+                    attempt=r["attempt"],
+                    device_id=r["device_id"],
+                    offered_at=_req_dt(r["offered_at"]),
+                    accepted_at=_dt(r["accepted_at"]),
+                    ended_at=_dt(r["ended_at"]),
+                    outcome=r["outcome"],
+                    error_code=r["error_code"],
+                    error=r["error"],
+                )
+                for r in rows
+            ]
+        return msg
+
+    async def list_messages(self, flt: MessageFilter) -> list[Message]:
+        where, params = [], []
+        if flt.status is not None:
+            where.append("status = ?")
+            params.append(flt.status.value)
+        if flt.device_id is not None:
+            where.append("device_id = ?")
+            params.append(flt.device_id)
+        if flt.since is not None:
+            where.append("created_at >= ?")
+            params.append(iso(flt.since))
+        if flt.after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend([iso(flt.after[0]), iso(flt.after[0]), flt.after[1]])
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, flt.limit),
+        )
+        return [_message(r) for r in rows]
+
+    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
+        stamp = iso(now)
+        rows = await self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'PENDING' "
+            "AND (lease_until IS NULL OR lease_until <= ?) "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY created_at, id LIMIT ?",
+            (stamp, stamp, limit),
+        )
+        return [_message(r) for r in rows]
+
+    async def owned_unfinished(self, device_id: str) -> list[Message]:
+        rows = await self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE device_id = ? AND status = 'QUEUED'",
+            (device_id,),
+        )
+        return [_message(r) for r in rows]
+
+    async def offer(
+        self, message_id: str, device_id: str, expected_attempt: int, now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        stamp = iso(now)
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE messages SET attempt = attempt + 1, device_id = ?, lease_until = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'PENDING' AND attempt = ? "
+                "AND (lease_until IS NULL OR lease_until <= ?)",
+                (device_id, iso(lease_until), stamp, message_id, expected_attempt, stamp),
+            )
+            if cur.rowcount != 1:
+                return False
+            await db.execute(
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
+                "VALUES (?, ?, ?, ?)",
+                (message_id, expected_attempt + 1, device_id, stamp),
+            )
+            return True
+
+    async def release_offer(
+        self, message_id: str, device_id: str, attempt: int, outcome: str, now: datetime,
+        retry_at: datetime | None, max_attempts: int,
+    ) -> Status | None:
+        stamp = iso(now)
+        async with self._tx() as db:
+            exhausted = attempt >= max_attempts
+            if exhausted:
+                cur = await db.execute(
+                    "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
+                    "error_code = 'max_attempts', error = ?, failed_at = ?, updated_at = ? "
+                    "WHERE id = ? AND status = 'PENDING' AND attempt = ? AND device_id = ?",
+                    (f"no phone took the message after {attempt} attempts (last: {outcome})",
+                     stamp, stamp, message_id, attempt, device_id),
+                )
+            else:
+                cur = await db.execute(
+                    "UPDATE messages SET device_id = NULL, lease_until = NULL, "
+                    "next_attempt_at = ?, updated_at = ? "
+                    "WHERE id = ? AND status = 'PENDING' AND attempt = ? AND device_id = ?",
+                    (iso(retry_at), stamp, message_id, attempt, device_id),
+                )
+            if cur.rowcount != 1:
+                return None
+            await self._end_attempt(db, message_id, attempt, outcome, stamp)
+            return Status.FAILED if exhausted else Status.PENDING
+
+    @staticmethod
+    async def _end_attempt(
+        db: aiosqlite.Connection, message_id: str, attempt: int, outcome: str, stamp: str | None,
+        error_code: str | None = None, error: str | None = None,
+    ) -> None:
+        await db.execute(
+            "UPDATE message_attempts SET ended_at = ?, outcome = ?, error_code = ?, error = ? "
+            "WHERE message_id = ? AND attempt = ? AND ended_at IS NULL",
+            (stamp, outcome, error_code, error, message_id, attempt),
+        )
+
+    async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
+        stamp = iso(now)
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'PENDING' AND attempt = ? "
+                "AND device_id = ?",
+                (stamp, stamp, message_id, attempt, device_id),
+            )
+            if cur.rowcount == 1:
+                await db.execute(
+                    "UPDATE message_attempts SET accepted_at = ? "
+                    "WHERE message_id = ? AND attempt = ?",
+                    (stamp, message_id, attempt),
+                )
+                return True
+            row = await (
+                await db.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND device_id = ? AND attempt = ? "
+                    "AND status IN ('QUEUED', 'SENT', 'DELIVERED')",
+                    (message_id, device_id, attempt),
+                )
+            ).fetchone()
+            return row is not None
+
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> bool:
+        stamp = iso(now)
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE messages SET status = 'SENT', sent_at = ?, updated_at = ? "
+                "WHERE id = ? AND device_id = ? AND status = 'QUEUED' RETURNING recipient, attempt",
+                (stamp, stamp, message_id, device_id),
+            )
+            row = await cur.fetchone()
+            await cur.close()
+            if row is None:
+                return False
+            await self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
+            await self._count_sent(db, device_id, now)
+            await db.execute(
+                "INSERT INTO recipient_affinity (recipient, device_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (recipient) DO UPDATE SET device_id = excluded.device_id, "
+                "updated_at = excluded.updated_at",
+                (row["recipient"], device_id, stamp),
+            )
+            return True
+
+    @staticmethod
+    async def _count_sent(db: aiosqlite.Connection, device_id: str, now: datetime) -> None:
+        day = _day(now)
+        await db.execute(
+            "UPDATE devices SET sent_today = CASE WHEN sent_day = ? THEN sent_today + 1 ELSE 1 END, "
+            "sent_day = ? WHERE id = ?",
+            (day, day, device_id),
+        )
+
+    async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool:
+        stamp = iso(now)
+        async with self._tx() as db:
+            # A delivery report may overtake the sent report; it implies sent.
+            cur = await db.execute(
+                "UPDATE messages SET status = 'DELIVERED', delivered_at = ?, "
+                "sent_at = COALESCE(sent_at, ?), updated_at = ? "
+                "WHERE id = ? AND device_id = ? AND status IN ('QUEUED', 'SENT') "
+                "RETURNING attempt, (sent_at = ?) AS was_unsent",
+                (stamp, stamp, stamp, message_id, device_id, stamp),
+            )
+            row = await cur.fetchone()
+            await cur.close()
+            if row is None:
+                return False
+            await self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
+            if row["was_unsent"]:
+                await self._count_sent(db, device_id, now)
+            return True
+
+    async def mark_failed(
+        self, message_id: str, device_id: str, attempt: int, *, error_code: str, error: str,
+        retryable: bool, now: datetime, retry_at: datetime | None, max_attempts: int,
+    ) -> Status | None:
+        stamp = iso(now)
+        async with self._tx() as db:
+            row = await (
+                await db.execute(
+                    "SELECT status, attempt FROM messages WHERE id = ? AND device_id = ?",
+                    (message_id, device_id),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            status = Status(row["status"])
+            current = row["attempt"]
+            if status is Status.PENDING and current != attempt:
+                return None  # a stale decline of an older offer
+            if status not in (Status.PENDING, Status.QUEUED, Status.SENT):
+                return None  # already final: status never goes backwards
+            # Once transmitted (SENT) a retry could deliver twice: a failure is final.
+            again = retryable and status is not Status.SENT and current < max_attempts
+            if again:
+                await db.execute(
+                    "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
+                    "queued_at = NULL, next_attempt_at = ?, error_code = ?, error = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (iso(retry_at), error_code, error, stamp, message_id),
+                )
+            else:
+                await db.execute(
+                    "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = ?, "
+                    "error = ?, failed_at = ?, updated_at = ? WHERE id = ?",
+                    (error_code, error, stamp, stamp, message_id),
+                )
+            await self._end_attempt(
+                db, message_id, current, "failed_retryable" if retryable else "failed", stamp,
+                error_code, error,
+            )
+            return Status.PENDING if again else Status.FAILED
+
+    async def expire_messages(self, now: datetime) -> list[str]:
+        stamp = iso(now)
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE messages SET status = 'FAILED', error_code = 'expired', "
+                "error = 'no phone sent the message before it expired', failed_at = ?, "
+                "updated_at = ? WHERE status = 'PENDING' AND expires_at <= ? "
+                "AND (lease_until IS NULL OR lease_until <= ?) RETURNING id",
+                (stamp, stamp, stamp, stamp),
+            )
+            rows = await cur.fetchall()
+            await cur.close()
+            return [r[0] for r in rows]
+
+    async def last_device_for(self, recipient: str) -> str | None:
+        row = await self._one(
+            "SELECT device_id FROM recipient_affinity WHERE recipient = ?", (recipient,)
+        )
+        return row[0] if row else None
+
+    # -- inbound --------------------------------------------------------------------
+
+    async def store_inbound(self, inbound: Inbound) -> bool:
+        i = inbound
+        async with self._tx() as db:
+            cur = await db.execute(
+                "INSERT INTO inbound_messages (id, device_id, local_id, sender, body, sim_slot, "
+                "received_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, local_id) DO NOTHING",
+                (i.id or new_id(), i.device_id, i.local_id, i.sender, i.body, i.sim_slot,
+                 iso(i.received_at), iso(i.created_at)),
+            )
+            return cur.rowcount == 1
+
+    async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
+        where, params = [], []
+        if flt.sender is not None:
+            where.append("sender = ?")
+            params.append(flt.sender)
+        if flt.device_id is not None:
+            where.append("device_id = ?")
+            params.append(flt.device_id)
+        if flt.since is not None:
+            where.append("created_at >= ?")
+            params.append(iso(flt.since))
+        if flt.after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend([iso(flt.after[0]), iso(flt.after[0]), flt.after[1]])
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all(
+            f"SELECT * FROM inbound_messages {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, flt.limit),
+        )
+        return [_inbound(r) for r in rows]
+
+
+class _Abort(Exception):
+    """Rolls back a transaction whose precondition did not hold."""
