@@ -28,6 +28,7 @@ from smsgw.protocol import (
     HelloFrame,
     InboundFrame,
     SentFrame,
+    idle_timeout,
 )
 from smsgw.registry import LiveDevice
 from smsgw.session import Session, SessionClosed
@@ -63,7 +64,7 @@ class DeviceConnection(Session):
 
     @property
     def idle_timeout(self) -> float:
-        return 2.5 * self.hub.settings.heartbeat_interval
+        return idle_timeout(self.hub.settings.heartbeat_interval)
 
     # -- transport side -------------------------------------------------------------
 

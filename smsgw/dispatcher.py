@@ -183,7 +183,6 @@ class Dispatcher:
             if self._offers.get(msg.id) is offer:
                 del self._offers[msg.id]
         if outcome is Outcome.ACCEPTED:
-            self._tried.pop(msg.id, None)
             return outcome
         live.in_flight.discard(msg.id)
         if outcome is Outcome.DECLINED:
@@ -225,7 +224,7 @@ class Dispatcher:
         offer = self._offers.get(message_id)
         if offer is not None and offer.device_id == device_id and not offer.future.done():
             offer.future.set_result(Outcome.DECLINED)
-        if status in FINAL_STATUSES:
+        if status is Status.SENT or status in FINAL_STATUSES:
             self._finished(message_id)
         else:
             self._notify(message_id)

@@ -301,6 +301,6 @@ def _summarise(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def heartbeat_expired(last_seen: float, now: float, interval: float) -> bool:
-    """A socket silent for 2.5 intervals is dead (one lost heartbeat is tolerated)."""
-    return now - last_seen > 2.5 * interval
+def idle_timeout(heartbeat_interval: float) -> float:
+    """A socket silent this long is dead: 2.5 intervals tolerate one lost heartbeat."""
+    return 2.5 * heartbeat_interval

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from starlette.applications import Starlette
 
 from smsgw.app import create_app
 from smsgw.config import Settings
 
 
-def uvicorn_config(settings: Settings, **overrides: object) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, app: Starlette | None = None, **overrides: object
+) -> uvicorn.Config:
     """WebSocket compression off and a small frame limit: per-connection memory matters
     when one hub holds thousands of idle phones. Protocol heartbeats replace WS pings."""
     options: dict[str, object] = {
@@ -27,7 +30,7 @@ def uvicorn_config(settings: Settings, **overrides: object) -> uvicorn.Config:
         "timeout_graceful_shutdown": 10,
     }
     options.update(overrides)
-    return uvicorn.Config(create_app(settings), **options)  # type: ignore[arg-type]
+    return uvicorn.Config(app or create_app(settings), **options)  # type: ignore[arg-type]
 
 
 def serve(settings: Settings) -> None:

@@ -1,0 +1,190 @@
+"""The SQLite store on a real file: migrations, and the compare-and-set rules that keep
+one owner per message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from smsgw.clock import new_id, utcnow
+from smsgw.store import Inbound, Message, MessageFilter, Status
+from smsgw.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "hub.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def add_message(store: SqliteStore, **kw: object) -> Message:
+    now = utcnow()
+    msg = Message(
+        id=new_id(), recipient="+15550001111", body="hi", status=Status.PENDING,
+        created_at=now, updated_at=now, expires_at=now + timedelta(hours=1),
+    )
+    for k, v in kw.items():
+        setattr(msg, k, v)
+    await store.create_message(msg)
+    return msg
+
+
+async def add_device(store: SqliteStore, hw: str) -> str:
+    result = await store.register_device(
+        device_id=new_id(), name=hw, hardware_id=hw, sims=[], fcm_token=None,
+        token_prefix="dev_" + hw, token_hash="h" + hw, now=utcnow(), enrollment_code_hash=None,
+    )
+    assert result is not None
+    return result[0].id
+
+
+async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "m.db")
+    await s.open()
+    assert await s.migrate() == []
+    rows = await s._all("SELECT version FROM schema_migrations")
+    assert [r[0] for r in rows] == ["0001_init"]
+    await s.close()
+    again = SqliteStore(tmp_path / "m.db")
+    await again.open()  # reopening applies nothing twice
+    await again.close()
+
+
+async def test_offer_accept_is_a_compare_and_set(store: SqliteStore) -> None:
+    a, b = await add_device(store, "a"), await add_device(store, "b")
+    msg = await add_message(store)
+    now = utcnow()
+    lease = now + timedelta(seconds=5)
+    assert await store.offer(msg.id, a, 0, now, lease)
+    # A second offer while the lease is live fails, whoever asks.
+    assert not await store.offer(msg.id, b, 0, now, lease)
+    assert not await store.offer(msg.id, b, 1, now, lease)
+    # A times out; the offer is released and moves on to B under attempt 2.
+    assert await store.release_offer(msg.id, a, 1, "timeout", now, now, 10) is Status.PENDING
+    assert await store.offer(msg.id, b, 1, now, lease)
+    # A's late accept of attempt 1 loses; B's accept of attempt 2 wins, and is idempotent.
+    assert not await store.accept(msg.id, a, 1, now)
+    assert await store.accept(msg.id, b, 2, now)
+    assert await store.accept(msg.id, b, 2, now)
+    got = await store.get_message(msg.id, with_attempts=True)
+    assert got is not None and got.status is Status.QUEUED and got.device_id == b
+    assert [(x.device_id, x.outcome) for x in got.attempts] == [(a, "timeout"), (b, None)]
+    # Reports from a phone that does not own it change nothing.
+    assert not await store.mark_sent(msg.id, a, now)
+    assert await store.mark_sent(msg.id, b, now)
+    assert await store.mark_delivered(msg.id, b, now)
+    assert not await store.mark_sent(msg.id, b, now)  # never backwards
+    assert await store.last_device_for("+15550001111") == b
+
+
+async def test_release_that_loses_to_accept_returns_none(store: SqliteStore) -> None:
+    a = await add_device(store, "a")
+    msg = await add_message(store)
+    now = utcnow()
+    assert await store.offer(msg.id, a, 0, now, now + timedelta(seconds=5))
+    assert await store.accept(msg.id, a, 1, now)
+    assert await store.release_offer(msg.id, a, 1, "timeout", now, now, 10) is None
+
+
+async def test_concurrent_offers_have_exactly_one_winner(store: SqliteStore) -> None:
+    devices = [await add_device(store, f"d{i}") for i in range(8)]
+    msg = await add_message(store)
+    now = utcnow()
+    results = await asyncio.gather(
+        *(store.offer(msg.id, d, 0, now, now + timedelta(seconds=5)) for d in devices)
+    )
+    assert sum(results) == 1
+
+
+async def test_failures_retryable_then_final(store: SqliteStore) -> None:
+    a = await add_device(store, "a")
+    msg = await add_message(store)
+    now = utcnow()
+    await store.offer(msg.id, a, 0, now, now + timedelta(seconds=5))
+    await store.accept(msg.id, a, 1, now)
+    st = await store.mark_failed(msg.id, a, 1, error_code="radio_off", error="x", retryable=True,
+                                 now=now, retry_at=now, max_attempts=2)
+    assert st is Status.PENDING
+    got = await store.get_message(msg.id)
+    assert got is not None and got.device_id is None and got.error_code == "radio_off"
+    await store.offer(msg.id, a, 1, now, now + timedelta(seconds=5))
+    await store.accept(msg.id, a, 2, now)
+    # Out of attempts: even a retryable failure is final.
+    st = await store.mark_failed(msg.id, a, 2, error_code="radio_off", error="x", retryable=True,
+                                 now=now, retry_at=now, max_attempts=2)
+    assert st is Status.FAILED
+    assert await store.mark_failed(msg.id, a, 2, error_code="e", error="", retryable=False,
+                                   now=now, retry_at=None, max_attempts=2) is None
+
+
+async def test_expiry_and_due_messages(store: SqliteStore) -> None:
+    now = utcnow()
+    old = await add_message(store, expires_at=now - timedelta(seconds=1))
+    later = await add_message(store, next_attempt_at=now + timedelta(minutes=5))
+    due = await add_message(store)
+    assert await store.expire_messages(now) == [old.id]
+    assert [m.id for m in await store.due_messages(now, 10)] == [due.id]
+    got = await store.get_message(old.id)
+    assert got is not None and got.status is Status.FAILED and got.error_code == "expired"
+    assert later.id not in [m.id for m in await store.due_messages(now, 10)]
+
+
+async def test_enrollment_code_is_single_use_and_reregistration_keeps_the_id(
+    store: SqliteStore,
+) -> None:
+    now = utcnow()
+    await store.create_enrollment_code("c1", now, now + timedelta(minutes=1))
+    await store.create_enrollment_code("old", now, now - timedelta(seconds=1))
+    kw = dict(name="p", sims=[], fcm_token=None, now=now)
+    first = await store.register_device(device_id="id1", hardware_id="hw", token_prefix="p1",
+                                        token_hash="t1", enrollment_code_hash="c1", **kw)
+    assert first is not None and first[1] is True
+    reused = await store.register_device(device_id="id2", hardware_id="hw2", token_prefix="p2",
+                                         token_hash="t2", enrollment_code_hash="c1", **kw)
+    expired = await store.register_device(device_id="id3", hardware_id="hw3", token_prefix="p3",
+                                          token_hash="t3", enrollment_code_hash="old", **kw)
+    assert reused is None and expired is None
+    assert [d.hardware_id for d in await store.list_devices()] == ["hw"]  # nothing half-written
+    again = await store.register_device(device_id="id4", hardware_id="hw", token_prefix="p4",
+                                        token_hash="t4", enrollment_code_hash=None, **kw)
+    assert again is not None and again[0].id == "id1" and again[1] is False
+    assert await store.device_by_token_prefix("p1") is None  # the old token is dead
+    assert await store.device_by_token_prefix("p4") is not None
+
+
+async def test_deleting_a_device_returns_its_messages_to_the_outbox(store: SqliteStore) -> None:
+    a = await add_device(store, "a")
+    msg = await add_message(store)
+    pinned = await add_message(store, pinned_device_id=a)
+    now = utcnow()
+    await store.offer(msg.id, a, 0, now, now + timedelta(seconds=5))
+    await store.accept(msg.id, a, 1, now)
+    assert await store.delete_device(a, now)
+    got = await store.get_message(msg.id)
+    assert got is not None and got.status is Status.PENDING and got.device_id is None
+    got = await store.get_message(pinned.id)
+    assert got is not None and got.status is Status.FAILED and got.error_code == "device_removed"
+    assert not await store.delete_device(a, now)
+
+
+async def test_inbound_is_stored_once_and_lists_paginate(store: SqliteStore) -> None:
+    now = utcnow()
+    item = Inbound(id=new_id(), device_id="d", local_id="L1", sender="+1555", body="b",
+                   sim_slot=None, received_at=now, created_at=now)
+    assert await store.store_inbound(item)
+    item.id = new_id()
+    assert not await store.store_inbound(item)
+    for _ in range(5):
+        await add_message(store)
+    page1 = await store.list_messages(MessageFilter(limit=3))
+    page2 = await store.list_messages(
+        MessageFilter(limit=3, after=(page1[-1].created_at, page1[-1].id))
+    )
+    assert len(page1) == 3 and len(page2) == 2
+    assert not {m.id for m in page1} & {m.id for m in page2}
