@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
@@ -136,9 +137,7 @@ class DeviceConnection(Session):
                     frame.message_id, self.device_id, Status.SENT if ok else None
                 )
             elif isinstance(frame, DeliveredFrame):
-                ok = await self.hub.store.mark_delivered(
-                    frame.message_id, self.device_id, utcnow()
-                )
+                ok = await self.hub.store.mark_delivered(frame.message_id, self.device_id, utcnow())
                 self.protocol.ack(frame.id)
                 self.hub.dispatcher.reported(
                     frame.message_id, self.device_id, Status.DELIVERED if ok else None
@@ -152,10 +151,9 @@ class DeviceConnection(Session):
         await self._flush_quietly()
 
     async def _flush_quietly(self) -> None:
-        try:
+        # A dead transport is noticed by the transport itself, which calls finished().
+        with contextlib.suppress(SessionClosed):
             await self._flush()
-        except SessionClosed:
-            pass  # the transport notices and calls finished()
 
     async def _on_hello(self, hello: HelloFrame) -> None:
         hub, now = self.hub, utcnow()
@@ -175,8 +173,12 @@ class DeviceConnection(Session):
             fields["fcm_token"] = hello.fcm_token
         await hub.store.update_device(self.device_id, now, **fields)
         await hub.store.record_device_status(
-            self.device_id, battery=hello.battery, charging=hello.charging,
-            signal=hello.signal, network=hello.network, now=now,
+            self.device_id,
+            battery=hello.battery,
+            charging=hello.charging,
+            signal=hello.signal,
+            network=hello.network,
+            now=now,
         )
         self.protocol.welcome(
             hello.id,
@@ -189,7 +191,8 @@ class DeviceConnection(Session):
         for message_id in hello.held:
             msg = await hub.store.get_message(message_id)
             owner = (
-                msg is not None and msg.device_id == self.device_id
+                msg is not None
+                and msg.device_id == self.device_id
                 and msg.status in _OWNED_STATUSES
             )
             self.protocol.ownership(
@@ -201,8 +204,13 @@ class DeviceConnection(Session):
         for msg in owned:
             if msg.id not in held:
                 self.protocol.send_command(
-                    message_id=msg.id, attempt=msg.attempt, to=msg.recipient, body=msg.body,
-                    sim_slot=msg.sim_slot, parts=msg.parts, expires_at=iso(msg.expires_at),
+                    message_id=msg.id,
+                    attempt=msg.attempt,
+                    to=msg.recipient,
+                    body=msg.body,
+                    sim_slot=msg.sim_slot,
+                    parts=msg.parts,
+                    expires_at=iso(msg.expires_at),
                 )
         await self._flush_quietly()
         self.live = live
@@ -226,9 +234,14 @@ class DeviceConnection(Session):
         settings = self.hub.settings
         now = utcnow()
         status = await self.hub.store.mark_failed(
-            frame.message_id, self.device_id, frame.attempt,
-            error_code=frame.error_code, error=frame.error, retryable=frame.retryable,
-            now=now, retry_at=now + timedelta(seconds=settings.retry_backoff),
+            frame.message_id,
+            self.device_id,
+            frame.attempt,
+            error_code=frame.error_code,
+            error=frame.error,
+            retryable=frame.retryable,
+            now=now,
+            retry_at=now + timedelta(seconds=settings.retry_backoff),
             max_attempts=settings.max_attempts,
         )
         self.protocol.ack(frame.id)
@@ -239,8 +252,12 @@ class DeviceConnection(Session):
             self.live.battery, self.live.charging = frame.battery, frame.charging
             self.live.signal, self.live.network = frame.signal, frame.network
         await self.hub.store.record_device_status(
-            self.device_id, battery=frame.battery, charging=frame.charging,
-            signal=frame.signal, network=frame.network, now=utcnow(),
+            self.device_id,
+            battery=frame.battery,
+            charging=frame.charging,
+            signal=frame.signal,
+            network=frame.network,
+            now=utcnow(),
         )
         self.protocol.ack(frame.id)
 
@@ -250,9 +267,14 @@ class DeviceConnection(Session):
             received = received.replace(tzinfo=UTC)
         await self.hub.store.store_inbound(
             Inbound(
-                id=new_id(), device_id=self.device_id, local_id=frame.local_id,
-                sender=frame.sender, body=frame.body, sim_slot=frame.sim_slot,
-                received_at=received, created_at=utcnow(),
+                id=new_id(),
+                device_id=self.device_id,
+                local_id=frame.local_id,
+                sender=frame.sender,
+                body=frame.body,
+                sim_slot=frame.sim_slot,
+                received_at=received,
+                created_at=utcnow(),
             )
         )
         self.protocol.ack(frame.id)

@@ -15,6 +15,7 @@ phone connects, frees a slot or a retry time comes up, and at least every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -187,18 +188,27 @@ class Dispatcher:
         live.in_flight.discard(msg.id)
         if outcome is Outcome.DECLINED:
             return outcome  # the failure report already updated the store
-        retry_at = now if self._has_untried(msg) else utcnow() + timedelta(
-            seconds=self.settings.retry_backoff
+        retry_at = (
+            now
+            if self._has_untried(msg)
+            else utcnow() + timedelta(seconds=self.settings.retry_backoff)
         )
         status = await self.store.release_offer(
-            msg.id, live.device_id, attempt, outcome.value, utcnow(), retry_at,
+            msg.id,
+            live.device_id,
+            attempt,
+            outcome.value,
+            utcnow(),
+            retry_at,
             self.settings.max_attempts,
         )
         if status is None:
             # Our release lost to the phone's accept: it owns the message after all.
             current = await self.store.get_message(msg.id)
-            if current is not None and current.device_id == live.device_id and (
-                current.status is not Status.PENDING
+            if (
+                current is not None
+                and current.device_id == live.device_id
+                and (current.status is not Status.PENDING)
             ):
                 live.in_flight.add(msg.id)
                 return Outcome.ACCEPTED
@@ -210,9 +220,14 @@ class Dispatcher:
 
     def accepted(self, message_id: str, device_id: str, attempt: int, owner: bool) -> None:
         offer = self._offers.get(message_id)
-        if owner and offer and offer.device_id == device_id and offer.attempt == attempt:
-            if not offer.future.done():
-                offer.future.set_result(Outcome.ACCEPTED)
+        if (
+            owner
+            and offer
+            and offer.device_id == device_id
+            and offer.attempt == attempt
+            and not offer.future.done()
+        ):
+            offer.future.set_result(Outcome.ACCEPTED)
 
     def reported(self, message_id: str, device_id: str, status: Status | None) -> None:
         """A sent/failed/delivered report changed the message (``status`` is its new one)."""
@@ -243,10 +258,8 @@ class Dispatcher:
 
     async def _outbox_loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.outbox_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.drain_once()

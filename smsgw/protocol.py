@@ -142,8 +142,13 @@ PHONE_FRAME_TYPES = frozenset(
 class FrameReceived:
     """A valid frame from the phone (hello, report, heartbeat or inbound)."""
 
-    frame: HelloFrame | AcceptedFrame | SentFrame | FailedFrame | DeliveredFrame | (
-        HeartbeatFrame | InboundFrame
+    frame: (
+        HelloFrame
+        | AcceptedFrame
+        | SentFrame
+        | FailedFrame
+        | DeliveredFrame
+        | (HeartbeatFrame | InboundFrame)
     )
 
 

@@ -42,8 +42,16 @@ class LiveDevice:
 
     @classmethod
     def from_device(
-        cls, session: Session, device: Device, *, default_quota: int, battery: int,
-        charging: bool, signal: int, network: str | None, sims: list[dict[str, object]],
+        cls,
+        session: Session,
+        device: Device,
+        *,
+        default_quota: int,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        sims: list[dict[str, object]],
     ) -> LiveDevice:
         return cls(
             session=session,

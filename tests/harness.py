@@ -84,7 +84,9 @@ class HubServer:
         sock = free_socket()
         self.port = sock.getsockname()[1]
         self.settings = Settings(
-            database_url=f"sqlite:///{self.db_path}", host="127.0.0.1", port=self.port,
+            database_url=f"sqlite:///{self.db_path}",
+            host="127.0.0.1",
+            port=self.port,
             **{**TEST_SETTINGS, **self.overrides},
         )
         self.app = create_app(self.settings)
@@ -123,17 +125,25 @@ class HubProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> HubProcess:
-        with free_socket() as sock:
-            self.port = sock.getsockname()[1]
+    async def start(self, port: int | None = None) -> HubProcess:
+        """Start on ``port`` (a restart keeps its port so phones find it again)."""
+        if port is None:
+            with free_socket() as sock:
+                port = sock.getsockname()[1]
+        self.port = port
         env = dict(os.environ)
         for key, value in {**TEST_SETTINGS, **self.overrides}.items():
             env[f"SMSGW_{key.upper()}"] = str(value)
-        env.update(SMSGW_DATABASE_URL=f"sqlite:///{self.db_path}", SMSGW_HOST="127.0.0.1",
-                   SMSGW_PORT=str(self.port))
+        env.update(
+            SMSGW_DATABASE_URL=f"sqlite:///{self.db_path}",
+            SMSGW_HOST="127.0.0.1",
+            SMSGW_PORT=str(self.port),
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smsgw", "serve"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "smsgw", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         async def up() -> bool:
@@ -190,17 +200,23 @@ class Farm:
         self.phones: list[Phone] = []
 
     async def add(
-        self, name: str | None = None, *, connect: bool = True, hardware_id: str | None = None,
+        self,
+        name: str | None = None,
+        *,
+        connect: bool = True,
+        hardware_id: str | None = None,
         **config: Any,
     ) -> Phone:
         hw = hardware_id or f"hw-{next(_hardware_ids)}-{os.getpid()}"
-        enrollment = await enroll(self.url_of(), name=name or hw, hardware_id=hw,
-                                  api_key=ADMIN_KEY)
+        enrollment = await enroll(self.url_of(), name=name or hw, hardware_id=hw, api_key=ADMIN_KEY)
         backend = SimulatedBackend(SimulatedConfig(**config))
         store = MemoryPhoneStore()
         phone = Phone(
-            client=self._client(enrollment.device_token, backend, store), backend=backend,
-            store=store, device_id=enrollment.device_id, token=enrollment.device_token,
+            client=self._client(enrollment.device_token, backend, store),
+            backend=backend,
+            store=store,
+            device_id=enrollment.device_id,
+            token=enrollment.device_token,
         )
         self.phones.append(phone)
         if connect:
@@ -208,8 +224,7 @@ class Farm:
         return phone
 
     def _client(self, token: str, backend: SimulatedBackend, store: PhoneStore) -> PhoneClient:
-        return PhoneClient(self.url_of(), token, backend, store, backoff_base=0.05,
-                           backoff_max=0.3)
+        return PhoneClient(self.url_of(), token, backend, store, backoff_base=0.05, backoff_max=0.3)
 
     async def connect(self, phone: Phone, timeout: float = 10.0) -> None:
         phone.task = asyncio.create_task(phone.client.run())

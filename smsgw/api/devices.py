@@ -35,7 +35,11 @@ from smsgw.protocol import CloseCode
 from smsgw.store import Device
 
 _ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut,
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    413: ErrorOut,
+    422: ErrorOut,
 }
 
 
@@ -56,7 +60,11 @@ async def _device_or_404(call: Call) -> Device:
 
 
 @api.route(
-    "POST", "/devices/enrollment-codes", tag="devices", scope=Scope.ADMIN, body=EnrollmentCodeIn,
+    "POST",
+    "/devices/enrollment-codes",
+    tag="devices",
+    scope=Scope.ADMIN,
+    body=EnrollmentCodeIn,
     summary="A short-lived, single-use code a phone registers with",
     responses={201: EnrollmentCodeOut, **_ERRORS},
 )
@@ -78,9 +86,14 @@ def _ws_url(call: Call) -> str:
 
 
 @api.route(
-    "POST", "/devices/register", tag="devices", scope=None, body=RegisterIn,
+    "POST",
+    "/devices/register",
+    tag="devices",
+    scope=None,
+    body=RegisterIn,
     summary="Register a phone with an enrollment code (body) or an admin key (header)",
-    responses={201: RegisterOut, **_ERRORS}, security="ApiKey or enrollment code",
+    responses={201: RegisterOut, **_ERRORS},
+    security="ApiKey or enrollment code",
 )
 async def register(call: Call) -> Reply:
     body: RegisterIn = call.body
@@ -94,9 +107,14 @@ async def register(call: Call) -> Reply:
         await hub.auth.client(call.request, Scope.ADMIN)
     token, prefix = new_credential(DEVICE_PREFIX)
     result = await hub.store.register_device(
-        device_id=new_id(), name=body.name, hardware_id=body.hardware_id,
-        sims=[s.model_dump(exclude_none=True) for s in body.sims], fcm_token=body.fcm_token,
-        token_prefix=prefix, token_hash=hash_secret(token), now=utcnow(),
+        device_id=new_id(),
+        name=body.name,
+        hardware_id=body.hardware_id,
+        sims=[s.model_dump(exclude_none=True) for s in body.sims],
+        fcm_token=body.fcm_token,
+        token_prefix=prefix,
+        token_hash=hash_secret(token),
+        now=utcnow(),
         enrollment_code_hash=code_hash,
     )
     if result is None:
@@ -109,7 +127,11 @@ async def register(call: Call) -> Reply:
 
 
 @api.route(
-    "GET", "/devices/", tag="devices", scope=Scope.READ, summary="All phones and their state",
+    "GET",
+    "/devices/",
+    tag="devices",
+    scope=Scope.READ,
+    summary="All phones and their state",
     responses={200: DeviceList, 401: ErrorOut, 403: ErrorOut},
 )
 async def list_devices(call: Call) -> DeviceList:
@@ -117,7 +139,11 @@ async def list_devices(call: Call) -> DeviceList:
 
 
 @api.route(
-    "GET", "/devices/{device_id}", tag="devices", scope=Scope.READ, summary="One phone",
+    "GET",
+    "/devices/{device_id}",
+    tag="devices",
+    scope=Scope.READ,
+    summary="One phone",
     responses={200: DeviceOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
 )
 async def get_device(call: Call) -> DeviceOut:
@@ -125,7 +151,11 @@ async def get_device(call: Call) -> DeviceOut:
 
 
 @api.route(
-    "PATCH", "/devices/{device_id}", tag="devices", scope=Scope.ADMIN, body=DevicePatch,
+    "PATCH",
+    "/devices/{device_id}",
+    tag="devices",
+    scope=Scope.ADMIN,
+    body=DevicePatch,
     summary="Rename, enable/disable, set the daily quota",
     responses={200: DeviceOut, 404: ErrorOut, **_ERRORS},
 )
@@ -152,7 +182,10 @@ async def patch_device(call: Call) -> DeviceOut:
 
 
 @api.route(
-    "DELETE", "/devices/{device_id}", tag="devices", scope=Scope.ADMIN,
+    "DELETE",
+    "/devices/{device_id}",
+    tag="devices",
+    scope=Scope.ADMIN,
     summary="Remove a phone: revokes its token and closes its socket",
     responses={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
 )
@@ -163,16 +196,25 @@ async def delete_device(call: Call) -> Reply:
 
 
 @api.route(
-    "POST", "/devices/heartbeat", tag="devices", scope=None, body=HeartbeatIn,
-    summary="HTTP fallback heartbeat (device token)", security="DeviceToken",
+    "POST",
+    "/devices/heartbeat",
+    tag="devices",
+    scope=None,
+    body=HeartbeatIn,
+    summary="HTTP fallback heartbeat (device token)",
+    security="DeviceToken",
     responses={200: HeartbeatOut, **_ERRORS},
 )
 async def heartbeat(call: Call) -> HeartbeatOut:
     body: HeartbeatIn = call.body
     device = await call.hub.auth.device(call.request)
     await call.hub.store.record_device_status(
-        device.id, battery=body.battery, charging=body.charging, signal=body.signal,
-        network=body.network, now=utcnow(),
+        device.id,
+        battery=body.battery,
+        charging=body.charging,
+        signal=body.signal,
+        network=body.network,
+        now=utcnow(),
     )
     live = call.hub.registry.get(device.id)
     if live is not None:

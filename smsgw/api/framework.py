@@ -80,8 +80,9 @@ class Api:
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
-                Endpoint(method, path, handler, summary, tag, scope, body, responses, query,
-                         security)
+                Endpoint(
+                    method, path, handler, summary, tag, scope, body, responses, query, security
+                )
             )
             return handler
 

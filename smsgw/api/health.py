@@ -9,7 +9,12 @@ from smsgw.errors import ApiError
 
 
 @api.route(
-    "GET", "/health", tag="health", scope=None, security=None, summary="Liveness",
+    "GET",
+    "/health",
+    tag="health",
+    scope=None,
+    security=None,
+    summary="Liveness",
     responses={200: HealthOut},
 )
 async def health(call: Call) -> HealthOut:
@@ -17,8 +22,13 @@ async def health(call: Call) -> HealthOut:
 
 
 @api.route(
-    "GET", "/ready", tag="health", scope=None, security=None,
-    summary="Readiness: the database answers", responses={200: HealthOut, 503: ErrorOut},
+    "GET",
+    "/ready",
+    tag="health",
+    scope=None,
+    security=None,
+    summary="Readiness: the database answers",
+    responses={200: HealthOut, 503: ErrorOut},
 )
 async def ready(call: Call) -> HealthOut:
     try:

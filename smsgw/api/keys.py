@@ -13,13 +13,21 @@ from smsgw.store import ApiKey
 
 def key_out(key: ApiKey) -> KeyOut:
     return KeyOut(
-        id=key.id, name=key.name, prefix=key.prefix, scopes=sorted(key.scopes),
-        created_at=key.created_at, revoked_at=key.revoked_at,
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=sorted(key.scopes),
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
     )
 
 
 @api.route(
-    "POST", "/keys", tag="keys", scope=Scope.ADMIN, body=KeyIn,
+    "POST",
+    "/keys",
+    tag="keys",
+    scope=Scope.ADMIN,
+    body=KeyIn,
     summary="Create a client API key (the secret is shown once)",
     responses={201: KeyCreated, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 422: ErrorOut},
 )
@@ -35,7 +43,11 @@ async def create_key(call: Call) -> Reply:
 
 
 @api.route(
-    "GET", "/keys", tag="keys", scope=Scope.ADMIN, summary="List client API keys",
+    "GET",
+    "/keys",
+    tag="keys",
+    scope=Scope.ADMIN,
+    summary="List client API keys",
     responses={200: KeyList, 401: ErrorOut, 403: ErrorOut},
 )
 async def list_keys(call: Call) -> KeyList:
@@ -43,7 +55,11 @@ async def list_keys(call: Call) -> KeyList:
 
 
 @api.route(
-    "DELETE", "/keys/{key_id}", tag="keys", scope=Scope.ADMIN, summary="Revoke a key",
+    "DELETE",
+    "/keys/{key_id}",
+    tag="keys",
+    scope=Scope.ADMIN,
+    summary="Revoke a key",
     responses={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
 )
 async def revoke_key(call: Call) -> Reply:

@@ -29,7 +29,11 @@ from smsgw.segments import count_parts
 from smsgw.store import InboundFilter, Message, MessageFilter, Status
 
 _ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut,
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    413: ErrorOut,
+    422: ErrorOut,
 }
 
 
@@ -37,15 +41,22 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     hub = call.hub
     if len(body.message) > hub.settings.max_message_chars:
         raise ApiError(
-            422, "message_too_long",
+            422,
+            "message_too_long",
             f"message is over {hub.settings.max_message_chars} characters",
         )
     now = utcnow()
     msg = Message(
-        id=new_id(), recipient=body.to, body=body.message, status=Status.PENDING,
-        created_at=now, updated_at=now,
+        id=new_id(),
+        recipient=body.to,
+        body=body.message,
+        status=Status.PENDING,
+        created_at=now,
+        updated_at=now,
         expires_at=now + timedelta(seconds=body.ttl or hub.settings.message_ttl),
-        pinned_device_id=pinned, sim_slot=sim_slot, parts=count_parts(body.message),
+        pinned_device_id=pinned,
+        sim_slot=sim_slot,
+        parts=count_parts(body.message),
     )
     # Stored before anything else happens: from here on it cannot be lost.
     await hub.store.create_message(msg)
@@ -56,15 +67,22 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     result = await hub.dispatcher.dispatch(msg.id, deadline)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
-            message_id=result.id, status=result.status, device_id=result.device_id,
-            attempts=len(result.attempts), error=result.error,
+            message_id=result.id,
+            status=result.status,
+            device_id=result.device_id,
+            attempts=len(result.attempts),
+            error=result.error,
         )
         return Reply(out, 200)
     return Reply(DispatchPending(message_id=result.id, status=result.status), 202)
 
 
 @api.route(
-    "POST", "/sms/dispatch", tag="sms", scope=Scope.SEND, body=DispatchIn,
+    "POST",
+    "/sms/dispatch",
+    tag="sms",
+    scope=Scope.SEND,
+    body=DispatchIn,
     summary="Send through the best phone, failing over; waits for SENT/FAILED",
     responses={200: DispatchOut, 202: DispatchPending, **_ERRORS},
 )
@@ -74,7 +92,11 @@ async def dispatch(call: Call) -> Reply:
 
 
 @api.route(
-    "POST", "/sms/send", tag="sms", scope=Scope.SEND, body=SendIn,
+    "POST",
+    "/sms/send",
+    tag="sms",
+    scope=Scope.SEND,
+    body=SendIn,
     summary="Send through one named phone (no failover)",
     responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **_ERRORS},
 )
@@ -89,14 +111,24 @@ async def send(call: Call) -> Reply:
 
 
 @api.route(
-    "GET", "/sms/inbound", tag="sms", scope=Scope.READ, query=InboundQuery,
-    summary="Received SMS, newest first", responses={200: InboundPage, **_ERRORS},
+    "GET",
+    "/sms/inbound",
+    tag="sms",
+    scope=Scope.READ,
+    query=InboundQuery,
+    summary="Received SMS, newest first",
+    responses={200: InboundPage, **_ERRORS},
 )
 async def list_inbound(call: Call) -> InboundPage:
     q: InboundQuery = call.body
     rows = await call.hub.store.list_inbound(
-        InboundFilter(sender=q.sender, device_id=q.device_id, since=q.since,
-                      after=decode_cursor(q.cursor), limit=q.limit)
+        InboundFilter(
+            sender=q.sender,
+            device_id=q.device_id,
+            since=q.since,
+            after=decode_cursor(q.cursor),
+            limit=q.limit,
+        )
     )
     return InboundPage(
         items=[InboundOut.of(r) for r in rows],
@@ -105,7 +137,10 @@ async def list_inbound(call: Call) -> InboundPage:
 
 
 @api.route(
-    "GET", "/sms/{message_id}", tag="sms", scope=Scope.READ,
+    "GET",
+    "/sms/{message_id}",
+    tag="sms",
+    scope=Scope.READ,
     summary="One message, with its delivery attempts",
     responses={200: MessageOut, 404: ErrorOut, 401: ErrorOut, 403: ErrorOut},
 )
@@ -117,15 +152,24 @@ async def get_message(call: Call) -> MessageOut:
 
 
 @api.route(
-    "GET", "/sms/", tag="sms", scope=Scope.READ, query=MessageQuery,
+    "GET",
+    "/sms/",
+    tag="sms",
+    scope=Scope.READ,
+    query=MessageQuery,
     summary="Messages, newest first, with cursor pagination",
     responses={200: MessagePage, **_ERRORS},
 )
 async def list_messages(call: Call) -> MessagePage:
     q: MessageQuery = call.body
     rows = await call.hub.store.list_messages(
-        MessageFilter(status=q.status, device_id=q.device_id, since=q.since,
-                      after=decode_cursor(q.cursor), limit=q.limit)
+        MessageFilter(
+            status=q.status,
+            device_id=q.device_id,
+            since=q.since,
+            after=decode_cursor(q.cursor),
+            limit=q.limit,
+        )
     )
     return MessagePage(
         items=[MessageOut.of(m) for m in rows],

@@ -74,9 +74,14 @@ class AttemptOut(BaseModel):
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
         return cls(
-            attempt=a.attempt, device_id=a.device_id, offered_at=a.offered_at,
-            accepted_at=a.accepted_at, ended_at=a.ended_at, outcome=a.outcome,
-            error_code=a.error_code, error=a.error,
+            attempt=a.attempt,
+            device_id=a.device_id,
+            offered_at=a.offered_at,
+            accepted_at=a.accepted_at,
+            ended_at=a.ended_at,
+            outcome=a.outcome,
+            error_code=a.error_code,
+            error=a.error,
         )
 
 
@@ -117,10 +122,20 @@ class MessageOut(BaseModel):
         # While PENDING, device_id is only the phone it is on offer to: not an owner.
         owner = m.device_id if m.status is not Status.PENDING else None
         return cls(
-            id=m.id, device_id=owner, recipient=m.recipient, body=m.body, status=m.status,
-            error=m.error, error_code=m.error_code, parts=m.parts, created_at=m.created_at,
-            queued_at=m.queued_at, sent_at=m.sent_at, delivered_at=m.delivered_at,
-            failed_at=m.failed_at, expires_at=m.expires_at,
+            id=m.id,
+            device_id=owner,
+            recipient=m.recipient,
+            body=m.body,
+            status=m.status,
+            error=m.error,
+            error_code=m.error_code,
+            parts=m.parts,
+            created_at=m.created_at,
+            queued_at=m.queued_at,
+            sent_at=m.sent_at,
+            delivered_at=m.delivered_at,
+            failed_at=m.failed_at,
+            expires_at=m.expires_at,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
 
@@ -158,8 +173,14 @@ class InboundOut(BaseModel):
     @classmethod
     def of(cls, i: Inbound) -> InboundOut:
         return cls(
-            id=i.id, device_id=i.device_id, local_id=i.local_id, sender=i.sender, body=i.body,
-            sim_slot=i.sim_slot, received_at=i.received_at, created_at=i.created_at,
+            id=i.id,
+            device_id=i.device_id,
+            local_id=i.local_id,
+            sender=i.sender,
+            body=i.body,
+            sim_slot=i.sim_slot,
+            received_at=i.received_at,
+            created_at=i.created_at,
         )
 
 
@@ -223,20 +244,40 @@ class DeviceOut(BaseModel):
         """``live`` is the registry's LiveDevice when the phone is connected."""
         if live is not None:
             return cls(
-                id=d.id, name=d.name, hardware_id=d.hardware_id, online=True,
-                enabled=live.enabled, battery=live.battery, charging=live.charging,
-                signal=live.signal, network=live.network, app_version=d.app_version,
-                last_seen=live.last_seen, sent_today=live.sent_on(today),
-                daily_quota=live.daily_quota, in_flight=len(live.in_flight), sims=live.sims,
+                id=d.id,
+                name=d.name,
+                hardware_id=d.hardware_id,
+                online=True,
+                enabled=live.enabled,
+                battery=live.battery,
+                charging=live.charging,
+                signal=live.signal,
+                network=live.network,
+                app_version=d.app_version,
+                last_seen=live.last_seen,
+                sent_today=live.sent_on(today),
+                daily_quota=live.daily_quota,
+                in_flight=len(live.in_flight),
+                sims=live.sims,
                 created_at=d.created_at,
             )
         return cls(
-            id=d.id, name=d.name, hardware_id=d.hardware_id, online=False, enabled=d.enabled,
-            battery=d.battery, charging=d.charging, signal=d.signal, network=d.network,
-            app_version=d.app_version, last_seen=d.last_seen_at,
+            id=d.id,
+            name=d.name,
+            hardware_id=d.hardware_id,
+            online=False,
+            enabled=d.enabled,
+            battery=d.battery,
+            charging=d.charging,
+            signal=d.signal,
+            network=d.network,
+            app_version=d.app_version,
+            last_seen=d.last_seen_at,
             sent_today=d.sent_today if d.sent_day == today else 0,
             daily_quota=d.daily_quota if d.daily_quota is not None else default_quota,
-            in_flight=0, sims=d.sims, created_at=d.created_at,
+            in_flight=0,
+            sims=d.sims,
+            created_at=d.created_at,
         )
 
 

@@ -46,8 +46,13 @@ def build_openapi(api: Api) -> dict[str, Any]:
         if ep.query is not None:
             for name, field in ep.query.model_fields.items():
                 params.append(
-                    {"name": field.alias or name, "in": "query", "required": False,
-                     "schema": {}, "description": field.description or ""}
+                    {
+                        "name": field.alias or name,
+                        "in": "query",
+                        "required": False,
+                        "schema": {},
+                        "description": field.description or "",
+                    }
                 )
         if params:
             op["parameters"] = params
@@ -83,8 +88,17 @@ def build_openapi(api: Api) -> dict[str, Any]:
 
 def _reason(status: int) -> str:
     return {
-        200: "OK", 201: "Created", 202: "Accepted: still in the outbox", 204: "No Content",
-        400: "Invalid JSON", 401: "Missing or bad credentials", 403: "Key lacks the scope",
-        404: "Unknown id", 409: "Conflict", 413: "Body too large", 415: "Not JSON",
-        422: "Invalid fields", 503: "Not ready",
+        200: "OK",
+        201: "Created",
+        202: "Accepted: still in the outbox",
+        204: "No Content",
+        400: "Invalid JSON",
+        401: "Missing or bad credentials",
+        403: "Key lacks the scope",
+        404: "Unknown id",
+        409: "Conflict",
+        413: "Body too large",
+        415: "Not JSON",
+        422: "Invalid fields",
+        503: "Not ready",
     }.get(status, "")

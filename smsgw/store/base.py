@@ -226,7 +226,9 @@ class Store(abc.ABC):
     async def create_message(self, message: Message) -> None: ...
 
     @abc.abstractmethod
-    async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None: ...
+    async def get_message(
+        self, message_id: str, *, with_attempts: bool = False
+    ) -> Message | None: ...
 
     @abc.abstractmethod
     async def list_messages(self, flt: MessageFilter) -> list[Message]: ...
@@ -241,7 +243,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def offer(
-        self, message_id: str, device_id: str, expected_attempt: int, now: datetime,
+        self,
+        message_id: str,
+        device_id: str,
+        expected_attempt: int,
+        now: datetime,
         lease_until: datetime,
     ) -> bool:
         """CAS: PENDING, attempt == expected, no live lease -> on offer to ``device_id``
@@ -249,8 +255,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def release_offer(
-        self, message_id: str, device_id: str, attempt: int, outcome: str, now: datetime,
-        retry_at: datetime | None, max_attempts: int,
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        outcome: str,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
     ) -> Status | None:
         """The offer ended without ownership (timeout, disconnect). Returns the new status
         (PENDING, or FAILED after ``max_attempts``), or None if the offer was no longer
@@ -269,8 +281,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def mark_failed(
-        self, message_id: str, device_id: str, attempt: int, *, error_code: str, error: str,
-        retryable: bool, now: datetime, retry_at: datetime | None, max_attempts: int,
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        *,
+        error_code: str,
+        error: str,
+        retryable: bool,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
     ) -> Status | None:
         """A phone's failure report, for an offer it declined or a message it owns.
         Retryable and attempts left -> PENDING again; otherwise FAILED. None if the

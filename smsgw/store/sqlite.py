@@ -221,8 +221,14 @@ class SqliteStore(Store):
             await db.execute(
                 "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (key.id, key.name, key.prefix, key_hash, " ".join(sorted(key.scopes)),
-                 iso(key.created_at)),
+                (
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    key_hash,
+                    " ".join(sorted(key.scopes)),
+                    iso(key.created_at),
+                ),
             )
 
     async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
@@ -273,15 +279,29 @@ class SqliteStore(Store):
     ) -> tuple[Device, bool] | None:
         try:
             return await self._register(
-                device_id, name, hardware_id, sims, fcm_token, token_prefix, token_hash, now,
+                device_id,
+                name,
+                hardware_id,
+                sims,
+                fcm_token,
+                token_prefix,
+                token_hash,
+                now,
                 enrollment_code_hash,
             )
         except _Abort:
             return None
 
     async def _register(
-        self, device_id: str, name: str, hardware_id: str, sims: list[dict[str, Any]],
-        fcm_token: str | None, token_prefix: str, token_hash: str, now: datetime,
+        self,
+        device_id: str,
+        name: str,
+        hardware_id: str,
+        sims: list[dict[str, Any]],
+        fcm_token: str | None,
+        token_prefix: str,
+        token_hash: str,
+        now: datetime,
         enrollment_code_hash: str | None,
     ) -> tuple[Device, bool]:
         stamp = iso(now)
@@ -309,8 +329,17 @@ class SqliteStore(Store):
                 await db.execute(
                     "INSERT INTO devices (id, name, hardware_id, token_prefix, token_hash, sims, "
                     "fcm_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (final_id, name, hardware_id, token_prefix, token_hash, json.dumps(sims),
-                     fcm_token, stamp, stamp),
+                    (
+                        final_id,
+                        name,
+                        hardware_id,
+                        token_prefix,
+                        token_hash,
+                        json.dumps(sims),
+                        fcm_token,
+                        stamp,
+                        stamp,
+                    ),
                 )
             row = await (
                 await db.execute("SELECT * FROM devices WHERE id = ?", (final_id,))
@@ -414,14 +443,34 @@ class SqliteStore(Store):
             await db.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (m.id, m.recipient, m.body, m.status.value, m.device_id, m.pinned_device_id,
-                 m.sim_slot, m.parts, m.attempt, iso(m.lease_until), iso(m.next_attempt_at),
-                 m.error_code, m.error, iso(m.created_at), iso(m.updated_at), iso(m.queued_at),
-                 iso(m.sent_at), iso(m.delivered_at), iso(m.failed_at), iso(m.expires_at)),
+                (
+                    m.id,
+                    m.recipient,
+                    m.body,
+                    m.status.value,
+                    m.device_id,
+                    m.pinned_device_id,
+                    m.sim_slot,
+                    m.parts,
+                    m.attempt,
+                    iso(m.lease_until),
+                    iso(m.next_attempt_at),
+                    m.error_code,
+                    m.error,
+                    iso(m.created_at),
+                    iso(m.updated_at),
+                    iso(m.queued_at),
+                    iso(m.sent_at),
+                    iso(m.delivered_at),
+                    iso(m.failed_at),
+                    iso(m.expires_at),
+                ),
             )
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
-        row = await self._one(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        )
         if row is None:
             return None
         msg = _message(row)
@@ -446,20 +495,11 @@ class SqliteStore(Store):
         return msg
 
     async def list_messages(self, flt: MessageFilter) -> list[Message]:
-        where, params = [], []
-        if flt.status is not None:
-            where.append("status = ?")
-            params.append(flt.status.value)
-        if flt.device_id is not None:
-            where.append("device_id = ?")
-            params.append(flt.device_id)
-        if flt.since is not None:
-            where.append("created_at >= ?")
-            params.append(iso(flt.since))
-        if flt.after is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params.extend([iso(flt.after[0]), iso(flt.after[0]), flt.after[1]])
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, params = _page_where(
+            [("status", flt.status.value if flt.status else None), ("device_id", flt.device_id)],
+            flt.since,
+            flt.after,
+        )
         rows = await self._all(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} "
             "ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -486,7 +526,11 @@ class SqliteStore(Store):
         return [_message(r) for r in rows]
 
     async def offer(
-        self, message_id: str, device_id: str, expected_attempt: int, now: datetime,
+        self,
+        message_id: str,
+        device_id: str,
+        expected_attempt: int,
+        now: datetime,
         lease_until: datetime,
     ) -> bool:
         stamp = iso(now)
@@ -507,8 +551,14 @@ class SqliteStore(Store):
             return True
 
     async def release_offer(
-        self, message_id: str, device_id: str, attempt: int, outcome: str, now: datetime,
-        retry_at: datetime | None, max_attempts: int,
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        outcome: str,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
     ) -> Status | None:
         stamp = iso(now)
         async with self._tx() as db:
@@ -518,8 +568,14 @@ class SqliteStore(Store):
                     "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
                     "error_code = 'max_attempts', error = ?, failed_at = ?, updated_at = ? "
                     "WHERE id = ? AND status = 'PENDING' AND attempt = ? AND device_id = ?",
-                    (f"no phone took the message after {attempt} attempts (last: {outcome})",
-                     stamp, stamp, message_id, attempt, device_id),
+                    (
+                        f"no phone took the message after {attempt} attempts (last: {outcome})",
+                        stamp,
+                        stamp,
+                        message_id,
+                        attempt,
+                        device_id,
+                    ),
                 )
             else:
                 cur = await db.execute(
@@ -535,8 +591,13 @@ class SqliteStore(Store):
 
     @staticmethod
     async def _end_attempt(
-        db: aiosqlite.Connection, message_id: str, attempt: int, outcome: str, stamp: str | None,
-        error_code: str | None = None, error: str | None = None,
+        db: aiosqlite.Connection,
+        message_id: str,
+        attempt: int,
+        outcome: str,
+        stamp: str | None,
+        error_code: str | None = None,
+        error: str | None = None,
     ) -> None:
         await db.execute(
             "UPDATE message_attempts SET ended_at = ?, outcome = ?, error_code = ?, error = ? "
@@ -584,9 +645,9 @@ class SqliteStore(Store):
             await self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
             await self._count_sent(db, device_id, now)
             await db.execute(
-                "INSERT INTO recipient_affinity (recipient, device_id, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (recipient) DO UPDATE SET device_id = excluded.device_id, "
-                "updated_at = excluded.updated_at",
+                "INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (recipient) DO UPDATE SET "
+                "device_id = excluded.device_id, updated_at = excluded.updated_at",
                 (row["recipient"], device_id, stamp),
             )
             return True
@@ -595,8 +656,8 @@ class SqliteStore(Store):
     async def _count_sent(db: aiosqlite.Connection, device_id: str, now: datetime) -> None:
         day = _day(now)
         await db.execute(
-            "UPDATE devices SET sent_today = CASE WHEN sent_day = ? THEN sent_today + 1 ELSE 1 END, "
-            "sent_day = ? WHERE id = ?",
+            "UPDATE devices SET sent_day = ?, "
+            "sent_today = CASE WHEN sent_day = ? THEN sent_today + 1 ELSE 1 END WHERE id = ?",
             (day, day, device_id),
         )
 
@@ -621,8 +682,17 @@ class SqliteStore(Store):
             return True
 
     async def mark_failed(
-        self, message_id: str, device_id: str, attempt: int, *, error_code: str, error: str,
-        retryable: bool, now: datetime, retry_at: datetime | None, max_attempts: int,
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        *,
+        error_code: str,
+        error: str,
+        retryable: bool,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
     ) -> Status | None:
         stamp = iso(now)
         async with self._tx() as db:
@@ -656,8 +726,13 @@ class SqliteStore(Store):
                     (error_code, error, stamp, stamp, message_id),
                 )
             await self._end_attempt(
-                db, message_id, current, "failed_retryable" if retryable else "failed", stamp,
-                error_code, error,
+                db,
+                message_id,
+                current,
+                "failed_retryable" if retryable else "failed",
+                stamp,
+                error_code,
+                error,
             )
             return Status.PENDING if again else Status.FAILED
 
@@ -690,31 +765,51 @@ class SqliteStore(Store):
                 "INSERT INTO inbound_messages (id, device_id, local_id, sender, body, sim_slot, "
                 "received_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id, local_id) DO NOTHING",
-                (i.id or new_id(), i.device_id, i.local_id, i.sender, i.body, i.sim_slot,
-                 iso(i.received_at), iso(i.created_at)),
+                (
+                    i.id or new_id(),
+                    i.device_id,
+                    i.local_id,
+                    i.sender,
+                    i.body,
+                    i.sim_slot,
+                    iso(i.received_at),
+                    iso(i.created_at),
+                ),
             )
             return cur.rowcount == 1
 
     async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
-        where, params = [], []
-        if flt.sender is not None:
-            where.append("sender = ?")
-            params.append(flt.sender)
-        if flt.device_id is not None:
-            where.append("device_id = ?")
-            params.append(flt.device_id)
-        if flt.since is not None:
-            where.append("created_at >= ?")
-            params.append(iso(flt.since))
-        if flt.after is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params.extend([iso(flt.after[0]), iso(flt.after[0]), flt.after[1]])
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, params = _page_where(
+            [("sender", flt.sender), ("device_id", flt.device_id)], flt.since, flt.after
+        )
         rows = await self._all(
             f"SELECT * FROM inbound_messages {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, flt.limit),
         )
         return [_inbound(r) for r in rows]
+
+
+def _page_where(
+    equals: list[tuple[str, str | None]],
+    since: datetime | None,
+    after: tuple[datetime, str] | None,
+) -> tuple[str, list[str]]:
+    """WHERE clause for a newest-first keyset page: equality filters, a lower time bound,
+    and the (created_at, id) cursor of the previous page."""
+    where: list[str] = []
+    params: list[str] = []
+    for column, value in equals:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(iso(since) or "")
+    if after is not None:
+        stamp = iso(after[0]) or ""
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params.extend([stamp, stamp, after[1]])
+    return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
 class _Abort(Exception):

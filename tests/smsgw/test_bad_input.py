@@ -41,8 +41,7 @@ async def count_messages(api: httpx.AsyncClient) -> int:
 async def test_bad_dispatch_bodies(
     api: httpx.AsyncClient, body: bytes, status: int, code: str
 ) -> None:
-    r = await api.post("/sms/dispatch", content=body,
-                       headers={"Content-Type": "application/json"})
+    r = await api.post("/sms/dispatch", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
@@ -56,8 +55,9 @@ async def test_validation_errors_name_the_field(api: httpx.AsyncClient) -> None:
 
 
 async def test_recipient_formatting_is_normalised(api: httpx.AsyncClient) -> None:
-    r = await api.post("/sms/dispatch",
-                       json={"to": "00 1 (555) 010-0999", "message": "x", "wait": False})
+    r = await api.post(
+        "/sms/dispatch", json={"to": "00 1 (555) 010-0999", "message": "x", "wait": False}
+    )
     assert r.status_code == 202
     msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()
     assert msg["recipient"] == TO
@@ -118,8 +118,9 @@ HELLO = {"type": "hello", "id": "h", "protocol": "1.0", "battery": 90, "signal":
 
 
 async def opened(hub: HubServer, token: str) -> ClientConnection:
-    ws = await connect(ws_url(hub), additional_headers={"Authorization": f"Bearer {token}"},
-                       max_size=None)
+    ws = await connect(
+        ws_url(hub), additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
+    )
     await ws.send(json.dumps(HELLO))
     welcome = json.loads(await ws.recv())
     assert welcome["type"] == "welcome" and welcome["ref"] == "h"
@@ -153,9 +154,7 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays(
     await ws.close()
 
 
-async def test_protocol_violations_close_with_documented_codes(
-    hub: HubServer, farm: Farm
-) -> None:
+async def test_protocol_violations_close_with_documented_codes(hub: HubServer, farm: Farm) -> None:
     phone = await farm.add(connect=False)
     headers = {"Authorization": f"Bearer {phone.token}"}
 
@@ -169,8 +168,10 @@ async def test_protocol_violations_close_with_documented_codes(
             return ws.close_code
 
     assert await close_code(json.dumps({**HELLO, "protocol": "2.0"})) == 4002
-    assert await close_code(json.dumps({"type": "heartbeat", "id": "1", "battery": 1,
-                                        "signal": 1})) == 4003
+    assert (
+        await close_code(json.dumps({"type": "heartbeat", "id": "1", "battery": 1, "signal": 1}))
+        == 4003
+    )
     assert await close_code(json.dumps(HELLO), b"\x00binary") == 1003
     assert await close_code(json.dumps(HELLO), "x" * (70 * 1024)) == 1009
 

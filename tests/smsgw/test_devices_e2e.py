@@ -71,8 +71,10 @@ async def test_scopes_and_credential_kinds_are_enforced(
         assert r.status_code == 403 and r.json()["error"]["code"] == "wrong_credential"
     # A client key cannot open a device socket: 401 before any upgrade.
     with pytest.raises(InvalidStatus) as err:
-        async with connect(hub.url.replace("http", "ws") + "/ws/device",
-                           additional_headers={"Authorization": f"Bearer {ADMIN_KEY}"}):
+        async with connect(
+            hub.url.replace("http", "ws") + "/ws/device",
+            additional_headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ):
             pass
     assert err.value.response.status_code == 401
     assert b"unauthorized" in err.value.response.body
@@ -100,8 +102,10 @@ async def test_reregistration_keeps_the_id_rotates_the_token_and_closes_the_old_
     await asyncio.wait_for(phone.client.done.wait(), 5)
     assert phone.client.stopped_reason == "revoked"
     with pytest.raises(InvalidStatus):
-        async with connect(hub.url.replace("http", "ws") + "/ws/device",
-                           additional_headers={"Authorization": f"Bearer {phone.token}"}):
+        async with connect(
+            hub.url.replace("http", "ws") + "/ws/device",
+            additional_headers={"Authorization": f"Bearer {phone.token}"},
+        ):
             pass
     devices = (await api.get("/devices/")).json()["items"]
     assert len(devices) == 1 and devices[0]["name"] == "reinstalled"
@@ -113,8 +117,9 @@ async def test_a_new_session_replaces_the_old_one(
     phone = await farm.add(deliver=False)
     # A second agent with the same token (e.g. the app restarted while the old socket
     # lingered) connects: the older session is closed with 4000 and stops.
-    twin = PhoneClient(hub.url, phone.token, phone.backend, phone.store, backoff_base=0.05,
-                       backoff_max=0.2)
+    twin = PhoneClient(
+        hub.url, phone.token, phone.backend, phone.store, backoff_base=0.05, backoff_max=0.2
+    )
     twin_task = asyncio.create_task(twin.run())
     await asyncio.wait_for(twin.connected.wait(), 5)
     await asyncio.wait_for(phone.client.done.wait(), 5)
@@ -138,8 +143,9 @@ async def test_device_list_patch_and_delete(
     r = await api.patch(f"/devices/{phone.device_id}", json={"name": "renamed", "daily_quota": 5})
     assert r.status_code == 200 and r.json()["name"] == "renamed"
     assert r.json()["daily_quota"] == 5
-    assert (await api.patch(f"/devices/{phone.device_id}", json={"enabled": None})).status_code \
-        == 422
+    assert (
+        await api.patch(f"/devices/{phone.device_id}", json={"enabled": None})
+    ).status_code == 422
     assert (await api.patch("/devices/nope", json={"name": "x"})).status_code == 404
     assert (await api.get("/devices/nope")).status_code == 404
     assert (await api.delete(f"/devices/{phone.device_id}")).status_code == 204
@@ -155,13 +161,17 @@ async def test_http_heartbeat_updates_state_and_needs_a_device_token(
     phone = await farm.add(connect=False)
     async with hub.client(key=None) as c:
         body = {"battery": 12, "charging": False, "signal": 1, "network": "3G"}
-        r = await c.post("/devices/heartbeat", json=body,
-                         headers={"Authorization": f"Bearer {phone.token}"})
+        r = await c.post(
+            "/devices/heartbeat", json=body, headers={"Authorization": f"Bearer {phone.token}"}
+        )
         assert r.status_code == 200 and r.json() == {"ok": True, "pending_messages": 0}
         r = await c.post("/devices/heartbeat", json=body, headers={"X-API-Key": ADMIN_KEY})
         assert r.status_code == 401
-        r = await c.post("/devices/heartbeat", json={"battery": 500, "signal": 1},
-                         headers={"Authorization": f"Bearer {phone.token}"})
+        r = await c.post(
+            "/devices/heartbeat",
+            json={"battery": 500, "signal": 1},
+            headers={"Authorization": f"Bearer {phone.token}"},
+        )
         assert r.status_code == 422
     d = (await api.get(f"/devices/{phone.device_id}")).json()
     assert d["battery"] == 12 and d["network"] == "3G" and d["last_seen"] is not None
@@ -186,5 +196,5 @@ async def test_inbound_sms_is_stored_once_and_listed(
     assert (await api.get("/sms/inbound", params={"device_id": "other"})).json()["items"] == []
     page = (await api.get("/sms/inbound", params={"limit": 1})).json()
     assert len(page["items"]) == 1 and page["next_cursor"]
-    rest = (await api.get("/sms/inbound", params={"limit": 1, "cursor": page["next_cursor"]}))
+    rest = await api.get("/sms/inbound", params={"limit": 1, "cursor": page["next_cursor"]})
     assert rest.json()["items"][0]["id"] != page["items"][0]["id"]

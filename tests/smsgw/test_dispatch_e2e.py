@@ -70,7 +70,8 @@ async def test_failover_when_a_phone_never_accepts(
     assert r.json()["attempts"] == 2
     msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()
     assert [(a["device_id"], a["outcome"]) for a in msg["attempts"]] == [
-        (mute.device_id, "timeout"), (good.device_id, "sent"),
+        (mute.device_id, "timeout"),
+        (good.device_id, "sent"),
     ]
     assert mute.transmitted_ids == []
 
@@ -113,8 +114,10 @@ async def test_no_phone_returns_202_and_the_outbox_sends_when_one_connects(
     api: httpx.AsyncClient, farm: Farm
 ) -> None:
     r = await dispatch(api)
-    assert r.status_code == 202 and r.json() == {"message_id": r.json()["message_id"],
-                                                  "status": "PENDING"}
+    assert r.status_code == 202 and r.json() == {
+        "message_id": r.json()["message_id"],
+        "status": "PENDING",
+    }
     mid = r.json()["message_id"]
     phone = await farm.add(deliver=False)
 

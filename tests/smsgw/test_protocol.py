@@ -18,8 +18,15 @@ from smsgw.protocol import (
 )
 
 HELLO = {
-    "type": "hello", "id": "1", "protocol": "1.0", "app_version": "t", "battery": 50,
-    "charging": True, "signal": 3, "sims": [{"slot": 0}], "held": ["m1"],
+    "type": "hello",
+    "id": "1",
+    "protocol": "1.0",
+    "app_version": "t",
+    "battery": 50,
+    "charging": True,
+    "signal": 3,
+    "sims": [{"slot": 0}],
+    "held": ["m1"],
 }
 
 
@@ -45,8 +52,9 @@ def test_hello_opens_the_session() -> None:
 
 def test_first_frame_must_be_hello() -> None:
     proto = DeviceProtocol()
-    [event] = proto.receive_text(json.dumps({"type": "heartbeat", "id": "1", "battery": 1,
-                                             "signal": 1}))
+    [event] = proto.receive_text(
+        json.dumps({"type": "heartbeat", "id": "1", "battery": 1, "signal": 1})
+    )
     assert isinstance(event, CloseRequested) and event.code is CloseCode.PROTOCOL_ERROR
     assert proto.state is State.CLOSED
     assert proto.receive_text(json.dumps(HELLO)) == []
@@ -79,7 +87,11 @@ def test_bad_frames_after_hello_get_error_frames_and_the_session_stays() -> None
     assert proto.receive_text(json.dumps(HELLO)) == []
     errors = frames(proto)
     assert [e["code"] for e in errors] == [
-        "invalid_json", "invalid_frame", "unknown_type", "invalid_frame", "unexpected_hello",
+        "invalid_json",
+        "invalid_frame",
+        "unknown_type",
+        "invalid_frame",
+        "unexpected_hello",
     ]
     assert errors[2]["ref"] == "x" and errors[3]["ref"] == "y"
     assert "message_id" in str(errors[3]["message"])
@@ -101,10 +113,18 @@ def test_too_many_bad_frames_close_but_a_good_one_resets_the_count() -> None:
 
 def test_inbound_uses_the_from_field_and_binary_is_refused() -> None:
     proto = opened()
-    [event] = proto.receive_text(json.dumps({
-        "type": "inbound", "id": "i", "local_id": "L1", "from": "+15550001111", "body": "hey",
-        "received_at": "2026-01-01T00:00:00Z",
-    }))
+    [event] = proto.receive_text(
+        json.dumps(
+            {
+                "type": "inbound",
+                "id": "i",
+                "local_id": "L1",
+                "from": "+15550001111",
+                "body": "hey",
+                "received_at": "2026-01-01T00:00:00Z",
+            }
+        )
+    )
     assert isinstance(event, FrameReceived) and isinstance(event.frame, InboundFrame)
     assert event.frame.sender == "+15550001111"
     [event] = proto.receive_binary()
@@ -113,8 +133,9 @@ def test_inbound_uses_the_from_field_and_binary_is_refused() -> None:
 
 def test_outgoing_frames_have_unique_ids() -> None:
     proto = opened()
-    proto.send_command(message_id="m", attempt=1, to="+1555", body="b", sim_slot=None, parts=1,
-                       expires_at=None)
+    proto.send_command(
+        message_id="m", attempt=1, to="+1555", body="b", sim_slot=None, parts=1, expires_at=None
+    )
     proto.ownership("r", message_id="m", attempt=1, owner=False)
     proto.ack("z")
     out = frames(proto)

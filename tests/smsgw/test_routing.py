@@ -7,8 +7,17 @@ from dataclasses import replace
 from smsgw.routing import Candidate, eligible, free_slots, rank
 
 BASE = Candidate(
-    device_id="a", enabled=True, connected=True, in_flight=0, max_in_flight=4, sent_today=0,
-    daily_quota=90, signal=4, battery=80, charging=False, last_used=0.0,
+    device_id="a",
+    enabled=True,
+    connected=True,
+    in_flight=0,
+    max_in_flight=4,
+    sent_today=0,
+    daily_quota=90,
+    signal=4,
+    battery=80,
+    charging=False,
+    last_used=0.0,
 )
 
 

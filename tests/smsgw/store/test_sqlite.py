@@ -26,8 +26,13 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 async def add_message(store: SqliteStore, **kw: object) -> Message:
     now = utcnow()
     msg = Message(
-        id=new_id(), recipient="+15550001111", body="hi", status=Status.PENDING,
-        created_at=now, updated_at=now, expires_at=now + timedelta(hours=1),
+        id=new_id(),
+        recipient="+15550001111",
+        body="hi",
+        status=Status.PENDING,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + timedelta(hours=1),
     )
     for k, v in kw.items():
         setattr(msg, k, v)
@@ -37,8 +42,15 @@ async def add_message(store: SqliteStore, **kw: object) -> Message:
 
 async def add_device(store: SqliteStore, hw: str) -> str:
     result = await store.register_device(
-        device_id=new_id(), name=hw, hardware_id=hw, sims=[], fcm_token=None,
-        token_prefix="dev_" + hw, token_hash="h" + hw, now=utcnow(), enrollment_code_hash=None,
+        device_id=new_id(),
+        name=hw,
+        hardware_id=hw,
+        sims=[],
+        fcm_token=None,
+        token_prefix="dev_" + hw,
+        token_hash="h" + hw,
+        now=utcnow(),
+        enrollment_code_hash=None,
     )
     assert result is not None
     return result[0].id
@@ -108,19 +120,49 @@ async def test_failures_retryable_then_final(store: SqliteStore) -> None:
     now = utcnow()
     await store.offer(msg.id, a, 0, now, now + timedelta(seconds=5))
     await store.accept(msg.id, a, 1, now)
-    st = await store.mark_failed(msg.id, a, 1, error_code="radio_off", error="x", retryable=True,
-                                 now=now, retry_at=now, max_attempts=2)
+    st = await store.mark_failed(
+        msg.id,
+        a,
+        1,
+        error_code="radio_off",
+        error="x",
+        retryable=True,
+        now=now,
+        retry_at=now,
+        max_attempts=2,
+    )
     assert st is Status.PENDING
     got = await store.get_message(msg.id)
     assert got is not None and got.device_id is None and got.error_code == "radio_off"
     await store.offer(msg.id, a, 1, now, now + timedelta(seconds=5))
     await store.accept(msg.id, a, 2, now)
     # Out of attempts: even a retryable failure is final.
-    st = await store.mark_failed(msg.id, a, 2, error_code="radio_off", error="x", retryable=True,
-                                 now=now, retry_at=now, max_attempts=2)
+    st = await store.mark_failed(
+        msg.id,
+        a,
+        2,
+        error_code="radio_off",
+        error="x",
+        retryable=True,
+        now=now,
+        retry_at=now,
+        max_attempts=2,
+    )
     assert st is Status.FAILED
-    assert await store.mark_failed(msg.id, a, 2, error_code="e", error="", retryable=False,
-                                   now=now, retry_at=None, max_attempts=2) is None
+    assert (
+        await store.mark_failed(
+            msg.id,
+            a,
+            2,
+            error_code="e",
+            error="",
+            retryable=False,
+            now=now,
+            retry_at=None,
+            max_attempts=2,
+        )
+        is None
+    )
 
 
 async def test_expiry_and_due_messages(store: SqliteStore) -> None:
@@ -142,17 +184,41 @@ async def test_enrollment_code_is_single_use_and_reregistration_keeps_the_id(
     await store.create_enrollment_code("c1", now, now + timedelta(minutes=1))
     await store.create_enrollment_code("old", now, now - timedelta(seconds=1))
     kw = dict(name="p", sims=[], fcm_token=None, now=now)
-    first = await store.register_device(device_id="id1", hardware_id="hw", token_prefix="p1",
-                                        token_hash="t1", enrollment_code_hash="c1", **kw)
+    first = await store.register_device(
+        device_id="id1",
+        hardware_id="hw",
+        token_prefix="p1",
+        token_hash="t1",
+        enrollment_code_hash="c1",
+        **kw,
+    )
     assert first is not None and first[1] is True
-    reused = await store.register_device(device_id="id2", hardware_id="hw2", token_prefix="p2",
-                                         token_hash="t2", enrollment_code_hash="c1", **kw)
-    expired = await store.register_device(device_id="id3", hardware_id="hw3", token_prefix="p3",
-                                          token_hash="t3", enrollment_code_hash="old", **kw)
+    reused = await store.register_device(
+        device_id="id2",
+        hardware_id="hw2",
+        token_prefix="p2",
+        token_hash="t2",
+        enrollment_code_hash="c1",
+        **kw,
+    )
+    expired = await store.register_device(
+        device_id="id3",
+        hardware_id="hw3",
+        token_prefix="p3",
+        token_hash="t3",
+        enrollment_code_hash="old",
+        **kw,
+    )
     assert reused is None and expired is None
     assert [d.hardware_id for d in await store.list_devices()] == ["hw"]  # nothing half-written
-    again = await store.register_device(device_id="id4", hardware_id="hw", token_prefix="p4",
-                                        token_hash="t4", enrollment_code_hash=None, **kw)
+    again = await store.register_device(
+        device_id="id4",
+        hardware_id="hw",
+        token_prefix="p4",
+        token_hash="t4",
+        enrollment_code_hash=None,
+        **kw,
+    )
     assert again is not None and again[0].id == "id1" and again[1] is False
     assert await store.device_by_token_prefix("p1") is None  # the old token is dead
     assert await store.device_by_token_prefix("p4") is not None
@@ -175,8 +241,16 @@ async def test_deleting_a_device_returns_its_messages_to_the_outbox(store: Sqlit
 
 async def test_inbound_is_stored_once_and_lists_paginate(store: SqliteStore) -> None:
     now = utcnow()
-    item = Inbound(id=new_id(), device_id="d", local_id="L1", sender="+1555", body="b",
-                   sim_slot=None, received_at=now, created_at=now)
+    item = Inbound(
+        id=new_id(),
+        device_id="d",
+        local_id="L1",
+        sender="+1555",
+        body="b",
+        sim_slot=None,
+        received_at=now,
+        created_at=now,
+    )
     assert await store.store_inbound(item)
     item.id = new_id()
     assert not await store.store_inbound(item)

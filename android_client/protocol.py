@@ -1,0 +1,397 @@
+"""The phone side of the device protocol, free of I/O: hub frames in, actions out.
+
+``PhoneProtocol`` decides what a phone does with each hub frame (docs/protocol.md) and
+which frames it answers with. It never touches a socket, a clock or the radio: it returns
+actions (``Emit`` a frame, ``Accept`` after the accept delay, ``Transmit`` on the radio,
+``Welcomed``) that ``PhoneClient`` carries out, and it is told the outcome of each
+transmission. Durable state lives in a ``PhoneStore``, so the rules are unit-tested with
+an in-memory store and no network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .backend import DeviceStatus, InboundSms, SendResult, SimInfo
+from .outbox import Frame, HeldCommand, PhoneStore
+
+PROTOCOL = "1.0"
+
+log = logging.getLogger(__name__)
+
+# Error codes the hub uses for frames that will never be valid: re-sending them after a
+# reconnect would only loop, so the refused report is dropped.
+PERMANENT_ERRORS = frozenset({"invalid_json", "invalid_frame", "unknown_type"})
+
+# Attempts of recently sent messages whose report was already acked, for late delivery
+# reports. Bounded: a phone that never gets delivery reports must not grow forever.
+_RECENT_SENT_LIMIT = 10_000
+
+
+# --- hub → phone frames --------------------------------------------------------------
+
+
+class _HubFrame(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+
+
+class WelcomeFrame(_HubFrame):
+    type: Literal["welcome"]
+    ref: str | None = None
+    protocol: str = PROTOCOL
+    device_id: str
+    heartbeat_interval: float = 30.0
+    server_time: str | None = None
+
+
+class SendFrame(_HubFrame):
+    type: Literal["send"]
+    message_id: str
+    attempt: int
+    to: str
+    body: str
+    sim_slot: int | None = None
+    parts: int | None = None
+    expires_at: str | None = None
+
+
+class OwnershipFrame(_HubFrame):
+    type: Literal["ownership"]
+    ref: str | None = None
+    message_id: str
+    attempt: int
+    owner: bool
+
+
+class AckFrame(_HubFrame):
+    type: Literal["ack"]
+    ref: str
+
+
+class ErrorFrame(_HubFrame):
+    type: Literal["error"]
+    ref: str | None = None
+    code: str
+    message: str = ""
+
+
+HubFrame = Annotated[
+    WelcomeFrame | SendFrame | OwnershipFrame | AckFrame | ErrorFrame,
+    Field(discriminator="type"),
+]
+_hub_frame: TypeAdapter[HubFrame] = TypeAdapter(HubFrame)
+HUB_FRAME_TYPES = frozenset({"welcome", "send", "ownership", "ack", "error"})
+
+
+# --- actions for the I/O layer -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Write this frame if a session is open (stored frames are re-sent after welcome)."""
+
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Call ``PhoneProtocol.accept`` for this offer once the accept delay has passed."""
+
+    message_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send this SMS on the radio, then call ``transmitted`` (or ``transmit_aborted``)."""
+
+    command: HeldCommand
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    """The session is open: start heartbeats at this interval."""
+
+    device_id: str
+    heartbeat_interval: float
+
+
+Action = Emit | Accept | Transmit | Welcomed
+
+
+class PhoneProtocol:
+    """Device-side rules of the protocol, shared by every connection of one phone.
+
+    ``accepting`` is asked for each offer; when it returns False the phone ignores
+    ``send`` frames entirely (the hub then times out and offers the message elsewhere).
+    """
+
+    def __init__(
+        self,
+        store: PhoneStore,
+        *,
+        app_version: str = "sim-0.1",
+        accepting: Callable[[], bool] = lambda: True,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.store = store
+        self.app_version = app_version
+        self._accepting = accepting
+        # Random prefix: ids stay unique across reconnects and restarts, so a stored report
+        # keeps its id and the hub's ack of any copy of it clears it.
+        prefix = id_prefix if id_prefix is not None else secrets.token_hex(4)
+        self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
+        self._inflight: set[str] = set()
+        self._recent_sent: OrderedDict[str, int] = OrderedDict()
+        self._sim_slots: set[int] | None = None
+        self.hello_id: str | None = None
+        self.device_id: str | None = None
+
+    # -- frames the phone starts ---------------------------------------------------
+
+    def new_id(self) -> str:
+        return next(self._ids)
+
+    def hello(
+        self, status: DeviceStatus, sims: Sequence[SimInfo], fcm_token: str | None = None
+    ) -> Frame:
+        """First frame of every connection; lists the held commands."""
+        self._sim_slots = {sim.slot for sim in sims}
+        frame = self._frame(
+            "hello",
+            protocol=PROTOCOL,
+            app_version=self.app_version,
+            **_status_fields(status),
+            sims=[sim.to_wire() for sim in sims],
+            held=[cmd.message_id for cmd in self.store.held()],
+        )
+        if fcm_token is not None:
+            frame["fcm_token"] = fcm_token
+        self.hello_id = frame["id"]
+        return frame
+
+    def heartbeat(self, status: DeviceStatus) -> Frame:
+        return self._frame("heartbeat", **_status_fields(status))
+
+    def disconnected(self) -> None:
+        self.hello_id = None
+
+    # -- hub frames ---------------------------------------------------------------
+
+    def receive_text(self, text: str) -> list[Action]:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            log.warning("hub sent invalid JSON: %.200s", text)
+            return []
+        if not isinstance(raw, dict):
+            log.warning("hub sent a non-object frame: %.200s", text)
+            return []
+        return self.receive(raw)
+
+    def receive(self, raw: Mapping[str, Any]) -> list[Action]:
+        if raw.get("type") not in HUB_FRAME_TYPES:
+            # A newer hub may add frame types; ignoring them keeps old phones working.
+            log.info("ignoring unknown hub frame type %r", raw.get("type"))
+            return []
+        try:
+            frame = _hub_frame.validate_python(raw)
+        except ValidationError as exc:
+            log.warning("hub sent an invalid %s frame: %s", raw.get("type"), exc)
+            return []
+        if isinstance(frame, WelcomeFrame):
+            return self._on_welcome(frame)
+        if isinstance(frame, SendFrame):
+            return self._on_send(frame)
+        if isinstance(frame, OwnershipFrame):
+            return self._on_ownership(frame)
+        if isinstance(frame, AckFrame):
+            self._on_ack(frame.ref)
+            return []
+        self._on_error(frame)
+        return []
+
+    def _on_welcome(self, frame: WelcomeFrame) -> list[Action]:
+        if self.hello_id is not None and frame.ref not in (None, self.hello_id):
+            log.warning("welcome refers to %r, not our hello %r", frame.ref, self.hello_id)
+        self.device_id = frame.device_id
+        interval = frame.heartbeat_interval if frame.heartbeat_interval > 0 else 30.0
+        actions: list[Action] = [Welcomed(frame.device_id, interval)]
+        # At-least-once towards the hub: everything not acked yet goes again.
+        actions += [Emit(report) for report in self.store.reports()]
+        actions += [Emit(inbound) for inbound in self.store.inbound()]
+        return actions
+
+    def _on_send(self, frame: SendFrame) -> list[Action]:
+        if self.store.get_held(frame.message_id) is not None:
+            log.debug("dropping duplicate send for %s", frame.message_id)
+            return []
+        if not self._accepting():
+            return []
+        if (
+            frame.sim_slot is not None
+            and self._sim_slots is not None
+            and frame.sim_slot not in self._sim_slots
+        ):
+            # Refuse without accepting: another phone may have that slot.
+            return [
+                self._report(
+                    "failed",
+                    message_id=frame.message_id,
+                    attempt=frame.attempt,
+                    error_code="no_sim",
+                    error=f"no SIM in slot {frame.sim_slot}",
+                    retryable=True,
+                )
+            ]
+        self.store.put_held(
+            HeldCommand(
+                message_id=frame.message_id,
+                attempt=frame.attempt,
+                to=frame.to,
+                body=frame.body,
+                sim_slot=frame.sim_slot,
+            )
+        )
+        return [Accept(frame.message_id, frame.attempt)]
+
+    def accept(self, message_id: str, attempt: int) -> list[Action]:
+        """The accept delay is over: accept the offer if it is still ours to accept."""
+        held = self.store.get_held(message_id)
+        if held is None or held.attempt != attempt or held.state != "accepted":
+            return []
+        return [Emit(self._frame("accepted", message_id=message_id, attempt=attempt))]
+
+    def _on_ownership(self, frame: OwnershipFrame) -> list[Action]:
+        held = self.store.get_held(frame.message_id)
+        if held is None:
+            return []
+        if frame.attempt < held.attempt:
+            log.debug("stale ownership for %s attempt %d", frame.message_id, frame.attempt)
+            return []
+        if not frame.owner:
+            if held.state == "accepted":
+                self.store.drop_held(frame.message_id)
+            else:
+                # Already on the radio: nothing to undo; the report settles it.
+                log.warning("hub disowned %s while %s", frame.message_id, held.state)
+            return []
+        if held.state == "transmitted" or frame.message_id in self._inflight:
+            return []
+        # "accepted", or "owned" left over from a crash mid-transmission: (re)transmit.
+        owned = held.with_state("owned", attempt=frame.attempt)
+        self.store.put_held(owned)
+        self._inflight.add(frame.message_id)
+        return [Transmit(owned)]
+
+    def _on_ack(self, ref: str) -> None:
+        with self.store.batch():
+            report = self.store.drop_report(ref)
+            if report is not None:
+                self._forget_reported(report)
+                return
+            self.store.drop_inbound(ref)
+
+    def _on_error(self, frame: ErrorFrame) -> None:
+        log.warning("hub refused frame %s: %s %s", frame.ref, frame.code, frame.message)
+        if frame.ref is None or frame.code not in PERMANENT_ERRORS:
+            return
+        with self.store.batch():
+            report = self.store.drop_report(frame.ref)
+            if report is not None:
+                self._forget_reported(report)
+            else:
+                self.store.drop_inbound(frame.ref)
+
+    def _forget_reported(self, report: Frame) -> None:
+        if report.get("type") not in ("sent", "failed"):
+            return
+        held = self.store.get_held(str(report.get("message_id")))
+        if held is not None and held.attempt == report.get("attempt"):
+            self.store.drop_held(held.message_id)
+
+    # -- events from the radio ----------------------------------------------------
+
+    def transmitted(self, message_id: str, attempt: int, result: SendResult) -> list[Action]:
+        """The radio finished: record it and report ``sent`` or ``failed``."""
+        self._inflight.discard(message_id)
+        with self.store.batch():
+            held = self.store.get_held(message_id)
+            if held is not None and held.attempt == attempt:
+                self.store.put_held(held.with_state("transmitted"))
+            if result.ok:
+                self._remember_sent(message_id, attempt)
+                fields: dict[str, Any] = {"message_id": message_id, "attempt": attempt}
+                if result.parts >= 1:
+                    fields["parts"] = result.parts
+                return [self._report("sent", **fields)]
+            return [
+                self._report(
+                    "failed",
+                    message_id=message_id,
+                    attempt=attempt,
+                    error_code=result.error_code or "send_failed",
+                    error=result.error or "",
+                    retryable=result.retryable,
+                )
+            ]
+
+    def transmit_aborted(self, message_id: str) -> None:
+        """Transmission was cancelled (client stopping); it stays ``owned``."""
+        self._inflight.discard(message_id)
+
+    def delivered(self, message_id: str) -> list[Action]:
+        held = self.store.get_held(message_id)
+        attempt = held.attempt if held is not None else self._recent_sent.get(message_id)
+        if attempt is None:
+            log.warning("delivery report for unknown message %s", message_id)
+            return []
+        self._recent_sent.pop(message_id, None)
+        return [self._report("delivered", message_id=message_id, attempt=attempt)]
+
+    def inbound(self, sms: InboundSms) -> list[Action]:
+        frame = self._frame(
+            "inbound",
+            local_id=sms.local_id,
+            **{"from": sms.sender},
+            body=sms.body,
+            received_at=sms.received_at.isoformat(),
+            sim_slot=sms.sim_slot,
+        )
+        self.store.put_inbound(frame)
+        return [Emit(frame)]
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _frame(self, kind: str, **fields: Any) -> Frame:
+        return {"type": kind, "id": self.new_id(), **fields}
+
+    def _report(self, kind: str, **fields: Any) -> Emit:
+        frame = self._frame(kind, **fields)
+        self.store.put_report(frame)
+        return Emit(frame)
+
+    def _remember_sent(self, message_id: str, attempt: int) -> None:
+        self._recent_sent[message_id] = attempt
+        self._recent_sent.move_to_end(message_id)
+        while len(self._recent_sent) > _RECENT_SENT_LIMIT:
+            self._recent_sent.popitem(last=False)
+
+
+def _status_fields(status: DeviceStatus) -> dict[str, Any]:
+    return {
+        "battery": status.battery,
+        "charging": status.charging,
+        "signal": status.signal,
+        "network": status.network,
+    }
