@@ -1,0 +1,161 @@
+"""One owner per message, checked on the wire: late accepts, reconnects, reinstalls and
+removed phones. A raw WebSocket plays the phone where timing must be exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from android_client.outbox import MemoryPhoneStore
+from tests.harness import Farm, HubServer, wait_for
+
+TO = "+15550100999"
+
+
+class RawPhone:
+    """A hand-driven phone: sends exactly the frames a test asks for."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.n = 0
+
+    @classmethod
+    async def open(cls, hub: HubServer, token: str, **hello: Any) -> RawPhone:
+        ws = await connect(
+            hub.url.replace("http://", "ws://") + "/ws/device",
+            additional_headers={"Authorization": f"Bearer {token}"},
+        )
+        phone = cls(ws)
+        await phone.send("hello", protocol="1.0", battery=90, signal=4, **hello)
+        return phone
+
+    async def send(self, kind: str, **fields: Any) -> str:
+        self.n += 1
+        frame_id = f"p{self.n}"
+        await self.ws.send(json.dumps({"type": kind, "id": frame_id, **fields}))
+        return frame_id
+
+    async def expect(self, kind: str) -> dict[str, Any]:
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+            if frame["type"] == kind:
+                return frame  # type: ignore[no-any-return]
+
+
+async def test_a_late_accept_is_refused_and_the_next_phone_owns_the_message(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    slow = await farm.add(connect=False)
+    raw = await RawPhone.open(hub, slow.token)
+    await raw.expect("welcome")
+    request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "once"}))
+    offer = await raw.expect("send")
+    good = await farm.add(deliver=False, signal=1)  # joins while the raw phone dawdles
+    result = (await request).json()
+    assert result["status"] == "SENT" and result["device_id"] == good.device_id
+    # Now the slow phone accepts its old attempt: the hub must say it is not the owner.
+    ref = await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    answer = await raw.expect("ownership")
+    assert answer == {**answer, "ref": ref, "owner": False}
+    # And its reports about that message change nothing.
+    await raw.send("sent", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.expect("ack")
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert msg["device_id"] == good.device_id and msg["status"] == "SENT"
+    assert good.transmitted_ids == [offer["message_id"]]
+    await raw.ws.close()
+
+
+async def test_reconnect_confirms_held_messages_and_refuses_unknown_ones(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    raw = await RawPhone.open(hub, phone.token)
+    await raw.expect("welcome")
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 3})
+    )
+    offer = await raw.expect("send")
+    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    assert (await raw.expect("ownership"))["owner"] is True
+    await raw.ws.close()  # connection lost before the radio reported
+    r = await request
+    assert r.status_code == 202 and r.json()["status"] == "QUEUED"  # still owned, not moved
+
+    again = await RawPhone.open(hub, phone.token, held=[offer["message_id"], "not-mine"])
+    await again.expect("welcome")
+    answers = [await again.expect("ownership") for _ in range(2)]
+    assert {(a["message_id"], a["owner"]) for a in answers} == {
+        (offer["message_id"], True),
+        ("not-mine", False),
+    }
+    await again.send("sent", message_id=offer["message_id"], attempt=offer["attempt"])
+    await again.expect("ack")
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert msg["status"] == "SENT" and msg["device_id"] == phone.device_id
+    await again.ws.close()
+
+
+async def test_an_owned_message_the_phone_lost_is_sent_again_on_reconnect(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(deliver=False, send_delay=30.0)
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 2})
+    assert r.status_code == 202 and r.json()["status"] == "QUEUED"
+    mid = r.json()["message_id"]
+    await phone.client.kill()
+    # The app was reinstalled: same token, empty local store, a radio that works now.
+    phone.store = MemoryPhoneStore()
+    phone.backend.config.send_delay = 0.0
+    await farm.restart(phone)
+
+    async def sent() -> bool:
+        return (await api.get(f"/sms/{mid}")).json()["status"] == "SENT"
+
+    await wait_for(sent, what="the re-sent command to go out")
+    assert phone.transmitted_ids == [mid]
+
+
+async def test_removing_a_phone_hands_its_unsent_messages_to_another(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    doomed = await farm.add(deliver=False, send_delay=30.0, signal=4)
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 1})
+    mid = r.json()["message_id"]
+    assert r.json()["status"] == "QUEUED"
+    heir = await farm.add(deliver=False, signal=1)
+    assert (await api.delete(f"/devices/{doomed.device_id}")).status_code == 204
+
+    async def sent() -> bool:
+        return (await api.get(f"/sms/{mid}")).json()["status"] == "SENT"
+
+    await wait_for(sent, what="the heir to send")
+    assert heir.transmitted_ids == [mid]
+    msg = (await api.get(f"/sms/{mid}")).json()
+    assert msg["device_id"] == heir.device_id
+    assert [a["outcome"] for a in msg["attempts"]] == ["device_removed", "sent"]
+
+
+async def test_inbound_duplicates_are_acknowledged_but_stored_once(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    raw = await RawPhone.open(hub, phone.token)
+    await raw.expect("welcome")
+    sms = {
+        "local_id": "L-1",
+        "from": "+15550002222",
+        "body": "hi",
+        "received_at": "2026-11-22T10:00:00Z",
+    }
+    for _ in range(3):
+        ref = await raw.send("inbound", **sms)
+        assert (await raw.expect("ack"))["ref"] == ref
+    items = (await api.get("/sms/inbound")).json()["items"]
+    assert len(items) == 1 and items[0]["local_id"] == "L-1"
+    assert items[0]["received_at"].startswith("2026-11-22T10:00:00")
+    await raw.ws.close()
