@@ -16,27 +16,13 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from smsgw.segments import count_parts
+
 from .backend import Backend, DeviceStatus, InboundSms, SendResult, SimInfo
 
 # GSM 03.38 basic character set; anything else forces UCS-2 encoding.
-_GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")  # two septets each
-
-
-def sms_parts(body: str) -> int:
-    """Number of SMS segments the body needs (GSM-7: 160/153, UCS-2: 70/67)."""
-    if all(c in _GSM7_BASIC or c in _GSM7_EXTENDED for c in body):
-        units = sum(2 if c in _GSM7_EXTENDED else 1 for c in body)
-        single, multi = 160, 153
-    else:
-        units = len(body.encode("utf-16-le")) // 2
-        single, multi = 70, 67
-    if units <= single:
-        return 1
-    return -(-units // multi)
+# The hub and the simulated radio count segments the same way.
+sms_parts = count_parts
 
 
 @dataclass

@@ -94,6 +94,10 @@ class DeviceConnection(Session):
     async def send_command(self, message: Message, attempt: int) -> None:
         if self.closed:
             raise SessionClosed(self.device_id)
+        self._queue_send(message, attempt)
+        await self._flush()
+
+    def _queue_send(self, message: Message, attempt: int) -> None:
         self.protocol.send_command(
             message_id=message.id,
             attempt=attempt,
@@ -103,7 +107,6 @@ class DeviceConnection(Session):
             parts=message.parts,
             expires_at=iso(message.expires_at),
         )
-        await self._flush()
 
     async def _flush(self) -> None:
         # One writer at a time keeps frames whole and in the order they were queued.
@@ -203,15 +206,7 @@ class DeviceConnection(Session):
         live.in_flight.update(m.id for m in owned)
         for msg in owned:
             if msg.id not in held:
-                self.protocol.send_command(
-                    message_id=msg.id,
-                    attempt=msg.attempt,
-                    to=msg.recipient,
-                    body=msg.body,
-                    sim_slot=msg.sim_slot,
-                    parts=msg.parts,
-                    expires_at=iso(msg.expires_at),
-                )
+                self._queue_send(msg, msg.attempt)
         await self._flush_quietly()
         self.live = live
         previous = await hub.registry.attach(live)
@@ -248,16 +243,8 @@ class DeviceConnection(Session):
         self.hub.dispatcher.reported(frame.message_id, self.device_id, status)
 
     async def _on_heartbeat(self, frame: HeartbeatFrame) -> None:
-        if self.live is not None:
-            self.live.battery, self.live.charging = frame.battery, frame.charging
-            self.live.signal, self.live.network = frame.signal, frame.network
-        await self.hub.store.record_device_status(
-            self.device_id,
-            battery=frame.battery,
-            charging=frame.charging,
-            signal=frame.signal,
-            network=frame.network,
-            now=utcnow(),
+        await record_status(
+            self.hub, self.device_id, frame.battery, frame.charging, frame.signal, frame.network
         )
         self.protocol.ack(frame.id)
 
@@ -278,3 +265,22 @@ class DeviceConnection(Session):
             )
         )
         self.protocol.ack(frame.id)
+
+
+async def record_status(
+    hub: Hub, device_id: str, battery: int, charging: bool, signal: int, network: str | None
+) -> None:
+    """A heartbeat, over the socket or the HTTP fallback: stored, and mirrored in the
+    registry when the phone is online so routing sees it at once."""
+    live = hub.registry.get(device_id)
+    if live is not None:
+        live.battery, live.charging, live.signal, live.network = battery, charging, signal, network
+        live.touch()
+    await hub.store.record_device_status(
+        device_id,
+        battery=battery,
+        charging=charging,
+        signal=signal,
+        network=network,
+        now=utcnow(),
+    )

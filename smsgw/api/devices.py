@@ -30,6 +30,7 @@ from smsgw.auth import (
     presented_secret,
 )
 from smsgw.clock import new_id, utcnow
+from smsgw.connection import record_status
 from smsgw.errors import ApiError
 from smsgw.protocol import CloseCode
 from smsgw.store import Device
@@ -208,18 +209,6 @@ async def delete_device(call: Call) -> Reply:
 async def heartbeat(call: Call) -> HeartbeatOut:
     body: HeartbeatIn = call.body
     device = await call.hub.auth.device(call.request)
-    await call.hub.store.record_device_status(
-        device.id,
-        battery=body.battery,
-        charging=body.charging,
-        signal=body.signal,
-        network=body.network,
-        now=utcnow(),
-    )
-    live = call.hub.registry.get(device.id)
-    if live is not None:
-        live.battery, live.charging, live.signal = body.battery, body.charging, body.signal
-        live.network = body.network
-        live.touch()
+    await record_status(call.hub, device.id, body.battery, body.charging, body.signal, body.network)
     owned = await call.hub.store.owned_unfinished(device.id)
     return HeartbeatOut(ok=True, pending_messages=len(owned))
