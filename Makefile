@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9000
 
-.PHONY: run install install-test check test migrate clean
+.PHONY: run install install-test install-bench check test migrate bench bench-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -36,6 +40,12 @@ check: install-test
 
 test: check
 	$(BIN)/pytest
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run
+
+bench-full: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

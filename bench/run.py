@@ -1,0 +1,444 @@
+"""The benchmark suite: ``python -m bench.run [--full]`` (``make bench`` / ``make bench-full``).
+
+Every party runs in its own process: the hub (or the bare relay) pinned to core 0, the
+simulated phones and the REST load generator pinned to core 1 (``taskset``), all on
+loopback. The hub runs with production settings: SQLite file with ``synchronous=FULL``,
+auth on. Set-up (devices, keys, a backlog) is written straight into the database before
+the hub starts; it is not what is measured.
+
+Scenarios: dispatch (closed-loop max rate; open-loop latency at fixed offered rates),
+ceiling (the same against ``bench/relay.py``), connections (idle phones: RSS and CPU),
+reconnect storm, backlog drain, failover. Results: a table on stdout,
+``bench/results/<UTC date>-<sha>.json`` and ``…-latency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from smsgw.auth import DEVICE_PREFIX, hash_secret, issue_api_key, new_credential
+from smsgw.clock import new_id, utcnow
+from smsgw.store import Message, Status
+from smsgw.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+HUB_CORE, LOAD_CORE = "0", "1"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    phones: int  # phones answering dispatches
+    clients: int  # concurrent REST clients in closed-loop runs
+    seconds: float  # length of one closed-loop run
+    repeats: int  # closed-loop runs per target (median, min-max)
+    open_seconds: float
+    fractions: tuple[float, ...]  # open-loop offered rates, as fractions of max
+    idle_phones: int
+    idle_window: float  # seconds over which heartbeat CPU is measured
+    backlog: int
+    failover_requests: int
+
+
+QUICK = Sizes(20, 50, 6.0, 3, 4.0, (0.25, 0.5, 0.75, 0.9), 2000, 35.0, 5000, 12)
+FULL = Sizes(20, 50, 10.0, 5, 8.0, (0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 10_000, 65.0, 50_000, 20)
+
+
+def pinned(core: str, *args: str) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", core, *args]
+    return list(args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, RSS KiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    return cpu, rss
+
+
+# -- set-up -----------------------------------------------------------------------------
+
+
+async def provision(db: Path, phones: int, backlog: int = 0) -> tuple[str, list[str]]:
+    """Create an admin key, ``phones`` devices (with a quota that never binds) and a
+    backlog of PENDING messages, directly in the database."""
+    store = SqliteStore(db, synchronous="OFF")
+    await store.open()
+    now = utcnow()
+    key, _ = await issue_api_key(store, "bench", frozenset({"admin"}), now)
+    tokens = []
+    for i in range(phones):
+        token, prefix = new_credential(DEVICE_PREFIX)
+        result = await store.register_device(
+            device_id=new_id(), name=f"bench-{i}", hardware_id=f"bench-{i}", sims=[{"slot": 0}],
+            fcm_token=None, token_prefix=prefix, token_hash=hash_secret(token), now=now,
+            enrollment_code_hash=None,
+        )
+        assert result is not None
+        await store.update_device(result[0].id, now, daily_quota=10**9)
+        tokens.append(token)
+    for i in range(backlog):
+        await store.create_message(Message(
+            id=new_id(), recipient=f"+1555{i:07d}", body=f"backlog {i}", status=Status.PENDING,
+            created_at=now, updated_at=now, expires_at=now + timedelta(days=1),
+        ))
+    await store.close()
+    return key, tokens
+
+
+class Server:
+    """The hub or the relay, pinned to the hub core."""
+
+    def __init__(self, kind: str, db: Path | None = None) -> None:
+        self.kind = kind
+        self.db = db
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Server:
+        env = dict(os.environ)
+        if self.kind == "hub":
+            assert self.db is not None
+            env.update(SMSGW_DATABASE_URL=f"sqlite:///{self.db}", SMSGW_HOST="127.0.0.1",
+                       SMSGW_PORT=str(self.port), SMSGW_LOG_LEVEL="warning")
+            env.pop("SMSGW_ADMIN_KEY", None)
+            cmd = [sys.executable, "-m", "smsgw", "serve"]
+        else:
+            cmd = [sys.executable, "-m", "bench.relay", str(self.port)]
+        self.proc = subprocess.Popen(pinned(HUB_CORE, *cmd), env=env, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL)
+        async with httpx.AsyncClient() as c:
+            for _ in range(300):
+                try:
+                    await c.get(self.url + "/health")
+                    return self
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.kind} did not start")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Fleet:
+    """``bench/phones.py`` pinned to the load core, driven over stdin/stdout."""
+
+    def __init__(self, server: Server, tokens: list[str], mode: str, mute: int = 0) -> None:
+        self.server, self.tokens, self.mode, self.mute = server, tokens, mode, mute
+        self.proc: asyncio.subprocess.Process | None = None
+        self.tokens_file = Path(tempfile.mktemp(suffix=".json"))
+
+    async def start(self, timeout: float = 300.0) -> dict[str, Any]:
+        self.tokens_file.write_text(json.dumps(self.tokens))
+        ws = self.server.url.replace("http://", "ws://") + "/ws/device"
+        self.proc = await asyncio.create_subprocess_exec(
+            *pinned(LOAD_CORE, sys.executable, "-m", "bench.phones", "--url", ws,
+                    "--tokens", str(self.tokens_file), "--mode", self.mode,
+                    "--mute", str(self.mute)),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        )
+        return await self.read(timeout)
+
+    async def read(self, timeout: float = 300.0) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError("phone fleet exited")
+        return dict(json.loads(line))
+
+    async def command(self, cmd: str, timeout: float = 300.0) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(cmd.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.read(timeout)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"quit\n")
+            await self.proc.stdin.drain()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+        self.tokens_file.unlink(missing_ok=True)
+
+
+async def load(server: Server, key: str, *args: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        *pinned(LOAD_CORE, sys.executable, "-m", "bench.loadgen", *args, "--url", server.url,
+                "--key", key),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    out, _ = await proc.communicate()
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1)}
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, Any]:
+    """Closed-loop max rate (repeats), then open-loop latency at fractions of it."""
+    db = work / f"{kind}.db"
+    key, tokens = await provision(db, sizes.phones) if kind == "hub" else ("", [""] * sizes.phones)
+    server = await Server(kind, db).start()
+    fleet = Fleet(server, tokens, "hub" if kind == "hub" else "relay")
+    try:
+        await fleet.start()
+        runs = [
+            await load(server, key, "closed", "--concurrency", str(sizes.clients),
+                       "--seconds", str(sizes.seconds))
+            for _ in range(sizes.repeats)
+        ]
+        rates = [float(r["per_s"]) for r in runs]
+        best = statistics.median(rates)
+        curve = []
+        for fraction in sizes.fractions:
+            r = await load(server, key, "open", "--rate", str(round(best * fraction, 1)),
+                           "--seconds", str(sizes.open_seconds),
+                           "--concurrency", str(sizes.clients))
+            curve.append({"fraction": fraction, **r})
+        return {"max_per_s": spread(rates), "closed_runs": runs, "open_loop": curve}
+    finally:
+        await fleet.stop()
+        server.stop()
+
+
+async def connections_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
+    db = work / "idle.db"
+    key, tokens = await provision(db, sizes.idle_phones)
+    server = await Server("hub", db).start()
+    fleet = Fleet(server, tokens, "hub")
+    try:
+        await asyncio.sleep(1.0)
+        _, rss_before = proc_stat(server.pid)
+        online = await fleet.start()
+        await asyncio.sleep(3.0)  # let start-up garbage settle
+        cpu0, rss_after = proc_stat(server.pid)
+        t0 = time.monotonic()
+        await asyncio.sleep(sizes.idle_window)
+        cpu1, _ = proc_stat(server.pid)
+        cpu_pct = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+        storm = await fleet.command("storm")
+        async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=60) as c:
+            devices = (await c.get(server.url + "/devices/")).json()["items"]
+        return {
+            "idle_phones": sizes.idle_phones,
+            "connect_all_s": online["seconds"],
+            "rss_kib_before": rss_before,
+            "rss_kib_after": rss_after,
+            "rss_kib_per_phone": round((rss_after - rss_before) / sizes.idle_phones, 2),
+            "heartbeat_cpu_pct_of_core": round(cpu_pct, 2),
+            "reconnect_all_s": storm["seconds"],
+            "reconnect_errors": storm["errors"],
+            "online_after_storm": sum(1 for d in devices if d["online"]),
+        }
+    finally:
+        await fleet.stop()
+        server.stop()
+
+
+async def drain_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
+    db = work / "drain.db"
+    key, tokens = await provision(db, sizes.phones, backlog=sizes.backlog)
+    server = await Server("hub", db).start()
+    fleet = Fleet(server, tokens, "hub")
+    try:
+        t0 = time.perf_counter()
+        await fleet.start()
+        while (await fleet.command("stats"))["sent"] < sizes.backlog:
+            await asyncio.sleep(0.2)
+        elapsed = time.perf_counter() - t0
+        return {"backlog": sizes.backlog, "seconds": round(elapsed, 2),
+                "drain_per_s": round(sizes.backlog / elapsed, 1)}
+    finally:
+        await fleet.stop()
+        server.stop()
+
+
+async def failover_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
+    db = work / "failover.db"
+    key, tokens = await provision(db, 4)
+    server = await Server("hub", db).start()
+    fleet = Fleet(server, tokens, "hub", mute=1)
+    try:
+        await fleet.start()
+        normal, failed_over = [], []
+        async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=30) as c:
+            for i in range(sizes.failover_requests):
+                t0 = time.perf_counter()
+                r = await c.post(server.url + "/sms/dispatch",
+                                 json={"to": f"+1555{i:07d}", "message": "failover"})
+                ms = (time.perf_counter() - t0) * 1000
+                (failed_over if r.json().get("attempts", 1) > 1 else normal).append(ms)
+        added = statistics.median(failed_over) - statistics.median(normal) if failed_over else 0.0
+        return {"requests": sizes.failover_requests, "failed_over": len(failed_over),
+                "normal_p50_ms": round(statistics.median(normal), 2),
+                "failover_p50_ms": round(statistics.median(failed_over), 2) if failed_over else None,
+                "failover_added_ms": round(added, 2), "accept_timeout_ms": 5000}
+    finally:
+        await fleet.stop()
+        server.stop()
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def git_sha() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for kind, label in (("hub", "smsgw hub"), ("ceiling", "bare relay (ceiling)")):
+        curve = result["scenarios"][kind]["open_loop"]
+        xs = [p["rate"] for p in curve]
+        ax.plot(xs, [p["p50_ms"] for p in curve], marker="o", label=f"{label} p50")
+        ax.plot(xs, [p["p99_ms"] for p in curve], marker="x", linestyle="--",
+                label=f"{label} p99")
+    ax.set_xlabel("offered load (dispatches/s, open loop)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"POST /sms/dispatch latency, {result['git_sha']} ({result['mode']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def at_half(curve: list[dict[str, Any]]) -> dict[str, Any]:
+    return min(curve, key=lambda p: abs(p["fraction"] - 0.5))
+
+
+def table(flat: dict[str, Any]) -> str:
+    rows = [
+        ("dispatch_max_per_s", "≥ 0.6 × ceiling"), ("ceiling_max_per_s", ""),
+        ("ratio_to_ceiling", "≥ 0.6"), ("p50_ms", ""), ("p99_ms", "≤ 10"),
+        ("idle_phones", ""), ("rss_kib_per_phone", "≤ 20"),
+        ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"), ("reconnect_all_s", "≤ 15 (at 10k)"),
+        ("reconnect_errors", "0"), ("drain_per_s", "≥ 0.8 × dispatch"),
+        ("failover_added_ms", "≤ timeout + 50"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'value':>12}  target", "-" * (width + 30)]
+    lines += [f"{k:<{width}}  {flat.get(k)!s:>12}  {t}" for k, t in rows]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="full sizes (slow)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=["dispatch", "connections", "drain", "failover"])
+    args = parser.parse_args()
+    sizes = FULL if args.full else QUICK
+    only = set(args.only or ["dispatch", "connections", "drain", "failover"])
+    scenarios: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="smsgw-bench-") as tmp:
+        work = Path(tmp)
+        if "dispatch" in only:
+            scenarios["hub"] = await dispatch_scenario("hub", sizes, work)
+            scenarios["ceiling"] = await dispatch_scenario("relay", sizes, work)
+        if "connections" in only:
+            scenarios["connections"] = await connections_scenario(sizes, work)
+        if "drain" in only:
+            scenarios["drain"] = await drain_scenario(sizes, work)
+        if "failover" in only:
+            scenarios["failover"] = await failover_scenario(sizes, work)
+
+    flat: dict[str, Any] = {}
+    if "hub" in scenarios:
+        hub_max = scenarios["hub"]["max_per_s"]["median"]
+        ceiling_max = scenarios["ceiling"]["max_per_s"]["median"]
+        half = at_half(scenarios["hub"]["open_loop"])
+        flat.update(dispatch_max_per_s=hub_max, ceiling_max_per_s=ceiling_max,
+                    ratio_to_ceiling=round(hub_max / ceiling_max, 3),
+                    p50_ms=half["p50_ms"], p99_ms=half["p99_ms"])
+    if "connections" in scenarios:
+        c = scenarios["connections"]
+        flat.update({k: c[k] for k in ("idle_phones", "rss_kib_per_phone",
+                                        "heartbeat_cpu_pct_of_core", "reconnect_all_s",
+                                        "reconnect_errors")})
+    if "drain" in scenarios:
+        flat["drain_per_s"] = scenarios["drain"]["drain_per_s"]
+    if "failover" in scenarios:
+        flat["failover_added_ms"] = scenarios["failover"]["failover_added_ms"]
+
+    sha = git_sha()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    result = {
+        **flat,
+        "mode": "full" if args.full else "quick",
+        "git_sha": sha,
+        "utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "pinned": bool(shutil.which("taskset"))},
+        "scenarios": scenarios,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stamp}-{sha}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if "hub" in scenarios:
+        plot(result, RESULTS / f"{stamp}-{sha}-latency.png")
+    print(table(flat))
+    print(f"\nwritten: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
