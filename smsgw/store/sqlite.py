@@ -1,22 +1,26 @@
-"""SQLite store (the embedded default), on aiosqlite.
+"""SQLite store (the embedded default): one writer thread with group commit.
 
-One connection, WAL journal, ``synchronous=FULL`` by default so every state change is on
-disk before the hub acts on it. aiosqlite runs the connection on its own thread, so the
-event loop never blocks on disk; an asyncio lock makes each multi-statement operation one
-``BEGIN IMMEDIATE`` transaction that no other coroutine can interleave with.
+WAL journal and ``synchronous=FULL`` by default, so every state change is on disk before
+the hub acts on it. Writes are functions run on a dedicated writer thread: it takes every
+write waiting in its queue, runs each inside a savepoint of one ``BEGIN IMMEDIATE``
+transaction and commits them together, so one fsync covers a whole batch (group commit)
+while a failing write still rolls back alone. Reads run on a second thread with their own
+connection (WAL readers never wait for the writer). The event loop only ever awaits
+futures, never the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from smsgw.clock import iso, new_id, parse_iso
 from smsgw.store.base import (
@@ -31,6 +35,11 @@ from smsgw.store.base import (
     Store,
 )
 from smsgw.store.migrations import load_migrations
+
+T = TypeVar("T")
+
+# Writes per transaction at most: bounds the latency one batch adds to the next.
+MAX_BATCH = 512
 
 _MESSAGE_COLUMNS = (
     "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
@@ -49,7 +58,7 @@ def _req_dt(value: Any) -> datetime:
     return dt
 
 
-def _message(row: aiosqlite.Row) -> Message:
+def _message(row: sqlite3.Row) -> Message:
     return Message(
         id=row["id"],
         recipient=row["recipient"],
@@ -74,7 +83,7 @@ def _message(row: aiosqlite.Row) -> Message:
     )
 
 
-def _device(row: aiosqlite.Row) -> Device:
+def _device(row: sqlite3.Row) -> Device:
     return Device(
         id=row["id"],
         name=row["name"],
@@ -96,7 +105,7 @@ def _device(row: aiosqlite.Row) -> Device:
     )
 
 
-def _api_key(row: aiosqlite.Row) -> ApiKey:
+def _api_key(row: sqlite3.Row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         name=row["name"],
@@ -108,7 +117,7 @@ def _api_key(row: aiosqlite.Row) -> ApiKey:
     )
 
 
-def _inbound(row: aiosqlite.Row) -> Inbound:
+def _inbound(row: sqlite3.Row) -> Inbound:
     return Inbound(
         id=row["id"],
         device_id=row["device_id"],
@@ -125,100 +134,193 @@ def _day(now: datetime) -> str:
     return now.date().isoformat()
 
 
+class _Writer(threading.Thread):
+    """Runs queued write functions in batches, one transaction (one fsync) per batch."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(name="smsgw-sqlite-writer", daemon=True)
+        self._connect = connect
+        self.jobs: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self.batches = 0
+        self.writes = 0
+
+    def run(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                first = self.jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    batch.append(job)
+                self._run_batch(db, batch)
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _run_batch(
+        self,
+        db: sqlite3.Connection,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+    ) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, fut in batch:
+                db.execute("SAVEPOINT w")
+                try:
+                    result = fn(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO w")
+                    db.execute("RELEASE w")
+                    outcomes.append((fut, None, exc))
+                else:
+                    db.execute("RELEASE w")
+                    outcomes.append((fut, result, None))
+            db.execute("COMMIT")
+        except Exception as exc:
+            # The commit itself failed (disk full, I/O error): nothing of the batch is
+            # durable, so every caller gets the error.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            outcomes = [(fut, None, exc) for _, fut in batch]
+        self.batches += 1
+        self.writes += len(batch)
+        loop = batch[0][1].get_loop()
+        loop.call_soon_threadsafe(_deliver, outcomes)
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():
+            continue  # the caller gave up (cancelled); the write is durable regardless
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         if self.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"invalid sqlite synchronous mode {synchronous!r}")
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._writer: _Writer | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_db: sqlite3.Connection | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("store is not open")
-        return self._db
-
-    async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        self._db.row_factory = aiosqlite.Row
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
         for pragma in (
             "journal_mode=WAL",
             f"synchronous={self.synchronous}",
             "busy_timeout=10000",
             "foreign_keys=ON",
         ):
-            await self._db.execute(f"PRAGMA {pragma}")
-        await self.migrate()
+            db.execute(f"PRAGMA {pragma}")
+        return db
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._migrate_sync)
+        self._writer = _Writer(self._connect)
+        self._writer.start()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="smsgw-sqlite-reader")
+        self._reader_db = await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._connect
+        )
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, each in its own transaction; returns what was applied."""
-        db = self.db
+        return await asyncio.to_thread(self._migrate_sync)
+
+    def _migrate_sync(self) -> list[str]:
+        db = self._connect()
         applied: list[str] = []
-        async with self._lock:
-            await db.execute(
+        try:
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
-            rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
-            done = {r[0] for r in rows}
+            done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
             for mig in load_migrations("sqlite"):
                 if mig.version in done:
                     continue
                 stamp = iso(datetime.now().astimezone())
                 # executescript commits on its own; BEGIN/COMMIT inside makes the file and
                 # its version record one atomic step.
-                await db.executescript(
+                db.executescript(
                     "BEGIN IMMEDIATE;\n"
                     + mig.sql()
                     + f"\n;INSERT INTO schema_migrations VALUES ('{mig.version}', '{stamp}');"
                     + "\nCOMMIT;"
                 )
                 applied.append(mig.version)
+        finally:
+            db.close()
         return applied
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._writer is not None:
+            self._writer.jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._reader is not None:
+            reader, db = self._reader, self._reader_db
+            if db is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, db.close)
+            reader.shutdown(wait=True)
+            self._reader = self._reader_db = None
 
     async def ping(self) -> None:
-        await self.db.execute_fetchall("SELECT 1")
+        await self._read(lambda db: db.execute("SELECT 1").fetchone())
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
-                await db.execute("COMMIT")
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writer.jobs.put((fn, fut))
+        # Shielded: once queued the write happens; a cancelled caller must not leave the
+        # future to be resolved by a dead waiter (it is skipped in _deliver).
+        return await asyncio.shield(fut)
 
-    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._lock:
-            cur = await self.db.execute(sql, tuple(params))
-            row = await cur.fetchone()
-            await cur.close()
-            return row
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        reader, db = self._reader, self._reader_db
+        if reader is None or db is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(reader, fn, db)
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._lock:
-            return list(await self.db.execute_fetchall(sql, tuple(params)))
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        args = tuple(params)
+        row: sqlite3.Row | None = await self._read(lambda db: db.execute(sql, args).fetchone())
+        return row
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        args = tuple(params)
+        return await self._read(lambda db: db.execute(sql, args).fetchall())
 
     # -- client API keys ------------------------------------------------------------
 
     async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -231,6 +333,8 @@ class SqliteStore(Store):
                 ),
             )
 
+        return await self._write(op)
+
     async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
         row = await self._one(
             "SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL", (prefix,)
@@ -242,12 +346,14 @@ class SqliteStore(Store):
         return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
-        async with self._tx() as db:
-            cur = await db.execute(
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (iso(now), key_id),
             )
             return cur.rowcount == 1
+
+        return await self._write(op)
 
     async def has_admin_key(self) -> bool:
         rows = await self._all("SELECT scopes FROM api_keys WHERE revoked_at IS NULL")
@@ -258,11 +364,13 @@ class SqliteStore(Store):
     async def create_enrollment_code(
         self, code_hash: str, now: datetime, expires_at: datetime
     ) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO enrollment_codes (code_hash, created_at, expires_at) VALUES (?, ?, ?)",
                 (code_hash, iso(now), iso(expires_at)),
             )
+
+        return await self._write(op)
 
     async def register_device(
         self,
@@ -305,13 +413,14 @@ class SqliteStore(Store):
         enrollment_code_hash: str | None,
     ) -> tuple[Device, bool]:
         stamp = iso(now)
-        async with self._tx() as db:
-            existing = await (
-                await db.execute("SELECT id FROM devices WHERE hardware_id = ?", (hardware_id,))
+
+        def op(db: sqlite3.Connection) -> tuple[Device, bool]:
+            existing = (
+                db.execute("SELECT id FROM devices WHERE hardware_id = ?", (hardware_id,))
             ).fetchone()
             final_id = existing["id"] if existing else device_id
             if enrollment_code_hash is not None:
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE enrollment_codes SET used_at = ?, device_id = ? "
                     "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
                     (stamp, final_id, enrollment_code_hash, stamp),
@@ -319,14 +428,14 @@ class SqliteStore(Store):
                 if cur.rowcount != 1:
                     raise _Abort()
             if existing:
-                await db.execute(
+                db.execute(
                     "UPDATE devices SET name = ?, token_prefix = ?, token_hash = ?, sims = ?, "
                     "fcm_token = COALESCE(?, fcm_token), updated_at = ?, revoked_at = NULL "
                     "WHERE id = ?",
                     (name, token_prefix, token_hash, json.dumps(sims), fcm_token, stamp, final_id),
                 )
             else:
-                await db.execute(
+                db.execute(
                     "INSERT INTO devices (id, name, hardware_id, token_prefix, token_hash, sims, "
                     "fcm_token, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -341,11 +450,11 @@ class SqliteStore(Store):
                         stamp,
                     ),
                 )
-            row = await (
-                await db.execute("SELECT * FROM devices WHERE id = ?", (final_id,))
-            ).fetchone()
+            row = (db.execute("SELECT * FROM devices WHERE id = ?", (final_id,))).fetchone()
             assert row is not None
             return _device(row), existing is None
+
+        return await self._write(op)
 
     async def device_by_token_prefix(self, prefix: str) -> tuple[Device, str] | None:
         row = await self._one(
@@ -372,20 +481,23 @@ class SqliteStore(Store):
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         values = {k: (json.dumps(v) if k == "sims" else v) for k, v in fields.items()}
-        async with self._tx() as db:
+
+        def op(db: sqlite3.Connection) -> Device | None:
             if values:
                 assignments = ", ".join(f"{k} = ?" for k in values)
-                await db.execute(
+                db.execute(
                     f"UPDATE devices SET {assignments}, updated_at = ? "
                     "WHERE id = ? AND revoked_at IS NULL",
                     (*values.values(), iso(now), device_id),
                 )
-            row = await (
-                await db.execute(
+            row = (
+                db.execute(
                     "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
                 )
             ).fetchone()
             return _device(row) if row else None
+
+        return await self._write(op)
 
     async def record_device_status(
         self,
@@ -397,17 +509,20 @@ class SqliteStore(Store):
         network: str | None,
         now: datetime,
     ) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE devices SET battery = ?, charging = ?, signal = ?, network = ?, "
                 "last_seen_at = ? WHERE id = ?",
                 (battery, int(charging), signal, network, iso(now), device_id),
             )
 
+        return await self._write(op)
+
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         stamp = iso(now)
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE devices SET revoked_at = ?, token_prefix = NULL, token_hash = NULL, "
                 "updated_at = ? "
                 "WHERE id = ? AND revoked_at IS NULL",
@@ -415,19 +530,19 @@ class SqliteStore(Store):
             )
             if cur.rowcount != 1:
                 return False
-            await db.execute(
+            db.execute(
                 "UPDATE message_attempts SET ended_at = ?, outcome = 'device_removed' "
                 "WHERE device_id = ? AND ended_at IS NULL",
                 (stamp, device_id),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
                 "queued_at = NULL, updated_at = ? "
                 "WHERE device_id = ? AND status IN ('PENDING', 'QUEUED')",
                 (stamp, device_id),
             )
             # A message pinned to a removed phone can never leave: fail it visibly.
-            await db.execute(
+            db.execute(
                 "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
                 "error = 'the device this message was sent through was removed', "
                 "failed_at = ?, updated_at = ? WHERE pinned_device_id = ? AND status = 'PENDING'",
@@ -435,12 +550,15 @@ class SqliteStore(Store):
             )
             return True
 
+        return await self._write(op)
+
     # -- messages -------------------------------------------------------------------
 
     async def create_message(self, message: Message) -> None:
         m = message
-        async with self._tx() as db:
-            await db.execute(
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -466,6 +584,8 @@ class SqliteStore(Store):
                     iso(m.expires_at),
                 ),
             )
+
+        return await self._write(op)
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         row = await self._one(
@@ -534,8 +654,9 @@ class SqliteStore(Store):
         lease_until: datetime,
     ) -> bool:
         stamp = iso(now)
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE messages SET attempt = attempt + 1, device_id = ?, lease_until = ?, "
                 "updated_at = ? WHERE id = ? AND status = 'PENDING' AND attempt = ? "
                 "AND (lease_until IS NULL OR lease_until <= ?)",
@@ -543,12 +664,14 @@ class SqliteStore(Store):
             )
             if cur.rowcount != 1:
                 return False
-            await db.execute(
+            db.execute(
                 "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
                 "VALUES (?, ?, ?, ?)",
                 (message_id, expected_attempt + 1, device_id, stamp),
             )
             return True
+
+        return await self._write(op)
 
     async def release_offer(
         self,
@@ -561,10 +684,11 @@ class SqliteStore(Store):
         max_attempts: int,
     ) -> Status | None:
         stamp = iso(now)
-        async with self._tx() as db:
+
+        def op(db: sqlite3.Connection) -> Status | None:
             exhausted = attempt >= max_attempts
             if exhausted:
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
                     "error_code = 'max_attempts', error = ?, failed_at = ?, updated_at = ? "
                     "WHERE id = ? AND status = 'PENDING' AND attempt = ? AND device_id = ?",
@@ -578,7 +702,7 @@ class SqliteStore(Store):
                     ),
                 )
             else:
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE messages SET device_id = NULL, lease_until = NULL, "
                     "next_attempt_at = ?, updated_at = ? "
                     "WHERE id = ? AND status = 'PENDING' AND attempt = ? AND device_id = ?",
@@ -586,12 +710,14 @@ class SqliteStore(Store):
                 )
             if cur.rowcount != 1:
                 return None
-            await self._end_attempt(db, message_id, attempt, outcome, stamp)
+            self._end_attempt(db, message_id, attempt, outcome, stamp)
             return Status.FAILED if exhausted else Status.PENDING
 
+        return await self._write(op)
+
     @staticmethod
-    async def _end_attempt(
-        db: aiosqlite.Connection,
+    def _end_attempt(
+        db: sqlite3.Connection,
         message_id: str,
         attempt: int,
         outcome: str,
@@ -599,7 +725,7 @@ class SqliteStore(Store):
         error_code: str | None = None,
         error: str | None = None,
     ) -> None:
-        await db.execute(
+        db.execute(
             "UPDATE message_attempts SET ended_at = ?, outcome = ?, error_code = ?, error = ? "
             "WHERE message_id = ? AND attempt = ? AND ended_at IS NULL",
             (stamp, outcome, error_code, error, message_id, attempt),
@@ -607,22 +733,23 @@ class SqliteStore(Store):
 
     async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
         stamp = iso(now)
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = ?, "
                 "updated_at = ? WHERE id = ? AND status = 'PENDING' AND attempt = ? "
                 "AND device_id = ?",
                 (stamp, stamp, message_id, attempt, device_id),
             )
             if cur.rowcount == 1:
-                await db.execute(
+                db.execute(
                     "UPDATE message_attempts SET accepted_at = ? "
                     "WHERE message_id = ? AND attempt = ?",
                     (stamp, message_id, attempt),
                 )
                 return True
-            row = await (
-                await db.execute(
+            row = (
+                db.execute(
                     "SELECT 1 FROM messages WHERE id = ? AND device_id = ? AND attempt = ? "
                     "AND status IN ('QUEUED', 'SENT', 'DELIVERED')",
                     (message_id, device_id, attempt),
@@ -630,21 +757,24 @@ class SqliteStore(Store):
             ).fetchone()
             return row is not None
 
+        return await self._write(op)
+
     async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> bool:
         stamp = iso(now)
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE messages SET status = 'SENT', sent_at = ?, updated_at = ? "
                 "WHERE id = ? AND device_id = ? AND status = 'QUEUED' RETURNING recipient, attempt",
                 (stamp, stamp, message_id, device_id),
             )
-            row = await cur.fetchone()
-            await cur.close()
+            row = cur.fetchone()
+            cur.close()
             if row is None:
                 return False
-            await self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
-            await self._count_sent(db, device_id, now)
-            await db.execute(
+            self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
+            self._count_sent(db, device_id, now)
+            db.execute(
                 "INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
                 "VALUES (?, ?, ?) ON CONFLICT (recipient) DO UPDATE SET "
                 "device_id = excluded.device_id, updated_at = excluded.updated_at",
@@ -652,10 +782,12 @@ class SqliteStore(Store):
             )
             return True
 
+        return await self._write(op)
+
     @staticmethod
-    async def _count_sent(db: aiosqlite.Connection, device_id: str, now: datetime) -> None:
+    def _count_sent(db: sqlite3.Connection, device_id: str, now: datetime) -> None:
         day = _day(now)
-        await db.execute(
+        db.execute(
             "UPDATE devices SET sent_day = ?, "
             "sent_today = CASE WHEN sent_day = ? THEN sent_today + 1 ELSE 1 END WHERE id = ?",
             (day, day, device_id),
@@ -663,23 +795,26 @@ class SqliteStore(Store):
 
     async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool:
         stamp = iso(now)
-        async with self._tx() as db:
+
+        def op(db: sqlite3.Connection) -> bool:
             # A delivery report may overtake the sent report; it implies sent.
-            cur = await db.execute(
+            cur = db.execute(
                 "UPDATE messages SET status = 'DELIVERED', delivered_at = ?, "
                 "sent_at = COALESCE(sent_at, ?), updated_at = ? "
                 "WHERE id = ? AND device_id = ? AND status IN ('QUEUED', 'SENT') "
                 "RETURNING attempt, (sent_at = ?) AS was_unsent",
                 (stamp, stamp, stamp, message_id, device_id, stamp),
             )
-            row = await cur.fetchone()
-            await cur.close()
+            row = cur.fetchone()
+            cur.close()
             if row is None:
                 return False
-            await self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
+            self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
             if row["was_unsent"]:
-                await self._count_sent(db, device_id, now)
+                self._count_sent(db, device_id, now)
             return True
+
+        return await self._write(op)
 
     async def mark_failed(
         self,
@@ -695,9 +830,10 @@ class SqliteStore(Store):
         max_attempts: int,
     ) -> Status | None:
         stamp = iso(now)
-        async with self._tx() as db:
-            row = await (
-                await db.execute(
+
+        def op(db: sqlite3.Connection) -> Status | None:
+            row = (
+                db.execute(
                     "SELECT status, attempt FROM messages WHERE id = ? AND device_id = ?",
                     (message_id, device_id),
                 )
@@ -713,19 +849,19 @@ class SqliteStore(Store):
             # Once transmitted (SENT) a retry could deliver twice: a failure is final.
             again = retryable and status is not Status.SENT and current < max_attempts
             if again:
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
                     "queued_at = NULL, next_attempt_at = ?, error_code = ?, error = ?, "
                     "updated_at = ? WHERE id = ?",
                     (iso(retry_at), error_code, error, stamp, message_id),
                 )
             else:
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = ?, "
                     "error = ?, failed_at = ?, updated_at = ? WHERE id = ?",
                     (error_code, error, stamp, stamp, message_id),
                 )
-            await self._end_attempt(
+            self._end_attempt(
                 db,
                 message_id,
                 current,
@@ -736,19 +872,24 @@ class SqliteStore(Store):
             )
             return Status.PENDING if again else Status.FAILED
 
+        return await self._write(op)
+
     async def expire_messages(self, now: datetime) -> list[str]:
         stamp = iso(now)
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> list[str]:
+            cur = db.execute(
                 "UPDATE messages SET status = 'FAILED', error_code = 'expired', "
                 "error = 'no phone sent the message before it expired', failed_at = ?, "
                 "updated_at = ? WHERE status = 'PENDING' AND expires_at <= ? "
                 "AND (lease_until IS NULL OR lease_until <= ?) RETURNING id",
                 (stamp, stamp, stamp, stamp),
             )
-            rows = await cur.fetchall()
-            await cur.close()
+            rows = cur.fetchall()
+            cur.close()
             return [r[0] for r in rows]
+
+        return await self._write(op)
 
     async def last_device_for(self, recipient: str) -> str | None:
         row = await self._one(
@@ -760,8 +901,9 @@ class SqliteStore(Store):
 
     async def store_inbound(self, inbound: Inbound) -> bool:
         i = inbound
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "INSERT INTO inbound_messages (id, device_id, local_id, sender, body, sim_slot, "
                 "received_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id, local_id) DO NOTHING",
@@ -777,6 +919,8 @@ class SqliteStore(Store):
                 ),
             )
             return cur.rowcount == 1
+
+        return await self._write(op)
 
     async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
         clause, params = _page_where(
