@@ -14,6 +14,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -88,10 +89,22 @@ def presented_secret(conn: HTTPConnection) -> str | None:
     return None
 
 
+# A verified client key is remembered this long, so a busy client costs one database read
+# per key and window, not one per request. Revocation through this hub's API forgets it at
+# once; a revocation by another process (the CLI, another node) takes effect within it.
+KEY_CACHE_SECONDS = 5.0
+
+
 class Authenticator:
     def __init__(self, store: Store, env_admin_key: str | None) -> None:
         self.store = store
         self.env_admin_key = env_admin_key
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def forget(self, key_id: str) -> None:
+        for digest, (principal, _) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                del self._cache[digest]
 
     async def client(self, conn: HTTPConnection, scope: Scope) -> Principal:
         principal = await self.identify_client(conn)
@@ -120,13 +133,22 @@ class Authenticator:
         prefix = lookup_prefix(secret, CLIENT_PREFIX)
         if prefix is None:
             return None
+        digest = hash_secret(secret)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
         found = await self.store.api_key_by_prefix(prefix)
         if found is None:
             return None
         key, stored_hash = found
-        if not hmac.compare_digest(hash_secret(secret), stored_hash):
+        if not hmac.compare_digest(digest, stored_hash):
             return None
-        return Principal(key.id, key.name, key.scopes)
+        principal = Principal(key.id, key.name, key.scopes)
+        if len(self._cache) > 10_000:
+            self._cache.clear()  # bounded: a flood of distinct keys cannot grow it
+        self._cache[digest] = (principal, now + KEY_CACHE_SECONDS)
+        return principal
 
     async def device(self, conn: HTTPConnection) -> Device:
         secret = presented_secret(conn)

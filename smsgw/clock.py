@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-import uuid
+import time
 from datetime import UTC, datetime
 
 
@@ -25,7 +26,17 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7-style id: 48 bits of milliseconds, then random bits.
+
+    Time-ordered ids keep B-tree inserts at the right edge of the index, and building the
+    string directly is several times cheaper than ``str(uuid.uuid4())``.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
+    value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_secret(prefix: str, nbytes: int = 24) -> str:

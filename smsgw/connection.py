@@ -240,7 +240,9 @@ class DeviceConnection(Session):
             max_attempts=settings.max_attempts,
         )
         self.protocol.ack(frame.id)
-        self.hub.dispatcher.reported(frame.message_id, self.device_id, status)
+        self.hub.dispatcher.reported(
+            frame.message_id, self.device_id, status, frame.error_code, frame.error
+        )
 
     async def _on_heartbeat(self, frame: HeartbeatFrame) -> None:
         await record_status(

@@ -40,6 +40,16 @@ class Outcome(enum.Enum):
     LOST = "lost"  # someone else changed the message first; nothing was offered
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a report or the outbox did to a message, for coroutines waiting on it."""
+
+    status: Status
+    device_id: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
 @dataclass(slots=True)
 class _Offer:
     device_id: str
@@ -53,7 +63,7 @@ class Dispatcher:
         self.registry = registry
         self.settings = settings
         self._offers: dict[str, _Offer] = {}
-        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self._watchers: dict[str, list[asyncio.Future[Change]]] = {}
         # Messages a coroutine of this node is working on; the outbox leaves them alone.
         self._active: set[str] = set()
         # Phones that already had a message without taking it, so failover moves on.
@@ -78,41 +88,53 @@ class Dispatcher:
 
     # -- the synchronous path ---------------------------------------------------------
 
-    async def dispatch(self, message_id: str, deadline: float) -> Message:
-        """Offer the message phone after phone until it is SENT or FAILED, no phone is
-        left, or ``deadline`` seconds pass. Returns the message as it then stands."""
+    async def dispatch(self, msg: Message, deadline: float) -> Message:
+        """Offer ``msg`` (just stored) phone after phone until it is SENT or FAILED, no
+        phone is left, or ``deadline`` seconds pass. ``msg`` is kept up to date in memory
+        from the reports, so the hot path reads nothing back from the database."""
         end = time.monotonic() + deadline
-        self._active.add(message_id)
+        self._active.add(msg.id)
         try:
             while (remaining := end - time.monotonic()) > 0:
-                msg = await self.store.get_message(message_id)
-                if msg is None or msg.status in (Status.SENT, *FINAL_STATUSES):
+                if msg.status is Status.SENT or msg.status in FINAL_STATUSES:
                     break
                 if msg.status is Status.QUEUED:
-                    await self._wait_change(message_id, remaining)
+                    await self._wait_change(msg, remaining)
                     continue
                 live = await self._pick(msg, allow_retry=False)
                 if live is None:
                     break  # nobody (else) can take it now: the outbox keeps it going
                 outcome = await self._offer(msg, live, min(self.settings.accept_timeout, remaining))
-                if outcome is Outcome.ACCEPTED:
-                    await self._wait_change(message_id, end - time.monotonic())
+                if outcome is Outcome.LOST:
+                    # Someone else changed it; the database knows what.
+                    current = await self.store.get_message(msg.id)
+                    if current is None:
+                        break
+                    msg = current
+                    self._active.add(msg.id)
+                elif outcome is Outcome.ACCEPTED:
+                    await self._wait_change(msg, end - time.monotonic())
         finally:
-            self._active.discard(message_id)
+            self._active.discard(msg.id)
             self.wake()
-        found = await self.store.get_message(message_id, with_attempts=True)
-        assert found is not None
-        return found
+        return msg
 
-    async def _wait_change(self, message_id: str, timeout: float) -> None:
+    async def _wait_change(self, msg: Message, timeout: float) -> None:
+        """Wait for the next change of ``msg`` and apply it to the in-memory copy."""
         if timeout <= 0:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        message_id = msg.id
+        fut: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
         self._watchers.setdefault(message_id, []).append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
+            change = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            pass
+            return
+        else:
+            msg.status = change.status
+            msg.device_id = change.device_id
+            if change.error_code is not None:
+                msg.error_code, msg.error = change.error_code, change.error
         finally:
             waiters = self._watchers.get(message_id)
             if waiters is not None:
@@ -121,10 +143,10 @@ class Dispatcher:
                 if not waiters:
                     del self._watchers[message_id]
 
-    def _notify(self, message_id: str) -> None:
+    def _notify(self, message_id: str, change: Change) -> None:
         for fut in self._watchers.pop(message_id, []):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(change)
 
     # -- offering ---------------------------------------------------------------------
 
@@ -184,6 +206,7 @@ class Dispatcher:
             if self._offers.get(msg.id) is offer:
                 del self._offers[msg.id]
         if outcome is Outcome.ACCEPTED:
+            msg.status, msg.device_id = Status.QUEUED, live.device_id
             return outcome
         live.in_flight.discard(msg.id)
         if outcome is Outcome.DECLINED:
@@ -211,9 +234,14 @@ class Dispatcher:
                 and (current.status is not Status.PENDING)
             ):
                 live.in_flight.add(msg.id)
+                msg.status, msg.device_id = current.status, current.device_id
                 return Outcome.ACCEPTED
-        elif status is Status.FAILED:
-            self._finished(msg.id)
+            return Outcome.LOST
+        msg.device_id = None
+        if status is Status.FAILED:
+            msg.status, msg.error_code = Status.FAILED, "max_attempts"
+            msg.error = f"no phone took the message after {attempt} attempts"
+            self._finished(msg.id, Change(Status.FAILED, None, msg.error_code, msg.error))
         return outcome
 
     # -- reports from phones (called after the store recorded them) -------------------
@@ -229,8 +257,16 @@ class Dispatcher:
         ):
             offer.future.set_result(Outcome.ACCEPTED)
 
-    def reported(self, message_id: str, device_id: str, status: Status | None) -> None:
-        """A sent/failed/delivered report changed the message (``status`` is its new one)."""
+    def reported(
+        self,
+        message_id: str,
+        device_id: str,
+        status: Status | None,
+        error_code: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A sent/failed/delivered report changed the message (``status`` is its new one,
+        None when the report changed nothing)."""
         live = self.registry.get(device_id)
         if live is not None and status in (Status.SENT, Status.PENDING, Status.FAILED):
             live.in_flight.discard(message_id)
@@ -239,10 +275,13 @@ class Dispatcher:
         offer = self._offers.get(message_id)
         if offer is not None and offer.device_id == device_id and not offer.future.done():
             offer.future.set_result(Outcome.DECLINED)
-        if status is Status.SENT or status in FINAL_STATUSES:
-            self._finished(message_id)
-        else:
-            self._notify(message_id)
+        if status is not None:
+            owner = None if status is Status.PENDING else device_id
+            change = Change(status, owner, error_code, error)
+            if status is Status.SENT or status in FINAL_STATUSES:
+                self._finished(message_id, change)
+            else:
+                self._notify(message_id, change)
         self.wake()  # a slot freed up, or a message is PENDING again
 
     def disconnected(self, device_id: str) -> None:
@@ -250,9 +289,9 @@ class Dispatcher:
             if offer.device_id == device_id and not offer.future.done():
                 offer.future.set_result(Outcome.DISCONNECTED)
 
-    def _finished(self, message_id: str) -> None:
+    def _finished(self, message_id: str, change: Change) -> None:
         self._tried.pop(message_id, None)
-        self._notify(message_id)
+        self._notify(message_id, change)
 
     # -- the outbox ---------------------------------------------------------------------
 
@@ -274,7 +313,12 @@ class Dispatcher:
         """One round: expire, then offer due messages to phones with free slots."""
         now = utcnow()
         for message_id in await self.store.expire_messages(now):
-            self._finished(message_id)
+            self._finished(
+                message_id,
+                Change(
+                    Status.FAILED, None, "expired", "no phone sent the message before it expired"
+                ),
+            )
         day = now.date().isoformat()
         capacity = sum(
             free_slots(live.candidate(self.settings.max_in_flight, day))

@@ -64,13 +64,13 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
         hub.dispatcher.wake()
         return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
-    result = await hub.dispatcher.dispatch(msg.id, deadline)
+    result = await hub.dispatcher.dispatch(msg, deadline)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
             message_id=result.id,
             status=result.status,
             device_id=result.device_id,
-            attempts=len(result.attempts),
+            attempts=result.attempt,
             error=result.error,
         )
         return Reply(out, 200)

@@ -92,6 +92,9 @@ class Message:
     delivered_at: datetime | None = None
     failed_at: datetime | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # Routing hint, not a column: the phone that last sent to this recipient. Filled by
+    # create_message and due_messages so routing needs no extra read.
+    last_device: str | None = None
 
 
 @dataclass(slots=True)
@@ -223,7 +226,8 @@ class Store(abc.ABC):
     # -- messages -------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create_message(self, message: Message) -> None: ...
+    async def create_message(self, message: Message) -> None:
+        """Insert; also fills ``message.last_device`` (read in the same transaction)."""
 
     @abc.abstractmethod
     async def get_message(

@@ -557,7 +557,7 @@ class SqliteStore(Store):
     async def create_message(self, message: Message) -> None:
         m = message
 
-        def op(db: sqlite3.Connection) -> None:
+        def op(db: sqlite3.Connection) -> str | None:
             db.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -584,8 +584,12 @@ class SqliteStore(Store):
                     iso(m.expires_at),
                 ),
             )
+            row = db.execute(
+                "SELECT device_id FROM recipient_affinity WHERE recipient = ?", (m.recipient,)
+            ).fetchone()
+            return row[0] if row else None
 
-        return await self._write(op)
+        message.last_device = await self._write(op)
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         row = await self._one(
@@ -630,13 +634,20 @@ class SqliteStore(Store):
     async def due_messages(self, now: datetime, limit: int) -> list[Message]:
         stamp = iso(now)
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'PENDING' "
+            f"SELECT {_MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
+            "WHERE a.recipient = messages.recipient) AS last_device "
+            "FROM messages WHERE status = 'PENDING' "
             "AND (lease_until IS NULL OR lease_until <= ?) "
             "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
             "ORDER BY created_at, id LIMIT ?",
             (stamp, stamp, limit),
         )
-        return [_message(r) for r in rows]
+        messages = []
+        for r in rows:
+            msg = _message(r)
+            msg.last_device = r["last_device"]
+            messages.append(msg)
+        return messages
 
     async def owned_unfinished(self, device_id: str) -> list[Message]:
         rows = await self._all(
