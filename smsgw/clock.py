@@ -13,6 +13,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_today: tuple[int, str] = (-1, "")
+
+
+def today() -> str:
+    """The UTC date as ISO text, recomputed only when the day changes (hot path)."""
+    global _today
+    day = int(time.time() // 86400)
+    if day != _today[0]:
+        _today = (day, datetime.now(UTC).date().isoformat())
+    return _today[1]
+
+
 def iso(dt: datetime | None) -> str | None:
     if dt is None:
         return None

@@ -165,6 +165,7 @@ class DeviceConnection(Session):
             self,
             self.device,
             default_quota=hub.settings.default_daily_quota,
+            max_in_flight=hub.settings.max_in_flight,
             battery=hello.battery,
             charging=hello.charging,
             signal=hello.signal,
@@ -203,7 +204,7 @@ class DeviceConnection(Session):
             )
         # Messages it owns but no longer holds (reinstalled app): send them again.
         owned = await hub.store.owned_unfinished(self.device_id)
-        live.in_flight.update(m.id for m in owned)
+        live.holding.update(m.id for m in owned)
         for msg in owned:
             if msg.id not in held:
                 self._queue_send(msg, msg.attempt)

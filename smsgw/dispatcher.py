@@ -15,17 +15,16 @@ phone connects, frees a slot or a retry time comes up, and at least every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.registry import LiveDevice, Registry
-from smsgw.routing import free_slots, rank
+from smsgw.routing import eligible, free_slots, pick
 from smsgw.session import SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 
@@ -69,6 +68,12 @@ class Dispatcher:
         # Phones that already had a message without taking it, so failover moves on.
         self._tried: dict[str, set[str]] = {}
         self._wake = asyncio.Event()
+        # Whether the database may hold due messages: a freed slot or a new phone only
+        # calls for an outbox round when it does. Bumped by every "there is work" wake so
+        # a round cannot clear news that arrived while it ran.
+        self._maybe_due = True
+        self._due_generation = 0
+        self._next_expiry = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -83,8 +88,14 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, *, due: bool = False) -> None:
+        """Ask for an outbox round. ``due=True``: a message became (or may have become)
+        due; otherwise only capacity changed, which matters only if something is due."""
+        if due:
+            self._maybe_due = True
+            self._due_generation += 1
+        if self._maybe_due:
+            self._wake.set()
 
     # -- the synchronous path ---------------------------------------------------------
 
@@ -101,7 +112,7 @@ class Dispatcher:
                 if msg.status is Status.QUEUED:
                     await self._wait_change(msg, remaining)
                     continue
-                live = await self._pick(msg, allow_retry=False)
+                live = self._pick(msg, allow_retry=False)
                 if live is None:
                     break  # nobody (else) can take it now: the outbox keeps it going
                 outcome = await self._offer(msg, live, min(self.settings.accept_timeout, remaining))
@@ -116,7 +127,7 @@ class Dispatcher:
                     await self._wait_change(msg, end - time.monotonic())
         finally:
             self._active.discard(msg.id)
-            self.wake()
+            self.wake(due=msg.status is Status.PENDING)
         return msg
 
     async def _wait_change(self, msg: Message, timeout: float) -> None:
@@ -150,36 +161,25 @@ class Dispatcher:
 
     # -- offering ---------------------------------------------------------------------
 
-    async def _pick(self, msg: Message, *, allow_retry: bool) -> LiveDevice | None:
-        day = utcnow().date().isoformat()
+    def _pick(self, msg: Message, *, allow_retry: bool) -> LiveDevice | None:
+        tried = self._tried.get(msg.id, ())
         if msg.pinned_device_id is not None:
             live = self.registry.get(msg.pinned_device_id)
-            if live is None or not rank([live.candidate(self.settings.max_in_flight, day)]):
+            if live is None or not eligible(live):
                 return None
-            if not allow_retry and live.device_id in self._tried.get(msg.id, ()):
+            if not allow_retry and live.device_id in tried:
                 return None
             return live
-        lives = {live.device_id: live for live in self.registry.all()}
-        if not lives:
-            return None
-        candidates = [live.candidate(self.settings.max_in_flight, day) for live in lives.values()]
-        affinity = await self.store.last_device_for(msg.recipient)
-        order = rank(candidates, affinity=affinity, exclude=self._tried.get(msg.id, ()))
-        if not order and allow_retry:
-            order = rank(candidates, affinity=affinity)
-        return lives[order[0]] if order else None
+        lives = self.registry.all()
+        best = pick(lives, affinity=msg.last_device, exclude=tried)
+        if best is None and allow_retry and tried:
+            best = pick(lives, affinity=msg.last_device)
+        return best
 
     def _has_untried(self, msg: Message) -> bool:
-        day = utcnow().date().isoformat()
-        tried = self._tried.get(msg.id, set())
         if msg.pinned_device_id is not None:
             return False
-        return bool(
-            rank(
-                (live.candidate(self.settings.max_in_flight, day) for live in self.registry.all()),
-                exclude=tried,
-            )
-        )
+        return pick(self.registry.all(), exclude=self._tried.get(msg.id, ())) is not None
 
     async def _offer(self, msg: Message, live: LiveDevice, timeout: float) -> Outcome:
         attempt = msg.attempt + 1
@@ -191,7 +191,7 @@ class Dispatcher:
             return Outcome.LOST
         offer = _Offer(live.device_id, attempt, asyncio.get_running_loop().create_future())
         self._offers[msg.id] = offer
-        live.in_flight.add(msg.id)
+        live.holding.add(msg.id)
         live.last_used = time.monotonic()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
         msg.attempt = attempt
@@ -208,7 +208,7 @@ class Dispatcher:
         if outcome is Outcome.ACCEPTED:
             msg.status, msg.device_id = Status.QUEUED, live.device_id
             return outcome
-        live.in_flight.discard(msg.id)
+        live.holding.discard(msg.id)
         if outcome is Outcome.DECLINED:
             return outcome  # the failure report already updated the store
         retry_at = (
@@ -233,7 +233,7 @@ class Dispatcher:
                 and current.device_id == live.device_id
                 and (current.status is not Status.PENDING)
             ):
-                live.in_flight.add(msg.id)
+                live.holding.add(msg.id)
                 msg.status, msg.device_id = current.status, current.device_id
                 return Outcome.ACCEPTED
             return Outcome.LOST
@@ -269,9 +269,9 @@ class Dispatcher:
         None when the report changed nothing)."""
         live = self.registry.get(device_id)
         if live is not None and status in (Status.SENT, Status.PENDING, Status.FAILED):
-            live.in_flight.discard(message_id)
+            live.holding.discard(message_id)
             if status is Status.SENT:
-                live.count_sent(utcnow().date().isoformat())
+                live.count_sent()
         offer = self._offers.get(message_id)
         if offer is not None and offer.device_id == device_id and not offer.future.done():
             offer.future.set_result(Outcome.DECLINED)
@@ -282,7 +282,7 @@ class Dispatcher:
                 self._finished(message_id, change)
             else:
                 self._notify(message_id, change)
-        self.wake()  # a slot freed up, or a message is PENDING again
+        self.wake(due=status is Status.PENDING)  # a slot freed up, or it is PENDING again
 
     def disconnected(self, device_id: str) -> None:
         for offer in list(self._offers.values()):
@@ -297,8 +297,11 @@ class Dispatcher:
 
     async def _outbox_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.outbox_interval)
+            except TimeoutError:
+                # The periodic round: retry times and lease ends pass without any event.
+                self._maybe_due = True
             self._wake.clear()
             try:
                 await self.drain_once()
@@ -310,8 +313,38 @@ class Dispatcher:
                 await asyncio.sleep(self.settings.outbox_interval)
 
     async def drain_once(self) -> int:
-        """One round: expire, then offer due messages to phones with free slots."""
+        """One round: expire (at most every ``outbox_interval``), then offer due messages
+        to phones with free slots."""
         now = utcnow()
+        generation = self._due_generation
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + self.settings.outbox_interval
+            await self._expire(now)
+        capacity = sum(free_slots(live) for live in self.registry.all())
+        if capacity == 0:
+            return 0
+        limit = capacity + len(self._active)
+        due = await self.store.due_messages(now, limit)
+        started = 0
+        for msg in due:
+            if msg.id in self._active:
+                continue
+            live = self._pick(msg, allow_retry=True)
+            if live is None:
+                continue
+            self._active.add(msg.id)
+            # Reserve the slot now so the next pick in this round sees it taken.
+            live.holding.add(msg.id)
+            task = asyncio.create_task(self._background_offer(msg, live))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        if generation == self._due_generation:
+            # Nothing left behind: until news arrives, freed slots need no round.
+            self._maybe_due = len(due) >= limit or started < len(due)
+        return started
+
+    async def _expire(self, now: datetime) -> None:
         for message_id in await self.store.expire_messages(now):
             self._finished(
                 message_id,
@@ -319,39 +352,17 @@ class Dispatcher:
                     Status.FAILED, None, "expired", "no phone sent the message before it expired"
                 ),
             )
-        day = now.date().isoformat()
-        capacity = sum(
-            free_slots(live.candidate(self.settings.max_in_flight, day))
-            for live in self.registry.all()
-        )
-        if capacity == 0:
-            return 0
-        started = 0
-        for msg in await self.store.due_messages(now, capacity + len(self._active)):
-            if msg.id in self._active:
-                continue
-            live = await self._pick(msg, allow_retry=True)
-            if live is None:
-                continue
-            self._active.add(msg.id)
-            # Reserve the slot now so the next pick in this round sees it taken.
-            live.in_flight.add(msg.id)
-            task = asyncio.create_task(self._background_offer(msg, live))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            started += 1
-        return started
 
     async def _background_offer(self, msg: Message, live: LiveDevice) -> None:
         outcome = Outcome.LOST
         try:
             outcome = await self._offer(msg, live, self.settings.accept_timeout)
             if outcome is Outcome.LOST:
-                live.in_flight.discard(msg.id)
+                live.holding.discard(msg.id)
         except Exception:
-            live.in_flight.discard(msg.id)
+            live.holding.discard(msg.id)
             log.exception("offer of %s to %s failed", msg.id, live.device_id)
         finally:
             self._active.discard(msg.id)
         if outcome is not Outcome.ACCEPTED:
-            self.wake()
+            self.wake(due=True)

@@ -44,7 +44,7 @@ class Hub:
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
-        for live in self.registry.all():
+        for live in list(self.registry.all()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
         await self.store.close()
 
@@ -66,5 +66,5 @@ class Hub:
         live = self.registry.get(device_id)
         if live is not None:
             await live.session.close(CloseCode.REVOKED, "device removed")
-        self.dispatcher.wake()  # its unfinished messages are PENDING again
+        self.dispatcher.wake(due=True)  # its unfinished messages are PENDING again
         return True

@@ -8,37 +8,40 @@ may assume the sessions are all local.
 from __future__ import annotations
 
 import abc
-import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from smsgw.clock import utcnow
-from smsgw.routing import Candidate
+from smsgw.clock import today, utcnow
 from smsgw.session import Session
 from smsgw.store import Device
 
 
 @dataclass(slots=True, eq=False)
 class LiveDevice:
-    """A connected phone: its session plus the state routing needs, kept in memory."""
+    """A connected phone: its session plus the state routing needs, kept in memory.
+
+    Satisfies ``routing.Routable`` directly, so a routing decision copies nothing.
+    """
 
     session: Session
     device_id: str
     name: str
     enabled: bool
     daily_quota: int
-    sent_today: int
-    sent_day: str | None
+    max_in_flight: int
     battery: int
     charging: bool
     signal: int
     network: str | None
     sims: list[dict[str, object]]
+    sent_count: int = 0  # sent on sent_day
+    sent_day: str | None = None
     connected_at: datetime = field(default_factory=utcnow)
     last_seen: datetime = field(default_factory=utcnow)
-    last_seen_mono: float = field(default_factory=time.monotonic)
     last_used: float = 0.0
-    in_flight: set[str] = field(default_factory=set)
+    # Messages on offer to this phone or owned by it and not yet reported on.
+    holding: set[str] = field(default_factory=set)
 
     @classmethod
     def from_device(
@@ -47,6 +50,7 @@ class LiveDevice:
         device: Device,
         *,
         default_quota: int,
+        max_in_flight: int,
         battery: int,
         charging: bool,
         signal: int,
@@ -59,7 +63,8 @@ class LiveDevice:
             name=device.name,
             enabled=device.enabled,
             daily_quota=device.daily_quota if device.daily_quota is not None else default_quota,
-            sent_today=device.sent_today,
+            max_in_flight=max_in_flight,
+            sent_count=device.sent_today,
             sent_day=device.sent_day,
             battery=battery,
             charging=charging,
@@ -68,31 +73,24 @@ class LiveDevice:
             sims=sims,
         )
 
-    def sent_on(self, day: str) -> int:
-        return self.sent_today if self.sent_day == day else 0
+    @property
+    def connected(self) -> bool:
+        return True
 
-    def count_sent(self, day: str) -> None:
-        self.sent_today = self.sent_on(day) + 1
-        self.sent_day = day
+    @property
+    def in_flight(self) -> int:
+        return len(self.holding)
 
-    def candidate(self, max_in_flight: int, day: str) -> Candidate:
-        return Candidate(
-            device_id=self.device_id,
-            enabled=self.enabled,
-            connected=True,
-            in_flight=len(self.in_flight),
-            max_in_flight=max_in_flight,
-            sent_today=self.sent_on(day),
-            daily_quota=self.daily_quota,
-            signal=self.signal,
-            battery=self.battery,
-            charging=self.charging,
-            last_used=self.last_used,
-        )
+    @property
+    def sent_today(self) -> int:
+        return self.sent_count if self.sent_day == today() else 0
+
+    def count_sent(self) -> None:
+        self.sent_count = self.sent_today + 1
+        self.sent_day = today()
 
     def touch(self) -> None:
         self.last_seen = utcnow()
-        self.last_seen_mono = time.monotonic()
 
 
 class Registry(abc.ABC):
@@ -108,7 +106,8 @@ class Registry(abc.ABC):
     def get(self, device_id: str) -> LiveDevice | None: ...
 
     @abc.abstractmethod
-    def all(self) -> list[LiveDevice]: ...
+    def all(self) -> Collection[LiveDevice]:
+        """A live view, not a copy: iterate it without awaiting in between."""
 
 
 class LocalRegistry(Registry):
@@ -129,5 +128,5 @@ class LocalRegistry(Registry):
     def get(self, device_id: str) -> LiveDevice | None:
         return self._live.get(device_id)
 
-    def all(self) -> list[LiveDevice]:
-        return list(self._live.values())
+    def all(self) -> Collection[LiveDevice]:
+        return self._live.values()

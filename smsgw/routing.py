@@ -11,8 +11,40 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 LOW_BATTERY = 20
+
+
+class Routable(Protocol):
+    """What routing reads of a phone. ``Candidate`` is the plain-data version; the
+    registry's ``LiveDevice`` provides the same attributes without a copy per decision."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def sent_today(self) -> int: ...
+    @property
+    def daily_quota(self) -> int: ...
+    @property
+    def signal(self) -> int: ...
+    @property
+    def battery(self) -> int: ...
+    @property
+    def charging(self) -> bool: ...
+    @property
+    def last_used(self) -> float: ...
+
+
+R = TypeVar("R", bound=Routable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +62,7 @@ class Candidate:
     last_used: float  # monotonic seconds of the last offer; 0 = never
 
 
-def eligible(c: Candidate) -> bool:
+def eligible(c: Routable) -> bool:
     return (
         c.enabled
         and c.connected
@@ -40,27 +72,47 @@ def eligible(c: Candidate) -> bool:
     )
 
 
-def free_slots(c: Candidate) -> int:
+def free_slots(c: Routable) -> int:
     if not eligible(c):
         return 0
     return min(c.max_in_flight - c.in_flight, c.daily_quota - c.sent_today - c.in_flight)
 
 
+def _preference(c: Routable, affinity: str | None) -> tuple[bool, int, bool, float, str]:
+    return (
+        c.device_id != affinity,
+        -c.signal,
+        not (c.charging or c.battery >= LOW_BATTERY),
+        c.last_used,
+        c.device_id,
+    )
+
+
 def rank(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[R],
     *,
     affinity: str | None = None,
     exclude: Collection[str] = (),
-) -> list[str]:
-    """Eligible device ids, best first."""
+) -> list[R]:
+    """Eligible phones, best first."""
     pool = [c for c in candidates if eligible(c) and c.device_id not in exclude]
-    pool.sort(
-        key=lambda c: (
-            c.device_id != affinity,
-            -c.signal,
-            not (c.charging or c.battery >= LOW_BATTERY),
-            c.last_used,
-            c.device_id,
-        )
-    )
-    return [c.device_id for c in pool]
+    pool.sort(key=lambda c: _preference(c, affinity))
+    return pool
+
+
+def pick(
+    candidates: Iterable[R],
+    *,
+    affinity: str | None = None,
+    exclude: Collection[str] = (),
+) -> R | None:
+    """The best eligible phone: ``rank(...)[0]`` in one pass, without sorting."""
+    best: R | None = None
+    best_key: tuple[bool, int, bool, float, str] | None = None
+    for c in candidates:
+        if c.device_id in exclude or not eligible(c):
+            continue
+        key = _preference(c, affinity)
+        if best_key is None or key < best_key:
+            best, best_key = c, key
+    return best

@@ -61,7 +61,7 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     # Stored before anything else happens: from here on it cannot be lost.
     await hub.store.create_message(msg)
     if not body.wait:
-        hub.dispatcher.wake()
+        hub.dispatcher.wake(due=True)
         return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
     result = await hub.dispatcher.dispatch(msg, deadline)

@@ -255,9 +255,9 @@ class DeviceOut(BaseModel):
                 network=live.network,
                 app_version=d.app_version,
                 last_seen=live.last_seen,
-                sent_today=live.sent_on(today),
+                sent_today=live.sent_today,
                 daily_quota=live.daily_quota,
-                in_flight=len(live.in_flight),
+                in_flight=live.in_flight,
                 sims=live.sims,
                 created_at=d.created_at,
             )
