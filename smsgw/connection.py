@@ -13,6 +13,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ class DeviceConnection(Session):
         self.protocol = DeviceProtocol()
         self.live: LiveDevice | None = None
         self.closed = False
+        self.last_frame = time.monotonic()
         self._write_lock = asyncio.Lock()
 
     @property
@@ -70,7 +72,11 @@ class DeviceConnection(Session):
     # -- transport side -------------------------------------------------------------
 
     async def handle_text(self, text: str) -> None:
+        self.last_frame = time.monotonic()
         await self._handle_events(self.protocol.receive_text(text))
+
+    def idle(self, now: float) -> bool:
+        return now - self.last_frame > self.idle_timeout
 
     async def handle_binary(self) -> None:
         await self._handle_events(self.protocol.receive_binary())
@@ -78,7 +84,11 @@ class DeviceConnection(Session):
     async def finished(self) -> None:
         """The connection is gone (closed by either side, or dropped)."""
         self.closed = True
-        if self.live is not None and await self.hub.registry.detach(self.live):
+        await self._detach()
+
+    async def _detach(self) -> None:
+        live, self.live = self.live, None
+        if live is not None and await self.hub.registry.detach(live):
             self.hub.dispatcher.disconnected(self.device_id)
             log.info("device %s offline", self.device_id)
 
@@ -90,6 +100,8 @@ class DeviceConnection(Session):
             await self.transport.close(int(code), reason)
         except Exception:  # already gone: nothing left to tell the phone
             log.debug("close of %s failed", self.device_id, exc_info=True)
+        # Offline now, not when a dead peer's TCP connection finally times out.
+        await self._detach()
 
     async def send_command(self, message: Message, attempt: int) -> None:
         if self.closed:

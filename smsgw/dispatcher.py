@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from smsgw.clock import utcnow
 from smsgw.config import Settings
@@ -29,6 +30,8 @@ from smsgw.session import SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 
 log = logging.getLogger("smsgw.dispatch")
+
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -62,7 +65,7 @@ class Dispatcher:
         self.registry = registry
         self.settings = settings
         self._offers: dict[str, _Offer] = {}
-        self._watchers: dict[str, list[asyncio.Future[Change]]] = {}
+        self._watchers: dict[str, list[asyncio.Future[Change | None]]] = {}
         # Messages a coroutine of this node is working on; the outbox leaves them alone.
         self._active: set[str] = set()
         # Phones that already had a message without taking it, so failover moves on.
@@ -135,18 +138,18 @@ class Dispatcher:
         if timeout <= 0:
             return
         message_id = msg.id
-        fut: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
         self._watchers.setdefault(message_id, []).append(fut)
+        timer = asyncio.get_running_loop().call_later(timeout, _resolve, fut, None)
         try:
-            change = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return
-        else:
-            msg.status = change.status
-            msg.device_id = change.device_id
-            if change.error_code is not None:
-                msg.error_code, msg.error = change.error_code, change.error
+            change = await fut
+            if change is not None:
+                msg.status = change.status
+                msg.device_id = change.device_id
+                if change.error_code is not None:
+                    msg.error_code, msg.error = change.error_code, change.error
         finally:
+            timer.cancel()
             waiters = self._watchers.get(message_id)
             if waiters is not None:
                 if fut in waiters:
@@ -195,14 +198,17 @@ class Dispatcher:
         live.last_used = time.monotonic()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
         msg.attempt = attempt
+        # A timer resolving the future, not wait_for: wait_for costs a task per call.
+        timer = asyncio.get_running_loop().call_later(
+            timeout, _resolve, offer.future, Outcome.TIMEOUT
+        )
         try:
             await live.session.send_command(msg, attempt)
-            outcome = await asyncio.wait_for(asyncio.shield(offer.future), timeout)
+            outcome = await offer.future
         except SessionClosed:
             outcome = Outcome.DISCONNECTED
-        except TimeoutError:
-            outcome = Outcome.TIMEOUT
         finally:
+            timer.cancel()
             if self._offers.get(msg.id) is offer:
                 del self._offers[msg.id]
         if outcome is Outcome.ACCEPTED:
@@ -366,3 +372,8 @@ class Dispatcher:
             self._active.discard(msg.id)
         if outcome is not Outcome.ACCEPTED:
             self.wake(due=True)
+
+
+def _resolve(fut: asyncio.Future[T], value: T) -> None:
+    if not fut.done():
+        fut.set_result(value)

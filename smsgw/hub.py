@@ -3,8 +3,11 @@ started and stopped together. The HTTP and WebSocket layers only hold a referenc
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smsgw.auth import Authenticator, issue_api_key
 from smsgw.clock import utcnow
@@ -13,6 +16,9 @@ from smsgw.dispatcher import Dispatcher
 from smsgw.protocol import CloseCode
 from smsgw.registry import LocalRegistry, Registry
 from smsgw.store import Store, create_store
+
+if TYPE_CHECKING:
+    from smsgw.connection import DeviceConnection
 
 log = logging.getLogger("smsgw")
 
@@ -24,6 +30,9 @@ class Hub:
     registry: Registry
     dispatcher: Dispatcher
     auth: Authenticator
+    # Every open device connection, helloed or not, for the idle watchdog.
+    connections: set[DeviceConnection] = field(default_factory=set)
+    _watchdog: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -41,8 +50,22 @@ class Hub:
         await self.store.open()
         await self.ensure_admin_key()
         self.dispatcher.start()
+        self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
+
+    async def _close_idle(self) -> None:
+        """Close sockets silent for 2.5 heartbeat intervals. One sweep for all phones is
+        far cheaper than a timer per received frame."""
+        period = max(0.05, self.settings.heartbeat_interval / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in [c for c in self.connections if c.idle(now)]:
+                await conn.close(CloseCode.HEARTBEAT_TIMEOUT, "silent for 2.5 heartbeat intervals")
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         await self.dispatcher.stop()
         for live in list(self.registry.all()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")

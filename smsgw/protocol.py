@@ -182,6 +182,17 @@ class DeviceProtocol:
     def receive_text(self, text: str) -> list[Event]:
         if self.state is State.CLOSED:
             return []
+        if self.state is State.OPEN:
+            # Fast path: pydantic parses and validates the JSON in one pass. Anything it
+            # refuses goes down the slow path below, which explains what is wrong.
+            try:
+                fast = _phone_frame.validate_json(text)
+            except ValidationError:
+                pass
+            else:
+                if not isinstance(fast, HelloFrame):
+                    self._consecutive_errors = 0
+                    return [FrameReceived(fast)]
         try:
             raw = json.loads(text)
         except ValueError:

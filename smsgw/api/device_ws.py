@@ -7,7 +7,6 @@ HTTP 401 with the usual error body and never a socket. Everything the phone says
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -43,13 +42,10 @@ async def device_socket(ws: WebSocket) -> None:
         return
     await ws.accept()
     conn = DeviceConnection(hub, device, WebSocketTransport(ws))
+    hub.connections.add(conn)  # the hub's watchdog closes it if it falls silent
     try:
         while not conn.closed:
-            try:
-                event = await asyncio.wait_for(ws.receive(), conn.idle_timeout)
-            except TimeoutError:
-                await conn.close(CloseCode.HEARTBEAT_TIMEOUT, "silent for 2.5 heartbeat intervals")
-                break
+            event = await ws.receive()
             if event["type"] == "websocket.disconnect":
                 break
             if event.get("text") is not None:
@@ -62,4 +58,5 @@ async def device_socket(ws: WebSocket) -> None:
         log.exception("device %s: connection handler failed", device.id)
         await conn.close(CloseCode.GOING_AWAY, "internal error")
     finally:
+        hub.connections.discard(conn)
         await conn.finished()

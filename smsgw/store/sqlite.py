@@ -297,9 +297,9 @@ class SqliteStore(Store):
             raise RuntimeError("store is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._writer.jobs.put((fn, fut))
-        # Shielded: once queued the write happens; a cancelled caller must not leave the
-        # future to be resolved by a dead waiter (it is skipped in _deliver).
-        return await asyncio.shield(fut)
+        # Once queued the write happens even if the caller is cancelled; its result is
+        # then dropped (_deliver skips futures that are already done).
+        return await fut
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         reader, db = self._reader, self._reader_db
