@@ -102,3 +102,4 @@ CREATE TABLE recipient_affinity (
     device_id   TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
+CREATE INDEX recipient_affinity_recent ON recipient_affinity (updated_at);

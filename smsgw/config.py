@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     default_daily_quota: int = Field(default=90, ge=0)
     max_in_flight: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=10, ge=1)
+    affinity_cache_size: int = Field(default=100_000, ge=0)
     retry_backoff: float = Field(default=5.0, ge=0)
     outbox_interval: float = Field(default=1.0, gt=0)
     enrollment_code_ttl: float = Field(default=600.0, gt=0)

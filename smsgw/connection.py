@@ -146,10 +146,15 @@ class DeviceConnection(Session):
             elif isinstance(frame, AcceptedFrame):
                 await self._on_accepted(frame)
             elif isinstance(frame, SentFrame):
-                ok = await self.hub.store.mark_sent(frame.message_id, self.device_id, utcnow())
+                recipient = await self.hub.store.mark_sent(
+                    frame.message_id, self.device_id, utcnow()
+                )
                 self.protocol.ack(frame.id)
                 self.hub.dispatcher.reported(
-                    frame.message_id, self.device_id, Status.SENT if ok else None
+                    frame.message_id,
+                    self.device_id,
+                    Status.SENT if recipient else None,
+                    recipient=recipient,
                 )
             elif isinstance(frame, DeliveredFrame):
                 ok = await self.hub.store.mark_delivered(frame.message_id, self.device_id, utcnow())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from smsgw.affinity import AffinityCache
 from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.registry import LiveDevice, Registry
@@ -79,10 +80,13 @@ class Dispatcher:
         self._next_expiry = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._affinity = AffinityCache(settings.affinity_cache_size)
+        self._slot_waiters: list[asyncio.Future[None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._affinity.warm(await self.store.recent_affinities(self._affinity.maxsize))
         self._loop_task = asyncio.create_task(self._outbox_loop(), name="smsgw-outbox")
 
     async def stop(self) -> None:
@@ -97,17 +101,73 @@ class Dispatcher:
         if due:
             self._maybe_due = True
             self._due_generation += 1
+        else:
+            self._capacity_changed()
         if self._maybe_due:
             self._wake.set()
 
     # -- the synchronous path ---------------------------------------------------------
 
-    async def dispatch(self, msg: Message, deadline: float) -> Message:
-        """Offer ``msg`` (just stored) phone after phone until it is SENT or FAILED, no
-        phone is left, or ``deadline`` seconds pass. ``msg`` is kept up to date in memory
-        from the reports, so the hot path reads nothing back from the database."""
+    async def submit(self, msg: Message, deadline: float | None) -> Message:
+        """Store a new message and, unless ``deadline`` is None, dispatch it now: offer
+        it phone after phone until it is SENT or FAILED, no phone is left, or
+        ``deadline`` seconds pass. Returns the message as it then stands."""
+        msg.last_device = self._affinity.get(msg.recipient)
+        first = None
+        if deadline is not None:
+            first = self._pick(msg, allow_retry=False)
+            if first is None:
+                first = await self._wait_for_slot(msg, time.monotonic() + deadline)
+        if deadline is None or first is None:
+            # Nobody can take it now (or the caller does not wait): the outbox will.
+            await self.store.create_message(msg)
+            self.wake(due=True)
+            return msg
+        return await self._dispatch(msg, deadline, first)
+
+    async def _wait_for_slot(self, msg: Message, end: float) -> LiveDevice | None:
+        """All usable phones are at their in-flight limit: wait (until ``end``) for one to
+        free a slot rather than give up at once. Returns None when no phone could ever
+        take it (none online, or all disabled or over quota)."""
+        loop = asyncio.get_running_loop()
+        while (remaining := end - time.monotonic()) > 0:
+            pool = (
+                [d for d in [self.registry.get(msg.pinned_device_id)] if d is not None]
+                if msg.pinned_device_id is not None
+                else self.registry.all()
+            )
+            if not any(d.enabled and d.sent_today < d.daily_quota for d in pool):
+                return None
+            fut: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(fut)
+            timer = loop.call_later(remaining, _resolve, fut, None)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+            live = self._pick(msg, allow_retry=False)
+            if live is not None:
+                return live
+        return None
+
+    def _release_slot(self, live: LiveDevice, message_id: str) -> None:
+        if message_id in live.holding:
+            live.holding.discard(message_id)
+            self._capacity_changed()
+
+    def _capacity_changed(self) -> None:
+        """A slot freed, a phone came online or was re-enabled: waiting dispatches retry."""
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for fut in waiters:
+            _resolve(fut, None)
+
+    async def _dispatch(self, msg: Message, deadline: float, first: LiveDevice) -> Message:
+        """``msg`` is kept up to date in memory from the reports, so the hot path reads
+        nothing back from the database. The first offer also stores the message."""
         end = time.monotonic() + deadline
         self._active.add(msg.id)
+        live: LiveDevice | None = first
+        stored = False
         try:
             while (remaining := end - time.monotonic()) > 0:
                 if msg.status is Status.SENT or msg.status in FINAL_STATUSES:
@@ -115,10 +175,13 @@ class Dispatcher:
                 if msg.status is Status.QUEUED:
                     await self._wait_change(msg, remaining)
                     continue
-                live = self._pick(msg, allow_retry=False)
+                if stored:
+                    live = self._pick(msg, allow_retry=False)
                 if live is None:
                     break  # nobody (else) can take it now: the outbox keeps it going
-                outcome = await self._offer(msg, live, min(self.settings.accept_timeout, remaining))
+                timeout = min(self.settings.accept_timeout, remaining)
+                outcome = await self._offer(msg, live, timeout, create=not stored)
+                stored = True
                 if outcome is Outcome.LOST:
                     # Someone else changed it; the database knows what.
                     current = await self.store.get_message(msg.id)
@@ -184,17 +247,22 @@ class Dispatcher:
             return False
         return pick(self.registry.all(), exclude=self._tried.get(msg.id, ())) is not None
 
-    async def _offer(self, msg: Message, live: LiveDevice, timeout: float) -> Outcome:
+    async def _offer(
+        self, msg: Message, live: LiveDevice, timeout: float, *, create: bool = False
+    ) -> Outcome:
         attempt = msg.attempt + 1
         now = utcnow()
         # The lease outlives our own wait so no other node offers it meanwhile; a hub that
         # dies mid-offer leaves a lease that simply runs out.
         lease = now + timedelta(seconds=timeout + 1.0)
-        if not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
+        live.holding.add(msg.id)  # reserve the slot before the write, not after
+        if create:
+            await self.store.create_message(msg, offer_to=live.device_id, lease_until=lease)
+        elif not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
+            self._release_slot(live, msg.id)
             return Outcome.LOST
         offer = _Offer(live.device_id, attempt, asyncio.get_running_loop().create_future())
         self._offers[msg.id] = offer
-        live.holding.add(msg.id)
         live.last_used = time.monotonic()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
         msg.attempt = attempt
@@ -214,7 +282,7 @@ class Dispatcher:
         if outcome is Outcome.ACCEPTED:
             msg.status, msg.device_id = Status.QUEUED, live.device_id
             return outcome
-        live.holding.discard(msg.id)
+        self._release_slot(live, msg.id)
         if outcome is Outcome.DECLINED:
             return outcome  # the failure report already updated the store
         retry_at = (
@@ -270,12 +338,15 @@ class Dispatcher:
         status: Status | None,
         error_code: str | None = None,
         error: str | None = None,
+        recipient: str | None = None,
     ) -> None:
         """A sent/failed/delivered report changed the message (``status`` is its new one,
         None when the report changed nothing)."""
+        if status is Status.SENT and recipient is not None:
+            self._affinity.put(recipient, device_id)
         live = self.registry.get(device_id)
         if live is not None and status in (Status.SENT, Status.PENDING, Status.FAILED):
-            live.holding.discard(message_id)
+            self._release_slot(live, message_id)
             if status is Status.SENT:
                 live.count_sent()
         offer = self._offers.get(message_id)
@@ -364,9 +435,9 @@ class Dispatcher:
         try:
             outcome = await self._offer(msg, live, self.settings.accept_timeout)
             if outcome is Outcome.LOST:
-                live.holding.discard(msg.id)
+                self._release_slot(live, msg.id)
         except Exception:
-            live.holding.discard(msg.id)
+            self._release_slot(live, msg.id)
             log.exception("offer of %s to %s failed", msg.id, live.device_id)
         finally:
             self._active.discard(msg.id)

@@ -49,7 +49,7 @@ class Hub:
     async def start(self) -> None:
         await self.store.open()
         await self.ensure_admin_key()
-        self.dispatcher.start()
+        await self.dispatcher.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 
     async def _close_idle(self) -> None:

@@ -58,13 +58,13 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
         sim_slot=sim_slot,
         parts=count_parts(body.message),
     )
-    # Stored before anything else happens: from here on it cannot be lost.
-    await hub.store.create_message(msg)
+    # Stored before any phone hears of it (the first offer and the insert are one
+    # transaction): from the moment we answer, it cannot be lost.
     if not body.wait:
-        hub.dispatcher.wake(due=True)
+        await hub.dispatcher.submit(msg, None)
         return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
-    result = await hub.dispatcher.dispatch(msg, deadline)
+    result = await hub.dispatcher.submit(msg, deadline)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
             message_id=result.id,

@@ -92,8 +92,8 @@ class Message:
     delivered_at: datetime | None = None
     failed_at: datetime | None = None
     attempts: list[Attempt] = field(default_factory=list)
-    # Routing hint, not a column: the phone that last sent to this recipient. Filled by
-    # create_message and due_messages so routing needs no extra read.
+    # Routing hint, not a column: the phone that last sent to this recipient (filled by
+    # due_messages, or by the dispatcher from its affinity cache).
     last_device: str | None = None
 
 
@@ -226,8 +226,16 @@ class Store(abc.ABC):
     # -- messages -------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create_message(self, message: Message) -> None:
-        """Insert; also fills ``message.last_device`` (read in the same transaction)."""
+    async def create_message(
+        self,
+        message: Message,
+        *,
+        offer_to: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
+        """Insert. With ``offer_to`` the message is stored already on offer to that phone
+        (attempt 1, with its attempt row), in the same transaction: one write instead of
+        two, and still durable before any command leaves the hub."""
 
     @abc.abstractmethod
     async def get_message(
@@ -278,7 +286,8 @@ class Store(abc.ABC):
         attempt (or it already owns it under this attempt: accept is idempotent)."""
 
     @abc.abstractmethod
-    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> bool: ...
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> str | None:
+        """QUEUED -> SENT for the owner; returns the recipient, or None if nothing changed."""
 
     @abc.abstractmethod
     async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool: ...
@@ -307,6 +316,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def last_device_for(self, recipient: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
+        """(recipient, device_id) of the most recent sends, newest first (cache warm-up)."""
 
     # -- inbound --------------------------------------------------------------------
 

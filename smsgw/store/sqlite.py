@@ -554,10 +554,18 @@ class SqliteStore(Store):
 
     # -- messages -------------------------------------------------------------------
 
-    async def create_message(self, message: Message) -> None:
+    async def create_message(
+        self,
+        message: Message,
+        *,
+        offer_to: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
         m = message
+        if offer_to is not None:
+            m.device_id, m.attempt, m.lease_until = offer_to, 1, lease_until
 
-        def op(db: sqlite3.Connection) -> str | None:
+        def op(db: sqlite3.Connection) -> None:
             db.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -584,12 +592,14 @@ class SqliteStore(Store):
                     iso(m.expires_at),
                 ),
             )
-            row = db.execute(
-                "SELECT device_id FROM recipient_affinity WHERE recipient = ?", (m.recipient,)
-            ).fetchone()
-            return row[0] if row else None
+            if offer_to is not None:
+                db.execute(
+                    "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
+                    "VALUES (?, 1, ?, ?)",
+                    (m.id, offer_to, iso(m.created_at)),
+                )
 
-        message.last_device = await self._write(op)
+        await self._write(op)
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         row = await self._one(
@@ -770,10 +780,10 @@ class SqliteStore(Store):
 
         return await self._write(op)
 
-    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> bool:
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> str | None:
         stamp = iso(now)
 
-        def op(db: sqlite3.Connection) -> bool:
+        def op(db: sqlite3.Connection) -> str | None:
             cur = db.execute(
                 "UPDATE messages SET status = 'SENT', sent_at = ?, updated_at = ? "
                 "WHERE id = ? AND device_id = ? AND status = 'QUEUED' RETURNING recipient, attempt",
@@ -782,7 +792,7 @@ class SqliteStore(Store):
             row = cur.fetchone()
             cur.close()
             if row is None:
-                return False
+                return None
             self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
             self._count_sent(db, device_id, now)
             db.execute(
@@ -791,7 +801,7 @@ class SqliteStore(Store):
                 "device_id = excluded.device_id, updated_at = excluded.updated_at",
                 (row["recipient"], device_id, stamp),
             )
-            return True
+            return str(row["recipient"])
 
         return await self._write(op)
 
@@ -901,6 +911,13 @@ class SqliteStore(Store):
             return [r[0] for r in rows]
 
         return await self._write(op)
+
+    async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
+        rows = await self._all(
+            "SELECT recipient, device_id FROM recipient_affinity ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def last_device_for(self, recipient: str) -> str | None:
         row = await self._one(

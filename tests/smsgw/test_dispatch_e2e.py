@@ -195,3 +195,27 @@ async def test_disabled_and_over_quota_phones_are_skipped(
     devices = {d["id"]: d for d in (await api.get("/devices/")).json()["items"]}
     assert devices[a.device_id]["sent_today"] == 1 and devices[a.device_id]["daily_quota"] == 1
     assert devices[b.device_id]["enabled"] is False
+
+
+async def test_a_dispatch_waits_for_a_busy_phone_to_free_a_slot(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    hub.hub.settings.max_in_flight = 1  # one message at a time per phone
+    phone = await farm.add(deliver=False, send_delay=0.3)
+    first = asyncio.create_task(dispatch(api, to="+15550600001"))
+    await wait_for(lambda: bool(phone.store.held()), what="the first message on the phone")
+    second = await dispatch(api, to="+15550600002")  # waits for the slot, not 202 at once
+    assert second.status_code == 200 and second.json()["status"] == "SENT"
+    assert (await first).json()["status"] == "SENT"
+    assert len(phone.transmitted_ids) == 2
+
+
+async def test_failover_reaches_a_phone_that_connected_during_the_dispatch(
+    api: httpx.AsyncClient, farm: Farm
+) -> None:
+    busy = await farm.add(deliver=False, never_accept=True)
+    await api.patch(f"/devices/{busy.device_id}", json={"daily_quota": 1})
+    request = asyncio.create_task(dispatch(api, timeout=5))
+    newcomer = await farm.add(deliver=False)
+    r = await request
+    assert r.status_code == 200 and r.json()["device_id"] == newcomer.device_id

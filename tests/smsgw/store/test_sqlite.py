@@ -88,11 +88,12 @@ async def test_offer_accept_is_a_compare_and_set(store: SqliteStore) -> None:
     assert got is not None and got.status is Status.QUEUED and got.device_id == b
     assert [(x.device_id, x.outcome) for x in got.attempts] == [(a, "timeout"), (b, None)]
     # Reports from a phone that does not own it change nothing.
-    assert not await store.mark_sent(msg.id, a, now)
-    assert await store.mark_sent(msg.id, b, now)
+    assert await store.mark_sent(msg.id, a, now) is None
+    assert await store.mark_sent(msg.id, b, now) == "+15550001111"
     assert await store.mark_delivered(msg.id, b, now)
     assert not await store.mark_sent(msg.id, b, now)  # never backwards
     assert await store.last_device_for("+15550001111") == b
+    assert await store.recent_affinities(10) == [("+15550001111", b)]
 
 
 async def test_release_that_loses_to_accept_returns_none(store: SqliteStore) -> None:
