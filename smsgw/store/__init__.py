@@ -33,6 +33,10 @@ __all__ = [
 
 def create_store(settings: Settings) -> Store:
     url = settings.database_url
+    if url == "memory://":
+        from smsgw.store.memory import MemoryStore
+
+        return MemoryStore()
     if url.startswith("sqlite:///"):
         from smsgw.store.sqlite import SqliteStore
 

@@ -1,5 +1,5 @@
-"""The SQLite store on a real file: migrations, and the compare-and-set rules that keep
-one owner per message."""
+"""The store contract (the compare-and-set rules that keep one owner per message), on the
+real SQLite file and on the in-process store; and SQLite migrations."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from pathlib import Path
 import pytest
 
 from smsgw.clock import new_id, utcnow
-from smsgw.store import Inbound, Message, MessageFilter, Status
+from smsgw.store import Inbound, Message, MessageFilter, Status, Store
+from smsgw.store.memory import MemoryStore
 from smsgw.store.sqlite import SqliteStore
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "hub.db")
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Every contract test runs against both implementations."""
+    s: Store = SqliteStore(tmp_path / "hub.db") if request.param == "sqlite" else MemoryStore()
     await s.open()
     yield s
     await s.close()
 
 
-async def add_message(store: SqliteStore, **kw: object) -> Message:
+async def add_message(store: Store, **kw: object) -> Message:
     now = utcnow()
     msg = Message(
         id=new_id(),
@@ -40,7 +42,7 @@ async def add_message(store: SqliteStore, **kw: object) -> Message:
     return msg
 
 
-async def add_device(store: SqliteStore, hw: str) -> str:
+async def add_device(store: Store, hw: str) -> str:
     result = await store.register_device(
         device_id=new_id(),
         name=hw,
@@ -68,7 +70,7 @@ async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     await again.close()
 
 
-async def test_offer_accept_is_a_compare_and_set(store: SqliteStore) -> None:
+async def test_offer_accept_is_a_compare_and_set(store: Store) -> None:
     a, b = await add_device(store, "a"), await add_device(store, "b")
     msg = await add_message(store)
     now = utcnow()
@@ -96,7 +98,7 @@ async def test_offer_accept_is_a_compare_and_set(store: SqliteStore) -> None:
     assert await store.recent_affinities(10) == [("+15550001111", b)]
 
 
-async def test_release_that_loses_to_accept_returns_none(store: SqliteStore) -> None:
+async def test_release_that_loses_to_accept_returns_none(store: Store) -> None:
     a = await add_device(store, "a")
     msg = await add_message(store)
     now = utcnow()
@@ -105,7 +107,7 @@ async def test_release_that_loses_to_accept_returns_none(store: SqliteStore) -> 
     assert await store.release_offer(msg.id, a, 1, "timeout", now, now, 10) is None
 
 
-async def test_concurrent_offers_have_exactly_one_winner(store: SqliteStore) -> None:
+async def test_concurrent_offers_have_exactly_one_winner(store: Store) -> None:
     devices = [await add_device(store, f"d{i}") for i in range(8)]
     msg = await add_message(store)
     now = utcnow()
@@ -115,7 +117,7 @@ async def test_concurrent_offers_have_exactly_one_winner(store: SqliteStore) -> 
     assert sum(results) == 1
 
 
-async def test_failures_retryable_then_final(store: SqliteStore) -> None:
+async def test_failures_retryable_then_final(store: Store) -> None:
     a = await add_device(store, "a")
     msg = await add_message(store)
     now = utcnow()
@@ -166,7 +168,7 @@ async def test_failures_retryable_then_final(store: SqliteStore) -> None:
     )
 
 
-async def test_expiry_and_due_messages(store: SqliteStore) -> None:
+async def test_expiry_and_due_messages(store: Store) -> None:
     now = utcnow()
     old = await add_message(store, expires_at=now - timedelta(seconds=1))
     later = await add_message(store, next_attempt_at=now + timedelta(minutes=5))
@@ -179,7 +181,7 @@ async def test_expiry_and_due_messages(store: SqliteStore) -> None:
 
 
 async def test_enrollment_code_is_single_use_and_reregistration_keeps_the_id(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     now = utcnow()
     await store.create_enrollment_code("c1", now, now + timedelta(minutes=1))
@@ -225,7 +227,7 @@ async def test_enrollment_code_is_single_use_and_reregistration_keeps_the_id(
     assert await store.device_by_token_prefix("p4") is not None
 
 
-async def test_deleting_a_device_returns_its_messages_to_the_outbox(store: SqliteStore) -> None:
+async def test_deleting_a_device_returns_its_messages_to_the_outbox(store: Store) -> None:
     a = await add_device(store, "a")
     msg = await add_message(store)
     pinned = await add_message(store, pinned_device_id=a)
@@ -240,7 +242,7 @@ async def test_deleting_a_device_returns_its_messages_to_the_outbox(store: Sqlit
     assert not await store.delete_device(a, now)
 
 
-async def test_inbound_is_stored_once_and_lists_paginate(store: SqliteStore) -> None:
+async def test_inbound_is_stored_once_and_lists_paginate(store: Store) -> None:
     now = utcnow()
     item = Inbound(
         id=new_id(),

@@ -1,0 +1,448 @@
+"""In-process store: the ``Store`` contract in plain dicts, for development and tests.
+
+Nothing survives the process (``SMSGW_DATABASE_URL=memory://``). It implements the same
+compare-and-set rules as the SQLite store, and the store test suite runs against both,
+so the contract is written down once in tests and kept by two implementations. Every
+method body runs without an ``await`` in between, which makes each one atomic on the
+event loop, the in-process equivalent of a transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from smsgw.store.base import (
+    ApiKey,
+    Attempt,
+    Device,
+    Inbound,
+    InboundFilter,
+    Message,
+    MessageFilter,
+    Status,
+    Store,
+)
+
+
+def _page(
+    rows: list[Any], since: datetime | None, after: tuple[datetime, str] | None, limit: int
+) -> list[Any]:
+    rows = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)
+    if since is not None:
+        rows = [r for r in rows if r.created_at >= since]
+    if after is not None:
+        rows = [r for r in rows if (r.created_at, r.id) < after]
+    return rows[:limit]
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[ApiKey, str]] = {}  # prefix -> (key, hash)
+        self.codes: dict[str, tuple[datetime, datetime | None]] = {}  # hash -> (expiry, used)
+        self.devices: dict[str, Device] = {}
+        self.tokens: dict[str, tuple[str, str]] = {}  # prefix -> (device id, hash)
+        self.revoked: set[str] = set()
+        self.messages: dict[str, Message] = {}
+        self.attempts: dict[str, list[Attempt]] = {}
+        self.inbound: dict[tuple[str, str], Inbound] = {}
+        self.affinity: dict[str, tuple[str, datetime]] = {}
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    # -- keys -----------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
+        self.keys[key.prefix] = (replace(key), key_hash)
+
+    async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
+        found = self.keys.get(prefix)
+        if found is None or found[0].revoked_at is not None:
+            return None
+        return replace(found[0]), found[1]
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        return sorted(
+            (replace(k) for k, _ in self.keys.values()), key=lambda k: (k.created_at, k.id)
+        )
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        for key, _ in self.keys.values():
+            if key.id == key_id and key.revoked_at is None:
+                key.revoked_at = now
+                return True
+        return False
+
+    async def has_admin_key(self) -> bool:
+        return any("admin" in k.scopes and k.revoked_at is None for k, _ in self.keys.values())
+
+    # -- enrollment and devices -----------------------------------------------------
+
+    async def create_enrollment_code(
+        self, code_hash: str, now: datetime, expires_at: datetime
+    ) -> None:
+        self.codes[code_hash] = (expires_at, None)
+
+    async def register_device(
+        self,
+        *,
+        device_id: str,
+        name: str,
+        hardware_id: str,
+        sims: list[dict[str, Any]],
+        fcm_token: str | None,
+        token_prefix: str,
+        token_hash: str,
+        now: datetime,
+        enrollment_code_hash: str | None,
+    ) -> tuple[Device, bool] | None:
+        if enrollment_code_hash is not None:
+            code = self.codes.get(enrollment_code_hash)
+            if code is None or code[1] is not None or code[0] <= now:
+                return None
+            self.codes[enrollment_code_hash] = (code[0], now)
+        existing = next((d for d in self.devices.values() if d.hardware_id == hardware_id), None)
+        if existing is not None:
+            self.tokens = {p: t for p, t in self.tokens.items() if t[0] != existing.id}
+            existing.name, existing.sims, existing.updated_at = name, copy.deepcopy(sims), now
+            existing.fcm_token = fcm_token or existing.fcm_token
+            self.revoked.discard(existing.id)
+            device, created = existing, False
+        else:
+            device = Device(
+                id=device_id,
+                name=name,
+                hardware_id=hardware_id,
+                sims=copy.deepcopy(sims),
+                fcm_token=fcm_token,
+                enabled=True,
+                daily_quota=None,
+                sent_today=0,
+                sent_day=None,
+                battery=None,
+                charging=None,
+                signal=None,
+                network=None,
+                app_version=None,
+                last_seen_at=None,
+                created_at=now,
+                updated_at=now,
+            )
+            self.devices[device_id] = device
+            created = True
+        self.tokens[token_prefix] = (device.id, token_hash)
+        return replace(device), created
+
+    def _live_device(self, device_id: str) -> Device | None:
+        device = self.devices.get(device_id)
+        return None if device is None or device_id in self.revoked else device
+
+    async def device_by_token_prefix(self, prefix: str) -> tuple[Device, str] | None:
+        found = self.tokens.get(prefix)
+        device = self._live_device(found[0]) if found else None
+        return (replace(device), found[1]) if device and found else None
+
+    async def get_device(self, device_id: str) -> Device | None:
+        device = self._live_device(device_id)
+        return replace(device) if device else None
+
+    async def list_devices(self) -> list[Device]:
+        return sorted(
+            (replace(d) for d in self.devices.values() if d.id not in self.revoked),
+            key=lambda d: (d.created_at, d.id),
+        )
+
+    async def update_device(self, device_id: str, now: datetime, **fields: Any) -> Device | None:
+        device = self._live_device(device_id)
+        if device is None:
+            return None
+        for name, value in fields.items():
+            setattr(device, name, copy.deepcopy(value))
+        device.updated_at = now
+        return replace(device)
+
+    async def record_device_status(
+        self,
+        device_id: str,
+        *,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> None:
+        device = self.devices.get(device_id)
+        if device is not None:
+            device.battery, device.charging, device.signal = battery, charging, signal
+            device.network, device.last_seen_at = network, now
+
+    async def delete_device(self, device_id: str, now: datetime) -> bool:
+        if self._live_device(device_id) is None:
+            return False
+        self.revoked.add(device_id)
+        self.tokens = {p: t for p, t in self.tokens.items() if t[0] != device_id}
+        for attempts in self.attempts.values():
+            for a in attempts:
+                if a.device_id == device_id and a.ended_at is None:
+                    a.ended_at, a.outcome = now, "device_removed"
+        for m in self.messages.values():
+            if m.device_id == device_id and m.status in (Status.PENDING, Status.QUEUED):
+                m.status, m.device_id, m.lease_until, m.queued_at = Status.PENDING, None, None, None
+                m.updated_at = now
+            if m.pinned_device_id == device_id and m.status is Status.PENDING:
+                m.status, m.error_code, m.failed_at = Status.FAILED, "device_removed", now
+                m.error = "the device this message was sent through was removed"
+        return True
+
+    # -- messages -------------------------------------------------------------------
+
+    async def create_message(
+        self,
+        message: Message,
+        *,
+        offer_to: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
+        if message.id in self.messages:
+            raise ValueError(f"duplicate message id {message.id}")
+        if offer_to is not None:
+            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
+            self.attempts[message.id] = [Attempt(1, offer_to, message.created_at)]
+        self.messages[message.id] = replace(message, attempts=[], last_device=None)
+
+    async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
+        m = self.messages.get(message_id)
+        if m is None:
+            return None
+        attempts = [replace(a) for a in self.attempts.get(message_id, [])] if with_attempts else []
+        return replace(m, attempts=attempts)
+
+    async def list_messages(self, flt: MessageFilter) -> list[Message]:
+        rows = [
+            m
+            for m in self.messages.values()
+            if (flt.status is None or m.status is flt.status)
+            and (flt.device_id is None or m.device_id == flt.device_id)
+        ]
+        return [replace(m) for m in _page(rows, flt.since, flt.after, flt.limit)]
+
+    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
+        due = [
+            m
+            for m in self.messages.values()
+            if m.status is Status.PENDING
+            and (m.lease_until is None or m.lease_until <= now)
+            and (m.next_attempt_at is None or m.next_attempt_at <= now)
+        ]
+        due.sort(key=lambda m: (m.created_at, m.id))
+        out = []
+        for m in due[:limit]:
+            hint = self.affinity.get(m.recipient)
+            out.append(replace(m, last_device=hint[0] if hint else None))
+        return out
+
+    async def owned_unfinished(self, device_id: str) -> list[Message]:
+        return [
+            replace(m)
+            for m in self.messages.values()
+            if m.device_id == device_id and m.status is Status.QUEUED
+        ]
+
+    async def offer(
+        self,
+        message_id: str,
+        device_id: str,
+        expected_attempt: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        m = self.messages.get(message_id)
+        if (
+            m is None
+            or m.status is not Status.PENDING
+            or m.attempt != expected_attempt
+            or (m.lease_until is not None and m.lease_until > now)
+        ):
+            return False
+        m.attempt, m.device_id, m.lease_until, m.updated_at = (
+            expected_attempt + 1,
+            device_id,
+            lease_until,
+            now,
+        )
+        self.attempts.setdefault(message_id, []).append(Attempt(m.attempt, device_id, now))
+        return True
+
+    def _end_attempt(
+        self,
+        message_id: str,
+        attempt: int,
+        outcome: str,
+        now: datetime,
+        error_code: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        for a in self.attempts.get(message_id, []):
+            if a.attempt == attempt and a.ended_at is None:
+                a.ended_at, a.outcome, a.error_code, a.error = now, outcome, error_code, error
+
+    async def release_offer(
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        outcome: str,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
+    ) -> Status | None:
+        m = self.messages.get(message_id)
+        if (
+            m is None
+            or m.status is not Status.PENDING
+            or m.attempt != attempt
+            or m.device_id != device_id
+        ):
+            return None
+        m.device_id, m.lease_until, m.updated_at = None, None, now
+        if attempt >= max_attempts:
+            m.status, m.error_code, m.failed_at = Status.FAILED, "max_attempts", now
+            m.error = f"no phone took the message after {attempt} attempts (last: {outcome})"
+        else:
+            m.next_attempt_at = retry_at
+        self._end_attempt(message_id, attempt, outcome, now)
+        return m.status
+
+    async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
+        m = self.messages.get(message_id)
+        if m is None or m.device_id != device_id or m.attempt != attempt:
+            return False
+        if m.status is Status.PENDING:
+            m.status, m.lease_until, m.queued_at, m.updated_at = Status.QUEUED, None, now, now
+            for a in self.attempts.get(message_id, []):
+                if a.attempt == attempt:
+                    a.accepted_at = now
+            return True
+        return m.status in (Status.QUEUED, Status.SENT, Status.DELIVERED)
+
+    def _count_sent(self, device_id: str, now: datetime) -> None:
+        device = self.devices.get(device_id)
+        if device is not None:
+            day = now.date().isoformat()
+            device.sent_today = device.sent_today + 1 if device.sent_day == day else 1
+            device.sent_day = day
+
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> str | None:
+        m = self.messages.get(message_id)
+        if m is None or m.device_id != device_id or m.status is not Status.QUEUED:
+            return None
+        m.status, m.sent_at, m.updated_at = Status.SENT, now, now
+        self._end_attempt(message_id, m.attempt, "sent", now)
+        self._count_sent(device_id, now)
+        self.affinity[m.recipient] = (device_id, now)
+        return m.recipient
+
+    async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool:
+        m = self.messages.get(message_id)
+        if m is None or m.device_id != device_id or m.status not in (Status.QUEUED, Status.SENT):
+            return False
+        if m.sent_at is None:
+            m.sent_at = now
+            self._count_sent(device_id, now)
+        m.status, m.delivered_at, m.updated_at = Status.DELIVERED, now, now
+        self._end_attempt(message_id, m.attempt, "sent", now)
+        return True
+
+    async def mark_failed(
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        *,
+        error_code: str,
+        error: str,
+        retryable: bool,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
+    ) -> Status | None:
+        m = self.messages.get(message_id)
+        if m is None or m.device_id != device_id:
+            return None
+        if m.status is Status.PENDING and m.attempt != attempt:
+            return None
+        if m.status not in (Status.PENDING, Status.QUEUED, Status.SENT):
+            return None
+        again = retryable and m.status is not Status.SENT and m.attempt < max_attempts
+        m.error_code, m.error, m.lease_until, m.updated_at = error_code, error, None, now
+        if again:
+            m.status, m.device_id, m.queued_at, m.next_attempt_at = (
+                Status.PENDING,
+                None,
+                None,
+                retry_at,
+            )
+        else:
+            m.status, m.failed_at = Status.FAILED, now
+        self._end_attempt(
+            message_id,
+            m.attempt,
+            "failed_retryable" if retryable else "failed",
+            now,
+            error_code,
+            error,
+        )
+        return m.status
+
+    async def expire_messages(self, now: datetime) -> list[str]:
+        expired = []
+        for m in self.messages.values():
+            if (
+                m.status is Status.PENDING
+                and m.expires_at <= now
+                and (m.lease_until is None or m.lease_until <= now)
+            ):
+                m.status, m.error_code, m.failed_at, m.updated_at = (
+                    Status.FAILED,
+                    "expired",
+                    now,
+                    now,
+                )
+                m.error = "no phone sent the message before it expired"
+                expired.append(m.id)
+        return expired
+
+    async def last_device_for(self, recipient: str) -> str | None:
+        hint = self.affinity.get(recipient)
+        return hint[0] if hint else None
+
+    async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
+        newest = sorted(self.affinity.items(), key=lambda kv: kv[1][1], reverse=True)
+        return [(r, d) for r, (d, _) in newest[:limit]]
+
+    # -- inbound --------------------------------------------------------------------
+
+    async def store_inbound(self, inbound: Inbound) -> bool:
+        key = (inbound.device_id, inbound.local_id)
+        if key in self.inbound:
+            return False
+        self.inbound[key] = replace(inbound)
+        return True
+
+    async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
+        rows = [
+            i
+            for i in self.inbound.values()
+            if (flt.sender is None or i.sender == flt.sender)
+            and (flt.device_id is None or i.device_id == flt.device_id)
+        ]
+        return [replace(i) for i in _page(rows, flt.since, flt.after, flt.limit)]
