@@ -25,6 +25,7 @@ from typing import TypeVar
 from smsgw.affinity import AffinityCache
 from smsgw.clock import utcnow
 from smsgw.config import Settings
+from smsgw.idempotency import KEEP_SECONDS as IDEMPOTENCY_KEEP
 from smsgw.registry import LiveDevice, Registry
 from smsgw.routing import eligible, free_slots, pick
 from smsgw.session import SessionClosed
@@ -78,6 +79,7 @@ class Dispatcher:
         self._maybe_due = True
         self._due_generation = 0
         self._next_expiry = 0.0
+        self._next_purge = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._affinity = AffinityCache(settings.affinity_cache_size)
@@ -283,8 +285,8 @@ class Dispatcher:
             msg.status, msg.device_id = Status.QUEUED, live.device_id
             return outcome
         self._release_slot(live, msg.id)
-        if outcome is Outcome.DECLINED:
-            return outcome  # the failure report already updated the store
+        if outcome in (Outcome.DECLINED, Outcome.LOST):
+            return outcome  # a failure report or a cancel already updated the store
         retry_at = (
             now
             if self._has_untried(msg)
@@ -305,7 +307,7 @@ class Dispatcher:
             if (
                 current is not None
                 and current.device_id == live.device_id
-                and (current.status is not Status.PENDING)
+                and current.status in (Status.QUEUED, Status.SENT, Status.DELIVERED)
             ):
                 live.holding.add(msg.id)
                 msg.status, msg.device_id = current.status, current.device_id
@@ -360,6 +362,13 @@ class Dispatcher:
             else:
                 self._notify(message_id, change)
         self.wake(due=status is Status.PENDING)  # a slot freed up, or it is PENDING again
+
+    def cancelled(self, message_id: str) -> None:
+        """The client cancelled it (the store already says so): stop waiting for it."""
+        offer = self._offers.get(message_id)
+        if offer is not None:
+            _resolve(offer.future, Outcome.LOST)
+        self._finished(message_id, Change(Status.CANCELLED))
 
     def disconnected(self, device_id: str) -> None:
         for offer in list(self._offers.values()):
@@ -422,6 +431,9 @@ class Dispatcher:
         return started
 
     async def _expire(self, now: datetime) -> None:
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + 60.0
+            await self.store.purge_idempotency(now - timedelta(seconds=IDEMPOTENCY_KEEP))
         for message_id in await self.store.expire_messages(now):
             self._finished(
                 message_id,

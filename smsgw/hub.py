@@ -13,6 +13,7 @@ from smsgw.auth import Authenticator, issue_api_key
 from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.dispatcher import Dispatcher
+from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.registry import LocalRegistry, Registry
 from smsgw.store import Store, create_store
@@ -30,6 +31,7 @@ class Hub:
     registry: Registry
     dispatcher: Dispatcher
     auth: Authenticator
+    idempotency: Idempotency
     # Every open device connection, helloed or not, for the idle watchdog.
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None
@@ -44,6 +46,7 @@ class Hub:
             registry=registry,
             dispatcher=Dispatcher(store, registry, settings),
             auth=Authenticator(store, settings.admin_key),
+            idempotency=Idempotency(store),
         )
 
     async def start(self) -> None:

@@ -21,6 +21,8 @@ from starlette.routing import Route
 from smsgw.auth import Principal, Scope
 from smsgw.errors import ApiError, validation_details
 from smsgw.hub import Hub
+from smsgw.idempotency import HEADER as IDEMPOTENCY_HEADER
+from smsgw.idempotency import request_hash
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,6 +61,7 @@ class Endpoint:
     responses: dict[int, type[BaseModel] | None]
     query: type[BaseModel] | None = None
     security: str | None = "ApiKey"
+    idempotent: bool = False  # honours the Idempotency-Key header
 
 
 @dataclass
@@ -77,11 +80,22 @@ class Api:
         responses: dict[int, type[BaseModel] | None],
         query: type[BaseModel] | None = None,
         security: str | None = "ApiKey",
+        idempotent: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
                 Endpoint(
-                    method, path, handler, summary, tag, scope, body, responses, query, security
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    tag,
+                    scope,
+                    body,
+                    responses,
+                    query,
+                    security,
+                    idempotent,
                 )
             )
             return handler
@@ -100,15 +114,26 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         hub: Hub = request.app.state.hub
         principal = await hub.auth.client(request, ep.scope) if ep.scope else None
         call = Call(request, hub, principal)
+        raw: Any = None
         if ep.body is not None:
-            call.body = parse_model(ep.body, await read_json(request, hub.settings.max_body_bytes))
+            raw = await read_json(request, hub.settings.max_body_bytes)
+            call.body = parse_model(ep.body, raw)
         if ep.query is not None:
             call.body = parse_model(ep.query, dict(request.query_params))
-        result = await ep.handler(call)
-        reply = result if isinstance(result, Reply) else Reply(result)
-        if reply.model is None:
-            return Response(status_code=reply.status)
-        return JSONResponse(reply.model.model_dump(mode="json", by_alias=True), reply.status)
+
+        async def respond() -> Response:
+            result = await ep.handler(call)
+            reply = result if isinstance(result, Reply) else Reply(result)
+            if reply.model is None:
+                return Response(status_code=reply.status)
+            return JSONResponse(reply.model.model_dump(mode="json", by_alias=True), reply.status)
+
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if ep.idempotent and key is not None and principal is not None:
+            owner = principal.key_id or principal.name
+            fingerprint = request_hash(ep.method, request.url.path, raw)
+            return await hub.idempotency.run(owner, key, fingerprint, respond)
+        return await respond()
 
     return endpoint
 

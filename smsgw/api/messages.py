@@ -28,6 +28,9 @@ from smsgw.errors import ApiError
 from smsgw.segments import count_parts
 from smsgw.store import InboundFilter, Message, MessageFilter, Status
 
+# A send_at this far in the past is taken as "now" (clock skew), beyond it refused.
+SEND_AT_SKEW = 60.0
+
 _ERRORS: dict[int, type[BaseModel] | None] = {
     400: ErrorOut,
     401: ErrorOut,
@@ -46,6 +49,16 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
             f"message is over {hub.settings.max_message_chars} characters",
         )
     now = utcnow()
+    send_at = body.send_at
+    if send_at is not None:
+        if send_at < now - timedelta(seconds=SEND_AT_SKEW):
+            raise ApiError(422, "send_at_in_past", "send_at is in the past")
+        if send_at <= now:
+            send_at = None  # "now", give or take a clock's skew
+    starts = send_at or now
+    expires_at = body.expires_at or starts + timedelta(seconds=body.ttl or hub.settings.message_ttl)
+    if expires_at <= starts:
+        raise ApiError(422, "expires_before_send", "expires_at must be after send_at and now")
     msg = Message(
         id=new_id(),
         recipient=body.to,
@@ -53,14 +66,19 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
         status=Status.PENDING,
         created_at=now,
         updated_at=now,
-        expires_at=now + timedelta(seconds=body.ttl or hub.settings.message_ttl),
+        expires_at=expires_at,
         pinned_device_id=pinned,
         sim_slot=sim_slot,
         parts=count_parts(body.message),
+        priority=body.priority,
+        send_at=send_at,
+        next_attempt_at=send_at,  # the outbox does not see it before then
+        custom_id=body.custom_id,
+        metadata=body.metadata,
     )
     # Stored before any phone hears of it (the first offer and the insert are one
     # transaction): from the moment we answer, it cannot be lost.
-    if not body.wait:
+    if not body.wait or send_at is not None:
         await hub.dispatcher.submit(msg, None)
         return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
@@ -84,7 +102,8 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     scope=Scope.SEND,
     body=DispatchIn,
     summary="Send through the best phone, failing over; waits for SENT/FAILED",
-    responses={200: DispatchOut, 202: DispatchPending, **_ERRORS},
+    responses={200: DispatchOut, 202: DispatchPending, 409: ErrorOut, **_ERRORS},
+    idempotent=True,
 )
 async def dispatch(call: Call) -> Reply:
     body: DispatchIn = call.body
@@ -99,6 +118,7 @@ async def dispatch(call: Call) -> Reply:
     body=SendIn,
     summary="Send through one named phone (no failover)",
     responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **_ERRORS},
+    idempotent=True,
 )
 async def send(call: Call) -> Reply:
     body: SendIn = call.body
@@ -165,6 +185,7 @@ async def list_messages(call: Call) -> MessagePage:
     rows = await call.hub.store.list_messages(
         MessageFilter(
             status=q.status,
+            custom_id=q.custom_id,
             device_id=q.device_id,
             since=q.since,
             after=decode_cursor(q.cursor),
@@ -175,3 +196,26 @@ async def list_messages(call: Call) -> MessagePage:
         items=[MessageOut.of(m) for m in rows],
         next_cursor=next_cursor([(m.created_at, m.id) for m in rows], q.limit),
     )
+
+
+@api.route(
+    "DELETE",
+    "/sms/{message_id}",
+    tag="sms",
+    scope=Scope.SEND,
+    summary="Cancel a message no phone has accepted yet",
+    responses={200: MessageOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+)
+async def cancel_message(call: Call) -> MessageOut:
+    message_id = call.path("message_id")
+    msg = await call.hub.store.cancel_message(message_id, utcnow())
+    if msg is None:
+        raise ApiError(404, "message_not_found", f"no message {message_id}")
+    if msg.status is not Status.CANCELLED:
+        raise ApiError(
+            409,
+            "not_cancellable",
+            f"message is {msg.status.value}: only a message no phone has accepted can be cancelled",
+        )
+    call.hub.dispatcher.cancelled(message_id)
+    return MessageOut.of(msg)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from smsgw.store import Attempt, Device, Inbound, Message, Status
 
@@ -44,6 +45,12 @@ class ErrorOut(BaseModel):
 # -- messages ---------------------------------------------------------------------------
 
 
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value)) > 4096:
+        raise ValueError("metadata must serialise to at most 4096 bytes of JSON")
+    return value
+
+
 class DispatchIn(Strict):
     to: E164
     message: str = Field(min_length=1, max_length=1600)
@@ -54,6 +61,23 @@ class DispatchIn(Strict):
     ttl: float | None = Field(
         default=None, gt=0, le=7 * 24 * 3600, description="seconds before an unsent message expires"
     )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="absolute expiry (instead of ttl)"
+    )
+    send_at: AwareDatetime | None = Field(
+        default=None, description="schedule: not sent before this time (returns 202)"
+    )
+    priority: int = Field(default=0, ge=-100, le=100, description="higher leaves the outbox first")
+    custom_id: str | None = Field(default=None, min_length=1, max_length=100)
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)] = Field(
+        default=None, description="free JSON object, stored and returned (at most 4 KiB)"
+    )
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> DispatchIn:
+        if self.ttl is not None and self.expires_at is not None:
+            raise ValueError("give ttl or expires_at, not both")
+        return self
 
 
 class SendIn(DispatchIn):
@@ -114,7 +138,12 @@ class MessageOut(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     failed_at: datetime | None
+    cancelled_at: datetime | None
     expires_at: datetime
+    send_at: datetime | None
+    priority: int
+    custom_id: str | None
+    metadata: dict[str, Any] | None
     attempts: list[AttemptOut] | None = None
 
     @classmethod
@@ -135,7 +164,12 @@ class MessageOut(BaseModel):
             sent_at=m.sent_at,
             delivered_at=m.delivered_at,
             failed_at=m.failed_at,
+            cancelled_at=m.cancelled_at,
             expires_at=m.expires_at,
+            send_at=m.send_at,
+            priority=m.priority,
+            custom_id=m.custom_id,
+            metadata=m.metadata,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
 
@@ -154,6 +188,7 @@ class ListQuery(Strict):
 
 class MessageQuery(ListQuery):
     status: Status | None = None
+    custom_id: str | None = Field(default=None, max_length=100)
 
 
 class InboundQuery(ListQuery):

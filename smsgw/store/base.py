@@ -20,9 +20,10 @@ class Status(enum.StrEnum):
     SENT = "SENT"
     DELIVERED = "DELIVERED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # withdrawn by the client before any phone accepted it
 
 
-FINAL_STATUSES = frozenset({Status.DELIVERED, Status.FAILED})
+FINAL_STATUSES = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED})
 
 
 @dataclass(slots=True)
@@ -91,6 +92,12 @@ class Message:
     sent_at: datetime | None = None
     delivered_at: datetime | None = None
     failed_at: datetime | None = None
+    priority: int = 0
+    send_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    custom_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    encoding: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
@@ -109,10 +116,18 @@ class Inbound:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    request_hash: str
+    status_code: int | None  # None while the first request is still running
+    response: str | None
+
+
 @dataclass(slots=True)
 class MessageFilter:
     status: Status | None = None
     device_id: str | None = None
+    custom_id: str | None = None
     since: datetime | None = None
     # Keyset cursor: the (created_at, id) of the last row of the previous page.
     after: tuple[datetime, str] | None = None
@@ -309,6 +324,34 @@ class Store(abc.ABC):
         """A phone's failure report, for an offer it declined or a message it owns.
         Retryable and attempts left -> PENDING again; otherwise FAILED. None if the
         phone had no claim on the message (a stale report)."""
+
+    @abc.abstractmethod
+    async def cancel_message(self, message_id: str, now: datetime) -> Message | None:
+        """CAS: PENDING (even while on offer) -> CANCELLED. Returns the message as it then
+        stands (check its status: a message a phone owns is not cancelled), or None if
+        unknown. A phone's later accept of the old offer fails, because it is no longer
+        PENDING."""
+
+    # -- idempotency ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def idempotency_claim(
+        self, owner: str, key: str, request_hash: str, now: datetime
+    ) -> IdempotencyRecord | None:
+        """Claim (owner, key) for a new request: None if claimed now, else the existing
+        record (a different hash, a finished response, or a request still running)."""
+
+    @abc.abstractmethod
+    async def idempotency_complete(
+        self, owner: str, key: str, status_code: int, response: str
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def idempotency_release(self, owner: str, key: str) -> None:
+        """The claimed request failed without a response worth replaying: free the key."""
+
+    @abc.abstractmethod
+    async def purge_idempotency(self, before: datetime) -> int: ...
 
     @abc.abstractmethod
     async def expire_messages(self, now: datetime) -> list[str]:

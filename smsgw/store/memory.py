@@ -18,6 +18,7 @@ from smsgw.store.base import (
     ApiKey,
     Attempt,
     Device,
+    IdempotencyRecord,
     Inbound,
     InboundFilter,
     Message,
@@ -49,6 +50,7 @@ class MemoryStore(Store):
         self.attempts: dict[str, list[Attempt]] = {}
         self.inbound: dict[tuple[str, str], Inbound] = {}
         self.affinity: dict[str, tuple[str, datetime]] = {}
+        self.idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, datetime]] = {}
 
     async def open(self) -> None:
         pass
@@ -217,7 +219,9 @@ class MemoryStore(Store):
         if offer_to is not None:
             message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
             self.attempts[message.id] = [Attempt(1, offer_to, message.created_at)]
-        self.messages[message.id] = replace(message, attempts=[], last_device=None)
+        self.messages[message.id] = replace(
+            message, attempts=[], last_device=None, metadata=copy.deepcopy(message.metadata)
+        )
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         m = self.messages.get(message_id)
@@ -232,6 +236,7 @@ class MemoryStore(Store):
             for m in self.messages.values()
             if (flt.status is None or m.status is flt.status)
             and (flt.device_id is None or m.device_id == flt.device_id)
+            and (flt.custom_id is None or m.custom_id == flt.custom_id)
         ]
         return [replace(m) for m in _page(rows, flt.since, flt.after, flt.limit)]
 
@@ -243,7 +248,7 @@ class MemoryStore(Store):
             and (m.lease_until is None or m.lease_until <= now)
             and (m.next_attempt_at is None or m.next_attempt_at <= now)
         ]
-        due.sort(key=lambda m: (m.created_at, m.id))
+        due.sort(key=lambda m: (-m.priority, m.created_at, m.id))
         out = []
         for m in due[:limit]:
             hint = self.affinity.get(m.recipient)
@@ -402,6 +407,50 @@ class MemoryStore(Store):
             error,
         )
         return m.status
+
+    async def cancel_message(self, message_id: str, now: datetime) -> Message | None:
+        m = self.messages.get(message_id)
+        if m is None:
+            return None
+        if m.status is Status.PENDING:
+            m.status, m.cancelled_at, m.lease_until, m.updated_at = (
+                Status.CANCELLED,
+                now,
+                None,
+                now,
+            )
+            self._end_attempt(message_id, m.attempt, "cancelled", now)
+        return replace(m)
+
+    async def idempotency_claim(
+        self, owner: str, key: str, request_hash: str, now: datetime
+    ) -> IdempotencyRecord | None:
+        found = self.idempotency.get((owner, key))
+        if found is None:
+            self.idempotency[(owner, key)] = (IdempotencyRecord(request_hash, None, None), now)
+            return None
+        return found[0]
+
+    async def idempotency_complete(
+        self, owner: str, key: str, status_code: int, response: str
+    ) -> None:
+        found = self.idempotency.get((owner, key))
+        if found is not None:
+            self.idempotency[(owner, key)] = (
+                IdempotencyRecord(found[0].request_hash, status_code, response),
+                found[1],
+            )
+
+    async def idempotency_release(self, owner: str, key: str) -> None:
+        found = self.idempotency.get((owner, key))
+        if found is not None and found[0].status_code is None:
+            del self.idempotency[(owner, key)]
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        old = [k for k, (_, created) in self.idempotency.items() if created < before]
+        for k in old:
+            del self.idempotency[k]
+        return len(old)
 
     async def expire_messages(self, now: datetime) -> list[str]:
         expired = []

@@ -27,6 +27,7 @@ from smsgw.store.base import (
     ApiKey,
     Attempt,
     Device,
+    IdempotencyRecord,
     Inbound,
     InboundFilter,
     Message,
@@ -44,7 +45,8 @@ MAX_BATCH = 512
 _MESSAGE_COLUMNS = (
     "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
     "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
-    "sent_at, delivered_at, failed_at, expires_at"
+    "sent_at, delivered_at, failed_at, expires_at, priority, send_at, cancelled_at, "
+    "custom_id, metadata, encoding"
 )
 
 
@@ -80,6 +82,12 @@ def _message(row: sqlite3.Row) -> Message:
         delivered_at=_dt(row["delivered_at"]),
         failed_at=_dt(row["failed_at"]),
         expires_at=_req_dt(row["expires_at"]),
+        priority=row["priority"],
+        send_at=_dt(row["send_at"]),
+        cancelled_at=_dt(row["cancelled_at"]),
+        custom_id=row["custom_id"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
+        encoding=row["encoding"],
     )
 
 
@@ -567,8 +575,7 @@ class SqliteStore(Store):
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 26)})",
                 (
                     m.id,
                     m.recipient,
@@ -590,6 +597,12 @@ class SqliteStore(Store):
                     iso(m.delivered_at),
                     iso(m.failed_at),
                     iso(m.expires_at),
+                    m.priority,
+                    iso(m.send_at),
+                    iso(m.cancelled_at),
+                    m.custom_id,
+                    json.dumps(m.metadata) if m.metadata is not None else None,
+                    m.encoding,
                 ),
             )
             if offer_to is not None:
@@ -630,7 +643,11 @@ class SqliteStore(Store):
 
     async def list_messages(self, flt: MessageFilter) -> list[Message]:
         clause, params = _page_where(
-            [("status", flt.status.value if flt.status else None), ("device_id", flt.device_id)],
+            [
+                ("status", flt.status.value if flt.status else None),
+                ("device_id", flt.device_id),
+                ("custom_id", flt.custom_id),
+            ],
             flt.since,
             flt.after,
         )
@@ -649,7 +666,7 @@ class SqliteStore(Store):
             "FROM messages WHERE status = 'PENDING' "
             "AND (lease_until IS NULL OR lease_until <= ?) "
             "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-            "ORDER BY created_at, id LIMIT ?",
+            "ORDER BY priority DESC, created_at, id LIMIT ?",
             (stamp, stamp, limit),
         )
         messages = []
@@ -892,6 +909,75 @@ class SqliteStore(Store):
                 error,
             )
             return Status.PENDING if again else Status.FAILED
+
+        return await self._write(op)
+
+    async def cancel_message(self, message_id: str, now: datetime) -> Message | None:
+        stamp = iso(now)
+
+        def op(db: sqlite3.Connection) -> Message | None:
+            cur = db.execute(
+                "UPDATE messages SET status = 'CANCELLED', cancelled_at = ?, lease_until = NULL, "
+                "updated_at = ? WHERE id = ? AND status = 'PENDING' RETURNING attempt",
+                (stamp, stamp, message_id),
+            )
+            row = cur.fetchone()
+            cur.close()
+            if row is not None:
+                self._end_attempt(db, message_id, row["attempt"], "cancelled", stamp)
+            found = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            return _message(found) if found else None
+
+        return await self._write(op)
+
+    async def idempotency_claim(
+        self, owner: str, key: str, request_hash: str, now: datetime
+    ) -> IdempotencyRecord | None:
+        def op(db: sqlite3.Connection) -> IdempotencyRecord | None:
+            cur = db.execute(
+                "INSERT INTO idempotency_keys (owner, key, request_hash, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING",
+                (owner, key, request_hash, iso(now)),
+            )
+            if cur.rowcount == 1:
+                return None
+            row = db.execute(
+                "SELECT request_hash, status_code, response FROM idempotency_keys "
+                "WHERE owner = ? AND key = ?",
+                (owner, key),
+            ).fetchone()
+            return IdempotencyRecord(row[0], row[1], row[2])
+
+        return await self._write(op)
+
+    async def idempotency_complete(
+        self, owner: str, key: str, status_code: int, response: str
+    ) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE idempotency_keys SET status_code = ?, response = ? "
+                "WHERE owner = ? AND key = ?",
+                (status_code, response, owner, key),
+            )
+
+        await self._write(op)
+
+    async def idempotency_release(self, owner: str, key: str) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND status_code IS NULL",
+                (owner, key),
+            )
+
+        await self._write(op)
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (iso(before),)
+            ).rowcount
 
         return await self._write(op)
 

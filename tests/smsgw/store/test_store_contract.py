@@ -63,7 +63,7 @@ async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     await s.open()
     assert await s.migrate() == []
     rows = await s._all("SELECT version FROM schema_migrations")
-    assert [r[0] for r in rows] == ["0001_init"]
+    assert [r[0] for r in rows] == ["0001_init", "0002_scheduling_idempotency"]
     await s.close()
     again = SqliteStore(tmp_path / "m.db")
     await again.open()  # reopening applies nothing twice
@@ -265,3 +265,52 @@ async def test_inbound_is_stored_once_and_lists_paginate(store: Store) -> None:
     )
     assert len(page1) == 3 and len(page2) == 2
     assert not {m.id for m in page1} & {m.id for m in page2}
+
+
+async def test_cancel_only_while_no_phone_owns_it(store: Store) -> None:
+    a = await add_device(store, "a")
+    now = utcnow()
+    pending = await add_message(store)
+    on_offer = await add_message(store)
+    owned = await add_message(store)
+    await store.offer(on_offer.id, a, 0, now, now + timedelta(seconds=5))
+    await store.offer(owned.id, a, 0, now, now + timedelta(seconds=5))
+    await store.accept(owned.id, a, 1, now)
+    got = await store.cancel_message(pending.id, now)
+    assert got is not None and got.status is Status.CANCELLED and got.cancelled_at == now
+    got = await store.cancel_message(on_offer.id, now)
+    assert got is not None and got.status is Status.CANCELLED
+    assert not await store.accept(on_offer.id, a, 1, now)  # the phone's late accept loses
+    got = await store.cancel_message(owned.id, now)
+    assert got is not None and got.status is Status.QUEUED  # owned: not cancelled
+    assert await store.cancel_message("nope", now) is None
+    assert [m.id for m in await store.due_messages(now, 10)] == []
+
+
+async def test_due_messages_by_priority_then_age_and_custom_id_filter(store: Store) -> None:
+    now = utcnow()
+    old_low = await add_message(store, created_at=now - timedelta(seconds=3))
+    high = await add_message(store, priority=5, custom_id="order-7", metadata={"k": [1, 2]})
+    new_low = await add_message(store)
+    due = [m.id for m in await store.due_messages(now, 10)]
+    assert due == [high.id, old_low.id, new_low.id]
+    found = await store.list_messages(MessageFilter(custom_id="order-7"))
+    assert [m.id for m in found] == [high.id] and found[0].metadata == {"k": [1, 2]}
+    assert found[0].priority == 5
+
+
+async def test_idempotency_claim_complete_release_purge(store: Store) -> None:
+    now = utcnow()
+    assert await store.idempotency_claim("k1", "abc", "h1", now) is None
+    running = await store.idempotency_claim("k1", "abc", "h1", now)
+    assert running is not None and running.status_code is None and running.request_hash == "h1"
+    assert await store.idempotency_claim("k2", "abc", "h1", now) is None  # per API key
+    await store.idempotency_complete("k1", "abc", 202, '{"ok":1}')
+    done = await store.idempotency_claim("k1", "abc", "other", now)
+    assert done is not None and (done.status_code, done.response) == (202, '{"ok":1}')
+    await store.idempotency_release("k1", "abc")  # a finished key is not released
+    assert await store.idempotency_claim("k1", "abc", "h1", now) is not None
+    await store.idempotency_release("k2", "abc")
+    assert await store.idempotency_claim("k2", "abc", "h1", now) is None
+    assert await store.purge_idempotency(now + timedelta(seconds=1)) == 2
+    assert await store.idempotency_claim("k1", "abc", "h1", now) is None

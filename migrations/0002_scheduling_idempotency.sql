@@ -1,0 +1,24 @@
+-- Scheduling, priority, cancellation, client references, and idempotency keys.
+
+ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN send_at TEXT;
+ALTER TABLE messages ADD COLUMN cancelled_at TEXT;
+ALTER TABLE messages ADD COLUMN custom_id TEXT;
+ALTER TABLE messages ADD COLUMN metadata TEXT;
+ALTER TABLE messages ADD COLUMN encoding TEXT;
+
+-- The outbox takes the highest priority first, oldest first within a priority.
+CREATE INDEX messages_outbox ON messages (status, priority DESC, created_at, id);
+CREATE INDEX messages_custom_id ON messages (custom_id);
+
+-- One row per (API key, Idempotency-Key): the request's hash and, once done, its response.
+CREATE TABLE idempotency_keys (
+    owner         TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status_code   INTEGER,
+    response      TEXT,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX idempotency_created ON idempotency_keys (created_at);
