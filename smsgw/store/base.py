@@ -98,6 +98,8 @@ class Message:
     custom_id: str | None = None
     metadata: dict[str, Any] | None = None
     encoding: str | None = None
+    sensitive: bool = False  # an OTP: the API never shows the body
+    template_id: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
@@ -114,6 +116,44 @@ class Inbound:
     sim_slot: int | None
     received_at: datetime
     created_at: datetime
+
+
+@dataclass(slots=True)
+class Template:
+    id: str
+    name: str
+    body: str
+    category: str | None
+    active: bool
+    usage_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Otp:
+    id: str
+    recipient: str
+    code_hash: str
+    message_id: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    expires_at: datetime
+    verified_at: datetime | None = None
+    superseded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    number: str
+    source: str
+    reason: str | None
+    created_at: datetime
+
+
+class Conflict(Exception):
+    """A unique value (e.g. a template name) is already taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +392,79 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_idempotency(self, before: datetime) -> int: ...
+
+    # -- templates --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_template(self, template: Template) -> None:
+        """Raises ``Conflict`` when the name is taken."""
+
+    @abc.abstractmethod
+    async def get_template(self, template_id: str) -> Template | None: ...
+
+    @abc.abstractmethod
+    async def list_templates(
+        self, *, category: str | None = None, active: bool | None = None
+    ) -> list[Template]: ...
+
+    @abc.abstractmethod
+    async def update_template(
+        self, template_id: str, now: datetime, **fields: Any
+    ) -> Template | None:
+        """Set name/body/category/active; raises ``Conflict`` when the name is taken."""
+
+    @abc.abstractmethod
+    async def delete_template(self, template_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def count_template_use(self, template_id: str) -> None: ...
+
+    # -- one-time passwords -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_otp(self, otp: Otp, message: Message) -> None:
+        """Store the code and its SMS in one transaction; earlier codes for the same
+        number are superseded (one active code per number)."""
+
+    @abc.abstractmethod
+    async def otp_sends_since(self, recipient: str, since: datetime) -> list[datetime]:
+        """Creation times of codes sent to ``recipient`` since ``since``, newest first."""
+
+    @abc.abstractmethod
+    async def get_otp(self, otp_id: str) -> Otp | None: ...
+
+    @abc.abstractmethod
+    async def latest_otp(self, recipient: str) -> Otp | None:
+        """The newest code for ``recipient`` that was not superseded."""
+
+    @abc.abstractmethod
+    async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
+        """CAS: count an attempt if the code is live (not verified, superseded or expired,
+        attempts left); mark it verified when ``correct``. None if it was not live."""
+
+    @abc.abstractmethod
+    async def purge_otps(self, before: datetime) -> int:
+        """Delete codes that expired before ``before``."""
+
+    @abc.abstractmethod
+    async def hub_secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; stores ``candidate`` first if there is none."""
+
+    # -- opt-out ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_opt_out(self, entry: OptOut) -> bool:
+        """False if the number was already opted out (the first entry stays)."""
+
+    @abc.abstractmethod
+    async def remove_opt_out(self, number: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def is_opted_out(self, number: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
+        """Ordered by number; ``after`` is the last number of the previous page."""
 
     @abc.abstractmethod
     async def expire_messages(self, now: datetime) -> list[str]:

@@ -17,14 +17,18 @@ from typing import Any
 from smsgw.store.base import (
     ApiKey,
     Attempt,
+    Conflict,
     Device,
     IdempotencyRecord,
     Inbound,
     InboundFilter,
     Message,
     MessageFilter,
+    OptOut,
+    Otp,
     Status,
     Store,
+    Template,
 )
 
 
@@ -51,6 +55,10 @@ class MemoryStore(Store):
         self.inbound: dict[tuple[str, str], Inbound] = {}
         self.affinity: dict[str, tuple[str, datetime]] = {}
         self.idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, datetime]] = {}
+        self.templates: dict[str, Template] = {}
+        self.otps: dict[str, Otp] = {}
+        self.secrets: dict[str, str] = {}
+        self.opt_outs: dict[str, OptOut] = {}
 
     async def open(self) -> None:
         pass
@@ -451,6 +459,131 @@ class MemoryStore(Store):
         for k in old:
             del self.idempotency[k]
         return len(old)
+
+    # -- templates --------------------------------------------------------------------
+
+    def _name_taken(self, name: str, other_than: str | None = None) -> bool:
+        return any(t.name == name and t.id != other_than for t in self.templates.values())
+
+    async def create_template(self, template: Template) -> None:
+        if self._name_taken(template.name):
+            raise Conflict(f"a template named {template.name!r} exists")
+        self.templates[template.id] = replace(template)
+
+    async def get_template(self, template_id: str) -> Template | None:
+        t = self.templates.get(template_id)
+        return replace(t) if t else None
+
+    async def list_templates(
+        self, *, category: str | None = None, active: bool | None = None
+    ) -> list[Template]:
+        return sorted(
+            (
+                replace(t)
+                for t in self.templates.values()
+                if (category is None or t.category == category)
+                and (active is None or t.active == active)
+            ),
+            key=lambda t: t.name,
+        )
+
+    async def update_template(
+        self, template_id: str, now: datetime, **fields: Any
+    ) -> Template | None:
+        unknown = set(fields) - {"name", "body", "category", "active"}
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        t = self.templates.get(template_id)
+        if t is None:
+            return None
+        if "name" in fields and self._name_taken(fields["name"], template_id):
+            raise Conflict(f"a template named {fields['name']!r} exists")
+        for name, value in fields.items():
+            setattr(t, name, value)
+        t.updated_at = now
+        return replace(t)
+
+    async def delete_template(self, template_id: str) -> bool:
+        return self.templates.pop(template_id, None) is not None
+
+    async def count_template_use(self, template_id: str) -> None:
+        t = self.templates.get(template_id)
+        if t is not None:
+            t.usage_count += 1
+
+    # -- one-time passwords -------------------------------------------------------------
+
+    async def create_otp(self, otp: Otp, message: Message) -> None:
+        for other in self.otps.values():
+            if (
+                other.recipient == otp.recipient
+                and other.superseded_at is None
+                and other.verified_at is None
+            ):
+                other.superseded_at = otp.created_at
+        await self.create_message(message)
+        self.otps[otp.id] = replace(otp)
+
+    async def otp_sends_since(self, recipient: str, since: datetime) -> list[datetime]:
+        return sorted(
+            (
+                o.created_at
+                for o in self.otps.values()
+                if o.recipient == recipient and o.created_at >= since
+            ),
+            reverse=True,
+        )
+
+    async def get_otp(self, otp_id: str) -> Otp | None:
+        o = self.otps.get(otp_id)
+        return replace(o) if o else None
+
+    async def latest_otp(self, recipient: str) -> Otp | None:
+        live = [
+            o for o in self.otps.values() if o.recipient == recipient and o.superseded_at is None
+        ]
+        return replace(max(live, key=lambda o: o.created_at)) if live else None
+
+    async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
+        o = self.otps.get(otp_id)
+        if (
+            o is None
+            or o.verified_at is not None
+            or o.superseded_at is not None
+            or o.expires_at <= now
+            or o.attempts >= o.max_attempts
+        ):
+            return None
+        o.attempts += 1
+        if correct:
+            o.verified_at = now
+        return replace(o)
+
+    async def purge_otps(self, before: datetime) -> int:
+        old = [k for k, o in self.otps.items() if o.expires_at < before]
+        for k in old:
+            del self.otps[k]
+        return len(old)
+
+    async def hub_secret(self, name: str, candidate: str) -> str:
+        return self.secrets.setdefault(name, candidate)
+
+    # -- opt-out ----------------------------------------------------------------------
+
+    async def add_opt_out(self, entry: OptOut) -> bool:
+        if entry.number in self.opt_outs:
+            return False
+        self.opt_outs[entry.number] = entry
+        return True
+
+    async def remove_opt_out(self, number: str) -> bool:
+        return self.opt_outs.pop(number, None) is not None
+
+    async def is_opted_out(self, number: str) -> bool:
+        return number in self.opt_outs
+
+    async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
+        return [self.opt_outs[n] for n in sorted(self.opt_outs) if n > (after or "")][:limit]
 
     async def expire_messages(self, now: datetime) -> list[str]:
         expired = []

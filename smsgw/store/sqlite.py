@@ -26,14 +26,18 @@ from smsgw.clock import iso, new_id, parse_iso
 from smsgw.store.base import (
     ApiKey,
     Attempt,
+    Conflict,
     Device,
     IdempotencyRecord,
     Inbound,
     InboundFilter,
     Message,
     MessageFilter,
+    OptOut,
+    Otp,
     Status,
     Store,
+    Template,
 )
 from smsgw.store.migrations import load_migrations
 
@@ -46,7 +50,7 @@ _MESSAGE_COLUMNS = (
     "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
     "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
     "sent_at, delivered_at, failed_at, expires_at, priority, send_at, cancelled_at, "
-    "custom_id, metadata, encoding"
+    "custom_id, metadata, encoding, sensitive, template_id"
 )
 
 
@@ -88,6 +92,36 @@ def _message(row: sqlite3.Row) -> Message:
         custom_id=row["custom_id"],
         metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
         encoding=row["encoding"],
+        sensitive=bool(row["sensitive"]),
+        template_id=row["template_id"],
+    )
+
+
+def _template(row: sqlite3.Row) -> Template:
+    return Template(
+        id=row["id"],
+        name=row["name"],
+        body=row["body"],
+        category=row["category"],
+        active=bool(row["active"]),
+        usage_count=row["usage_count"],
+        created_at=_req_dt(row["created_at"]),
+        updated_at=_req_dt(row["updated_at"]),
+    )
+
+
+def _otp(row: sqlite3.Row) -> Otp:
+    return Otp(
+        id=row["id"],
+        recipient=row["recipient"],
+        code_hash=row["code_hash"],
+        message_id=row["message_id"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=_req_dt(row["created_at"]),
+        expires_at=_req_dt(row["expires_at"]),
+        verified_at=_dt(row["verified_at"]),
+        superseded_at=_dt(row["superseded_at"]),
     )
 
 
@@ -569,50 +603,51 @@ class SqliteStore(Store):
         offer_to: str | None = None,
         lease_until: datetime | None = None,
     ) -> None:
-        m = message
         if offer_to is not None:
-            m.device_id, m.attempt, m.lease_until = offer_to, 1, lease_until
+            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
+        await self._write(lambda db: self._insert_message(db, message, offer_to))
 
-        def op(db: sqlite3.Connection) -> None:
+    @staticmethod
+    def _insert_message(db: sqlite3.Connection, m: Message, offer_to: str | None) -> None:
+        db.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 28)})",
+            (
+                m.id,
+                m.recipient,
+                m.body,
+                m.status.value,
+                m.device_id,
+                m.pinned_device_id,
+                m.sim_slot,
+                m.parts,
+                m.attempt,
+                iso(m.lease_until),
+                iso(m.next_attempt_at),
+                m.error_code,
+                m.error,
+                iso(m.created_at),
+                iso(m.updated_at),
+                iso(m.queued_at),
+                iso(m.sent_at),
+                iso(m.delivered_at),
+                iso(m.failed_at),
+                iso(m.expires_at),
+                m.priority,
+                iso(m.send_at),
+                iso(m.cancelled_at),
+                m.custom_id,
+                json.dumps(m.metadata) if m.metadata is not None else None,
+                m.encoding,
+                int(m.sensitive),
+                m.template_id,
+            ),
+        )
+        if offer_to is not None:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 26)})",
-                (
-                    m.id,
-                    m.recipient,
-                    m.body,
-                    m.status.value,
-                    m.device_id,
-                    m.pinned_device_id,
-                    m.sim_slot,
-                    m.parts,
-                    m.attempt,
-                    iso(m.lease_until),
-                    iso(m.next_attempt_at),
-                    m.error_code,
-                    m.error,
-                    iso(m.created_at),
-                    iso(m.updated_at),
-                    iso(m.queued_at),
-                    iso(m.sent_at),
-                    iso(m.delivered_at),
-                    iso(m.failed_at),
-                    iso(m.expires_at),
-                    m.priority,
-                    iso(m.send_at),
-                    iso(m.cancelled_at),
-                    m.custom_id,
-                    json.dumps(m.metadata) if m.metadata is not None else None,
-                    m.encoding,
-                ),
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
+                "VALUES (?, 1, ?, ?)",
+                (m.id, offer_to, iso(m.created_at)),
             )
-            if offer_to is not None:
-                db.execute(
-                    "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
-                    "VALUES (?, 1, ?, ?)",
-                    (m.id, offer_to, iso(m.created_at)),
-                )
-
-        await self._write(op)
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         row = await self._one(
@@ -980,6 +1015,199 @@ class SqliteStore(Store):
             ).rowcount
 
         return await self._write(op)
+
+    # -- templates --------------------------------------------------------------------
+
+    async def create_template(self, template: Template) -> None:
+        t = template
+
+        def op(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(
+                    "INSERT INTO templates (id, name, body, category, active, usage_count, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        t.id,
+                        t.name,
+                        t.body,
+                        t.category,
+                        int(t.active),
+                        t.usage_count,
+                        iso(t.created_at),
+                        iso(t.updated_at),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"a template named {t.name!r} exists") from None
+
+        await self._write(op)
+
+    async def get_template(self, template_id: str) -> Template | None:
+        row = await self._one("SELECT * FROM templates WHERE id = ?", (template_id,))
+        return _template(row) if row else None
+
+    async def list_templates(
+        self, *, category: str | None = None, active: bool | None = None
+    ) -> list[Template]:
+        where: list[str] = []
+        params: list[Any] = []
+        if category is not None:
+            where.append("category = ?")
+            params.append(category)
+        if active is not None:
+            where.append("active = ?")
+            params.append(int(active))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all(f"SELECT * FROM templates {clause} ORDER BY name", params)
+        return [_template(r) for r in rows]
+
+    async def update_template(
+        self, template_id: str, now: datetime, **fields: Any
+    ) -> Template | None:
+        unknown = set(fields) - {"name", "body", "category", "active"}
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+
+        def op(db: sqlite3.Connection) -> Template | None:
+            if fields:
+                assignments = ", ".join(f"{k} = ?" for k in fields)
+                try:
+                    db.execute(
+                        f"UPDATE templates SET {assignments}, updated_at = ? WHERE id = ?",
+                        (*fields.values(), iso(now), template_id),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"a template named {fields.get('name')!r} exists") from None
+            row = db.execute("SELECT * FROM templates WHERE id = ?", (template_id,)).fetchone()
+            return _template(row) if row else None
+
+        return await self._write(op)
+
+    async def delete_template(self, template_id: str) -> bool:
+        return await self._write(
+            lambda db: (
+                db.execute("DELETE FROM templates WHERE id = ?", (template_id,)).rowcount == 1
+            )
+        )
+
+    async def count_template_use(self, template_id: str) -> None:
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE templates SET usage_count = usage_count + 1 WHERE id = ?", (template_id,)
+            )
+        )
+
+    # -- one-time passwords -------------------------------------------------------------
+
+    async def create_otp(self, otp: Otp, message: Message) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE otp_codes SET superseded_at = ? WHERE recipient = ? "
+                "AND superseded_at IS NULL AND verified_at IS NULL",
+                (iso(otp.created_at), otp.recipient),
+            )
+            self._insert_message(db, message, None)
+            db.execute(
+                "INSERT INTO otp_codes (id, recipient, code_hash, message_id, attempts, "
+                "max_attempts, created_at, expires_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    otp.id,
+                    otp.recipient,
+                    otp.code_hash,
+                    otp.message_id,
+                    otp.max_attempts,
+                    iso(otp.created_at),
+                    iso(otp.expires_at),
+                ),
+            )
+
+        await self._write(op)
+
+    async def otp_sends_since(self, recipient: str, since: datetime) -> list[datetime]:
+        rows = await self._all(
+            "SELECT created_at FROM otp_codes WHERE recipient = ? AND created_at >= ? "
+            "ORDER BY created_at DESC",
+            (recipient, iso(since)),
+        )
+        return [_req_dt(r[0]) for r in rows]
+
+    async def get_otp(self, otp_id: str) -> Otp | None:
+        row = await self._one("SELECT * FROM otp_codes WHERE id = ?", (otp_id,))
+        return _otp(row) if row else None
+
+    async def latest_otp(self, recipient: str) -> Otp | None:
+        row = await self._one(
+            "SELECT * FROM otp_codes WHERE recipient = ? AND superseded_at IS NULL "
+            "ORDER BY created_at DESC LIMIT 1",
+            (recipient,),
+        )
+        return _otp(row) if row else None
+
+    async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
+        stamp = iso(now)
+
+        def op(db: sqlite3.Connection) -> Otp | None:
+            cur = db.execute(
+                "UPDATE otp_codes SET attempts = attempts + 1, "
+                "verified_at = CASE WHEN ? THEN ? ELSE NULL END "
+                "WHERE id = ? AND verified_at IS NULL AND superseded_at IS NULL "
+                "AND expires_at > ? AND attempts < max_attempts RETURNING *",
+                (int(correct), stamp, otp_id, stamp),
+            )
+            row = cur.fetchone()
+            cur.close()
+            return _otp(row) if row else None
+
+        return await self._write(op)
+
+    async def purge_otps(self, before: datetime) -> int:
+        return await self._write(
+            lambda db: (
+                db.execute("DELETE FROM otp_codes WHERE expires_at < ?", (iso(before),)).rowcount
+            )
+        )
+
+    async def hub_secret(self, name: str, candidate: str) -> str:
+        def op(db: sqlite3.Connection) -> str:
+            db.execute(
+                "INSERT INTO hub_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (name, candidate),
+            )
+            row = db.execute("SELECT value FROM hub_secrets WHERE name = ?", (name,)).fetchone()
+            return str(row[0])
+
+        return await self._write(op)
+
+    # -- opt-out ----------------------------------------------------------------------
+
+    async def add_opt_out(self, entry: OptOut) -> bool:
+        return await self._write(
+            lambda db: (
+                db.execute(
+                    "INSERT INTO opt_outs (number, source, reason, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (number) DO NOTHING",
+                    (entry.number, entry.source, entry.reason, iso(entry.created_at)),
+                ).rowcount
+                == 1
+            )
+        )
+
+    async def remove_opt_out(self, number: str) -> bool:
+        return await self._write(
+            lambda db: db.execute("DELETE FROM opt_outs WHERE number = ?", (number,)).rowcount == 1
+        )
+
+    async def is_opted_out(self, number: str) -> bool:
+        return await self._one("SELECT 1 FROM opt_outs WHERE number = ?", (number,)) is not None
+
+    async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
+        rows = await self._all(
+            "SELECT * FROM opt_outs WHERE number > ? ORDER BY number LIMIT ?",
+            (after or "", limit),
+        )
+        return [
+            OptOut(r["number"], r["source"], r["reason"], _req_dt(r["created_at"])) for r in rows
+        ]
 
     async def expire_messages(self, now: datetime) -> list[str]:
         stamp = iso(now)

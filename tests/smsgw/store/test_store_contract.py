@@ -63,7 +63,9 @@ async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     await s.open()
     assert await s.migrate() == []
     rows = await s._all("SELECT version FROM schema_migrations")
-    assert [r[0] for r in rows] == ["0001_init", "0002_scheduling_idempotency"]
+    assert [r[0] for r in rows] == [
+        "0001_init", "0002_scheduling_idempotency", "0003_templates_otp_optout",
+    ]
     await s.close()
     again = SqliteStore(tmp_path / "m.db")
     await again.open()  # reopening applies nothing twice
