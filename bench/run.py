@@ -108,7 +108,7 @@ async def provision(db: Path, phones: int, backlog: int = 0) -> tuple[str, list[
         tokens.append(token)
     for i in range(backlog):
         await store.create_message(Message(
-            id=new_id(), recipient=f"+1555{i:07d}", body=f"backlog {i}", status=Status.PENDING,
+            id=new_id(), recipient=f"+1202555{i % 10_000:04d}", body=f"backlog {i}", status=Status.PENDING,
             created_at=now, updated_at=now, expires_at=now + timedelta(days=1),
         ))
     await store.close()
@@ -317,7 +317,7 @@ async def failover_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
             for i in range(sizes.failover_requests):
                 t0 = time.perf_counter()
                 r = await c.post(server.url + "/sms/dispatch",
-                                 json={"to": f"+1555{i:07d}", "message": "failover"})
+                                 json={"to": f"+1202555{i % 10_000:04d}", "message": "failover"})
                 ms = (time.perf_counter() - t0) * 1000
                 (failed_over if r.json().get("attempts", 1) > 1 else normal).append(ms)
         added = statistics.median(failed_over) - statistics.median(normal) if failed_over else 0.0

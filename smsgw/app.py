@@ -12,7 +12,17 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 # Endpoint modules register themselves on ``api`` when imported.
-from smsgw.api import api, devices, health, keys, messages  # noqa: F401
+from smsgw.api import (  # noqa: F401
+    api,
+    devices,
+    health,
+    keys,
+    messages,
+    optouts,
+    otp,
+    phone,
+    templates,
+)
 from smsgw.api.device_ws import device_socket
 from smsgw.api.openapi import build_openapi
 from smsgw.config import Settings

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=10, ge=1)
     affinity_cache_size: int = Field(default=100_000, ge=0)
+    default_region: str | None = None  # ISO country for national numbers, e.g. "US"
+    max_segments: int = Field(default=10, ge=1, le=50)
+    otp_max_attempts: int = Field(default=5, ge=1)
+    otp_resend_cooldown: float = Field(default=60.0, ge=0)
+    otp_max_per_hour: int = Field(default=5, ge=1)
+    otp_priority: int = 100  # OTP messages leave the outbox ahead of ordinary traffic
     retry_backoff: float = Field(default=5.0, ge=0)
     outbox_interval: float = Field(default=1.0, gt=0)
     enrollment_code_ttl: float = Field(default=600.0, gt=0)

@@ -18,6 +18,8 @@ from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
 from smsgw.clock import iso, new_id, utcnow
+from smsgw.numbers import InvalidNumber, parse_recipient
+from smsgw.optout import keyword
 from smsgw.protocol import (
     AcceptedFrame,
     CloseCode,
@@ -34,7 +36,7 @@ from smsgw.protocol import (
 )
 from smsgw.registry import LiveDevice
 from smsgw.session import Session, SessionClosed
-from smsgw.store import Device, Inbound, Message, Status
+from smsgw.store import Device, Inbound, Message, OptOut, Status
 
 if TYPE_CHECKING:
     from smsgw.hub import Hub
@@ -272,7 +274,7 @@ class DeviceConnection(Session):
         received = frame.received_at
         if received.tzinfo is None:
             received = received.replace(tzinfo=UTC)
-        await self.hub.store.store_inbound(
+        stored = await self.hub.store.store_inbound(
             Inbound(
                 id=new_id(),
                 device_id=self.device_id,
@@ -284,7 +286,25 @@ class DeviceConnection(Session):
                 created_at=utcnow(),
             )
         )
+        if stored:
+            await _opt_keyword(self.hub, frame.sender, frame.body)
         self.protocol.ack(frame.id)
+
+
+async def _opt_keyword(hub: Hub, sender: str, body: str) -> None:
+    word = keyword(body)
+    if word is None:
+        return
+    try:
+        number = parse_recipient(sender, hub.settings.default_region).e164
+    except InvalidNumber:
+        return  # a short code or alphanumeric sender: nothing to opt out
+    if word == "stop":
+        await hub.store.add_opt_out(OptOut(number, "inbound", body.strip()[:200], utcnow()))
+        log.info("opt-out: %s replied %r", number, body.strip()[:20])
+    else:
+        await hub.store.remove_opt_out(number)
+        log.info("opt-in: %s replied %r", number, body.strip()[:20])
 
 
 async def record_status(

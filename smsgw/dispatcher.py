@@ -434,6 +434,7 @@ class Dispatcher:
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + 60.0
             await self.store.purge_idempotency(now - timedelta(seconds=IDEMPOTENCY_KEEP))
+            await self.store.purge_otps(now - timedelta(days=1))
         for message_id in await self.store.expire_messages(now):
             self._finished(
                 message_id,

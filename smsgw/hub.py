@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ class Hub:
     # Every open device connection, helloed or not, for the idle watchdog.
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None
+    otp_secret: str = ""  # HMAC key for OTP codes, created once and kept in the database
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -52,6 +54,7 @@ class Hub:
     async def start(self) -> None:
         await self.store.open()
         await self.ensure_admin_key()
+        self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         await self.dispatcher.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 

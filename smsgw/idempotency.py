@@ -63,7 +63,9 @@ class Idempotency:
                 if exc.status >= 500:
                     await self.store.idempotency_release(owner, key)
                     raise
-                response = error_response(exc.status, exc.code, exc.message, exc.details)
+                response = error_response(
+                    exc.status, exc.code, exc.message, exc.details, exc.headers
+                )
             except BaseException:
                 await self.store.idempotency_release(owner, key)
                 raise

@@ -19,14 +19,19 @@ from smsgw.api.models import (
     MessageOut,
     MessagePage,
     MessageQuery,
+    PreviewIn,
+    PreviewOut,
     SendIn,
 )
 from smsgw.api.pagination import decode_cursor, next_cursor
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
-from smsgw.segments import count_parts
+from smsgw.hub import Hub
+from smsgw.numbers import InvalidNumber, parse_recipient
+from smsgw.segments import Segmentation, analyse
 from smsgw.store import InboundFilter, Message, MessageFilter, Status
+from smsgw.templating import MissingVariables, render
 
 # A send_at this far in the past is taken as "now" (clock skew), beyond it refused.
 SEND_AT_SKEW = 60.0
@@ -40,14 +45,63 @@ _ERRORS: dict[int, type[BaseModel] | None] = {
 }
 
 
-async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
-    hub = call.hub
-    if len(body.message) > hub.settings.max_message_chars:
+def recipient_e164(hub: Hub, raw: str) -> str:
+    """Validate a recipient with phonenumbers; 422 with a clear code when it cannot
+    receive SMS."""
+    try:
+        return parse_recipient(raw, hub.settings.default_region).e164
+    except InvalidNumber as exc:
+        raise ApiError(422, exc.code, exc.message) from None
+
+
+async def sendable(hub: Hub, raw_to: str) -> str:
+    to = recipient_e164(hub, raw_to)
+    if await hub.store.is_opted_out(to):
+        raise ApiError(422, "opted_out", f"{to} has opted out of messages (replied STOP)")
+    return to
+
+
+def segmented(hub: Hub, text: str, smart: bool) -> Segmentation:
+    if len(text) > hub.settings.max_message_chars:
+        raise ApiError(
+            422, "message_too_long", f"message is over {hub.settings.max_message_chars} characters"
+        )
+    seg = analyse(text, smart_encoding=smart)
+    if seg.segments > hub.settings.max_segments:
         raise ApiError(
             422,
-            "message_too_long",
-            f"message is over {hub.settings.max_message_chars} characters",
+            "too_many_segments",
+            f"message needs {seg.segments} segments ({seg.encoding}); "
+            f"the limit is {hub.settings.max_segments}",
         )
+    return seg
+
+
+async def _text(hub: Hub, body: DispatchIn) -> tuple[str, str | None]:
+    if body.template_id is None:
+        assert body.message is not None
+        return body.message, None
+    template = await hub.store.get_template(body.template_id)
+    if template is None:
+        raise ApiError(422, "template_not_found", f"no template {body.template_id}")
+    if not template.active:
+        raise ApiError(422, "template_inactive", f"template {template.name!r} is not active")
+    try:
+        return render(template.body, body.variables or {}), template.id
+    except MissingVariables as exc:
+        raise ApiError(
+            422,
+            "missing_variable",
+            str(exc),
+            [{"field": f"variables.{n}", "message": "missing"} for n in exc.names],
+        ) from None
+
+
+async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
+    hub = call.hub
+    to = await sendable(hub, body.to)
+    text, template_id = await _text(hub, body)
+    seg = segmented(hub, text, body.smart_encoding)
     now = utcnow()
     send_at = body.send_at
     if send_at is not None:
@@ -61,15 +115,17 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
         raise ApiError(422, "expires_before_send", "expires_at must be after send_at and now")
     msg = Message(
         id=new_id(),
-        recipient=body.to,
-        body=body.message,
+        recipient=to,
+        body=seg.text,
         status=Status.PENDING,
         created_at=now,
         updated_at=now,
         expires_at=expires_at,
         pinned_device_id=pinned,
         sim_slot=sim_slot,
-        parts=count_parts(body.message),
+        parts=seg.segments,
+        encoding=seg.encoding,
+        template_id=template_id,
         priority=body.priority,
         send_at=send_at,
         next_attempt_at=send_at,  # the outbox does not see it before then
@@ -78,11 +134,11 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     )
     # Stored before any phone hears of it (the first offer and the insert are one
     # transaction): from the moment we answer, it cannot be lost.
-    if not body.wait or send_at is not None:
-        await hub.dispatcher.submit(msg, None)
-        return Reply(DispatchPending(message_id=msg.id, status=msg.status), 202)
-    deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0)
+    waits = body.wait and send_at is None
+    deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0) if waits else None
     result = await hub.dispatcher.submit(msg, deadline)
+    if template_id is not None:
+        await hub.store.count_template_use(template_id)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
             message_id=result.id,
@@ -90,9 +146,14 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
             device_id=result.device_id,
             attempts=result.attempt,
             error=result.error,
+            encoding=seg.encoding,
+            segments=seg.segments,
         )
         return Reply(out, 200)
-    return Reply(DispatchPending(message_id=result.id, status=result.status), 202)
+    pending = DispatchPending(
+        message_id=result.id, status=result.status, encoding=seg.encoding, segments=seg.segments
+    )
+    return Reply(pending, 202)
 
 
 @api.route(
@@ -219,3 +280,28 @@ async def cancel_message(call: Call) -> MessageOut:
         )
     call.hub.dispatcher.cancelled(message_id)
     return MessageOut.of(msg)
+
+
+@api.route(
+    "POST",
+    "/sms/preview",
+    tag="sms",
+    scope=Scope.SEND,
+    body=PreviewIn,
+    summary="Encoding and segments of a text, without sending",
+    responses={200: PreviewOut, **_ERRORS},
+)
+async def preview(call: Call) -> PreviewOut:
+    body: PreviewIn = call.body
+    seg = segmented(call.hub, body.message, body.smart_encoding)
+    return PreviewOut(
+        encoding=seg.encoding,
+        segments=seg.segments,
+        characters=seg.characters,
+        units=seg.units,
+        per_segment=seg.per_segment,
+        remaining=seg.remaining,
+        text=seg.text,
+        replaced=list(seg.replaced),
+        parts=list(seg.parts),
+    )

@@ -51,9 +51,26 @@ def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
+Recipient = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="phone number; stored as E.164. National numbers use SMSGW_DEFAULT_REGION",
+    ),
+]
+
+
 class DispatchIn(Strict):
-    to: E164
-    message: str = Field(min_length=1, max_length=1600)
+    to: Recipient
+    message: str | None = Field(default=None, min_length=1, max_length=1600)
+    template_id: str | None = Field(default=None, max_length=64)
+    variables: dict[str, str | int | float] | None = Field(
+        default=None, description="values for the template's {{placeholders}}"
+    )
+    smart_encoding: bool = Field(
+        default=False, description="replace look-alike characters so the text stays GSM-7"
+    )
     wait: bool = Field(default=True, description="false: return 202 at once")
     timeout: float | None = Field(
         default=None, gt=0, le=60, description="seconds to wait (default: the hub's deadline)"
@@ -74,9 +91,13 @@ class DispatchIn(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_expiry(self) -> DispatchIn:
+    def _consistent(self) -> DispatchIn:
         if self.ttl is not None and self.expires_at is not None:
             raise ValueError("give ttl or expires_at, not both")
+        if (self.message is None) == (self.template_id is None):
+            raise ValueError("give either message or template_id")
+        if self.variables is not None and self.template_id is None:
+            raise ValueError("variables need a template_id")
         return self
 
 
@@ -114,6 +135,8 @@ class DispatchPending(BaseModel):
 
     message_id: str
     status: Status
+    encoding: str | None = None
+    segments: int | None = None
 
 
 class DispatchOut(DispatchPending):
@@ -132,7 +155,8 @@ class MessageOut(BaseModel):
     status: Status
     error: str | None
     error_code: str | None
-    parts: int
+    encoding: str | None
+    segments: int
     created_at: datetime
     queued_at: datetime | None
     sent_at: datetime | None
@@ -154,11 +178,12 @@ class MessageOut(BaseModel):
             id=m.id,
             device_id=owner,
             recipient=m.recipient,
-            body=m.body,
+            body=REDACTED if m.sensitive else m.body,
             status=m.status,
             error=m.error,
             error_code=m.error_code,
-            parts=m.parts,
+            encoding=m.encoding,
+            segments=m.parts,
             created_at=m.created_at,
             queued_at=m.queued_at,
             sent_at=m.sent_at,
@@ -172,6 +197,9 @@ class MessageOut(BaseModel):
             metadata=m.metadata,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
+
+
+REDACTED = "[one-time code: not shown]"
 
 
 class MessagePage(BaseModel):
@@ -366,3 +394,147 @@ class KeyList(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+
+
+# -- preview, phone numbers -----------------------------------------------------------
+
+
+class PreviewIn(Strict):
+    message: str = Field(min_length=1, max_length=1600)
+    smart_encoding: bool = False
+
+
+class PreviewOut(BaseModel):
+    encoding: str
+    segments: int
+    characters: int
+    units: int = Field(description="septets (GSM-7) or UTF-16 code units (UCS-2)")
+    per_segment: int
+    remaining: int = Field(description="units left in the last segment")
+    text: str = Field(description="the text that would be sent (after smart encoding)")
+    replaced: list[str]
+    parts: list[str]
+
+
+class PhoneOut(BaseModel):
+    input: str
+    valid: bool
+    e164: str
+    country: str | None
+    country_code: int
+    number_type: str
+    national: str
+    international: str
+    can_receive_sms: bool
+
+
+# -- templates ------------------------------------------------------------------------
+
+
+class TemplateIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    body: str = Field(min_length=1, max_length=1600)
+    category: str | None = Field(default=None, max_length=50)
+    active: bool = True
+
+
+class TemplatePatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    body: str | None = Field(default=None, min_length=1, max_length=1600)
+    category: str | None = Field(default=None, max_length=50)
+    active: bool | None = None
+
+
+class TemplateOut(BaseModel):
+    id: str
+    name: str
+    body: str
+    category: str | None
+    active: bool
+    variables: list[str]
+    usage_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+
+
+class TemplateQuery(Strict):
+    category: str | None = Field(default=None, max_length=50)
+    active: bool | None = None
+
+
+# -- OTP ------------------------------------------------------------------------------
+
+
+class OtpSendIn(Strict):
+    to: Recipient
+    length: int = Field(default=6, ge=4, le=10)
+    expiry_seconds: int = Field(default=300, ge=30, le=3600)
+    alphanumeric: bool = False
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="SMS text with {code} (required) and optionally {minutes}",
+    )
+
+    @model_validator(mode="after")
+    def _has_code(self) -> OtpSendIn:
+        if self.template is not None and "{code}" not in self.template:
+            raise ValueError("template must contain {code}")
+        return self
+
+
+class OtpSent(BaseModel):
+    otp_id: str
+    expires_at: datetime
+    message_id: str
+
+
+class OtpVerifyIn(Strict):
+    otp_id: str | None = Field(default=None, max_length=64)
+    to: Recipient | None = None
+    code: str = Field(min_length=1, max_length=32)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> OtpVerifyIn:
+        if (self.otp_id is None) == (self.to is None):
+            raise ValueError("give either otp_id or to")
+        return self
+
+
+class OtpVerified(BaseModel):
+    verified: bool
+    attempts_remaining: int
+    reason: str | None = Field(
+        default=None,
+        description="why not: wrong_code, expired, used, superseded, too_many_attempts",
+    )
+
+
+# -- opt-out --------------------------------------------------------------------------
+
+
+class OptOutIn(Strict):
+    number: Recipient
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class OptOutOut(BaseModel):
+    number: str
+    source: str
+    reason: str | None
+    created_at: datetime
+
+
+class OptOutPage(BaseModel):
+    items: list[OptOutOut]
+    next_cursor: str | None
+
+
+class OptOutQuery(Strict):
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=64)

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.harness import Farm, HubServer
 
-TO = "+15550100999"
+TO = "+12025550999"
 
 
 async def count_messages(api: httpx.AsyncClient) -> int:
@@ -29,13 +29,17 @@ async def count_messages(api: httpx.AsyncClient) -> int:
         (b"\xff\xfe", 400, "invalid_json"),
         (b"[1, 2]", 422, "invalid_request"),
         (b'{"message": "x"}', 422, "invalid_request"),
-        (b'{"to": "+15550100999"}', 422, "invalid_request"),
+        (b'{"to": "+12025550999"}', 422, "invalid_request"),
         (b'{"to": 15550100999, "message": "x"}', 422, "invalid_request"),
-        (b'{"to": "12345", "message": "x"}', 422, "invalid_request"),
-        (b'{"to": "+15550100999", "message": ""}', 422, "invalid_request"),
-        (b'{"to": "+15550100999", "message": "x", "wait": "maybe"}', 422, "invalid_request"),
-        (b'{"to": "+15550100999", "message": "x", "surprise": 1}', 422, "invalid_request"),
-        (b'{"to": "+15550100999", "message": "x", "timeout": -1}', 422, "invalid_request"),
+        (b'{"to": "12345", "message": "x"}', 422, "missing_region"),
+        (b'{"to": "+15550100999", "message": "x"}', 422, "invalid_number"),
+        (b'{"to": "+442071838750", "message": "x"}', 422, "not_mobile"),
+        (b'{"to": "+18005550100", "message": "x"}', 422, "not_mobile"),
+        (b'{"message": "x", "to": "+12025550100", "template_id": "t"}', 422, "invalid_request"),
+        (b'{"to": "+12025550999", "message": ""}', 422, "invalid_request"),
+        (b'{"to": "+12025550999", "message": "x", "wait": "maybe"}', 422, "invalid_request"),
+        (b'{"to": "+12025550999", "message": "x", "surprise": 1}', 422, "invalid_request"),
+        (b'{"to": "+12025550999", "message": "x", "timeout": -1}', 422, "invalid_request"),
     ],
 )
 async def test_bad_dispatch_bodies(
@@ -49,14 +53,16 @@ async def test_bad_dispatch_bodies(
 
 
 async def test_validation_errors_name_the_field(api: httpx.AsyncClient) -> None:
-    r = await api.post("/sms/dispatch", json={"to": "abc", "message": "x"})
+    r = await api.post("/sms/dispatch", json={"to": 5, "message": "x"})
     err = r.json()["error"]
-    assert err["details"][0]["field"] == "to" and "E.164" in err["message"]
+    assert err["details"][0]["field"] == "to" and err["code"] == "invalid_request"
+    r = await api.post("/sms/dispatch", json={"to": "abc", "message": "x"})
+    assert r.json()["error"]["code"] == "invalid_number"
 
 
 async def test_recipient_formatting_is_normalised(api: httpx.AsyncClient) -> None:
     r = await api.post(
-        "/sms/dispatch", json={"to": "00 1 (555) 010-0999", "message": "x", "wait": False}
+        "/sms/dispatch", json={"to": "00 1 (202) 555-0999", "message": "x", "wait": False}
     )
     assert r.status_code == 202
     msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()

@@ -57,7 +57,7 @@ async def test_scopes_and_credential_kinds_are_enforced(
         assert (await c.get("/sms/")).json()["error"]["code"] == "insufficient_scope"
         assert (await c.post("/devices/enrollment-codes", json={})).status_code == 403
     async with hub.client(read_only) as c:
-        r = await c.post("/sms/dispatch", json={"to": "+15550001111", "message": "x"})
+        r = await c.post("/sms/dispatch", json={"to": "+12025551111", "message": "x"})
         assert r.status_code == 403
         assert (await c.get("/devices/")).status_code == 200
     async with hub.client(key=None) as c:
@@ -124,7 +124,7 @@ async def test_a_new_session_replaces_the_old_one(
     await asyncio.wait_for(twin.connected.wait(), 5)
     await asyncio.wait_for(phone.client.done.wait(), 5)
     assert phone.client.close_code == 4000 and phone.client.stopped_reason == "replaced"
-    r = await api.post("/sms/dispatch", json={"to": "+15550001111", "message": "x"})
+    r = await api.post("/sms/dispatch", json={"to": "+12025551111", "message": "x"})
     assert r.status_code == 200 and r.json()["status"] == "SENT"  # the new session works
     await twin.stop()
     await twin_task
@@ -181,17 +181,17 @@ async def test_inbound_sms_is_stored_once_and_listed(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
     phone = await farm.add()
-    await phone.backend.receive_sms("+15550007777", "hello hub")
-    await phone.backend.receive_sms("+15550008888", "second")
+    await phone.backend.receive_sms("+12025557777", "hello hub")
+    await phone.backend.receive_sms("+12025558888", "second")
 
     async def two() -> bool:
         return len((await api.get("/sms/inbound")).json()["items"]) == 2
 
     await wait_for(two, what="inbound stored")
     await wait_for(lambda: not phone.store.inbound(), what="inbound acked")
-    items = (await api.get("/sms/inbound", params={"from": "+15550007777"})).json()["items"]
+    items = (await api.get("/sms/inbound", params={"from": "+12025557777"})).json()["items"]
     assert [(i["from"], i["body"], i["device_id"]) for i in items] == [
-        ("+15550007777", "hello hub", phone.device_id)
+        ("+12025557777", "hello hub", phone.device_id)
     ]
     assert (await api.get("/sms/inbound", params={"device_id": "other"})).json()["items"] == []
     page = (await api.get("/sms/inbound", params={"limit": 1})).json()

@@ -9,7 +9,7 @@ import httpx
 
 from tests.harness import Farm, HubServer, wait_for
 
-TO = "+15550100999"
+TO = "+12025550999"
 
 
 async def dispatch(api: httpx.AsyncClient, to: str = TO, **extra: object) -> httpx.Response:
@@ -51,13 +51,13 @@ async def test_dispatch_spreads_over_phones_and_keeps_a_recipient_on_its_phone(
     phones = [await farm.add(deliver=False) for _ in range(3)]
     used = Counter()
     for i in range(6):
-        r = await dispatch(api, to=f"+1555010{i:04d}")
+        r = await dispatch(api, to=f"+1202555{i:04d}")
         assert r.status_code == 200
         used[r.json()["device_id"]] += 1
     assert set(used) == {p.device_id for p in phones}  # least recently used rotates
-    first = (await dispatch(api, to="+15550109999")).json()["device_id"]
+    first = (await dispatch(api, to="+12025559999")).json()["device_id"]
     for _ in range(3):
-        assert (await dispatch(api, to="+15550109999")).json()["device_id"] == first
+        assert (await dispatch(api, to="+12025559999")).json()["device_id"] == first
 
 
 async def test_failover_when_a_phone_never_accepts(
@@ -117,6 +117,8 @@ async def test_no_phone_returns_202_and_the_outbox_sends_when_one_connects(
     assert r.status_code == 202 and r.json() == {
         "message_id": r.json()["message_id"],
         "status": "PENDING",
+        "encoding": "GSM-7",
+        "segments": 1,
     }
     mid = r.json()["message_id"]
     phone = await farm.add(deliver=False)
@@ -148,7 +150,7 @@ async def test_deadline_returns_202_while_the_owner_is_still_sending(
 
 async def test_concurrent_dispatches_each_go_out_once(api: httpx.AsyncClient, farm: Farm) -> None:
     phones = [await farm.add(deliver=False, accept_delay=0.01) for _ in range(4)]
-    responses = await asyncio.gather(*(dispatch(api, to=f"+1555020{i:04d}") for i in range(40)))
+    responses = await asyncio.gather(*(dispatch(api, to=f"+1202555{i:04d}") for i in range(40)))
     assert all(r.status_code == 200 and r.json()["status"] == "SENT" for r in responses)
     ids = [r.json()["message_id"] for r in responses]
     sent = [m for p in phones for m in p.transmitted_ids]
@@ -186,11 +188,11 @@ async def test_disabled_and_over_quota_phones_are_skipped(
     a = await farm.add(deliver=False, signal=4)
     b = await farm.add(deliver=False, signal=1)
     await api.patch(f"/devices/{a.device_id}", json={"daily_quota": 1})
-    r1 = await dispatch(api, to="+15550300001")
-    r2 = await dispatch(api, to="+15550300002")
+    r1 = await dispatch(api, to="+12025550001")
+    r2 = await dispatch(api, to="+12025550002")
     assert r1.json()["device_id"] == a.device_id and r2.json()["device_id"] == b.device_id
     await api.patch(f"/devices/{b.device_id}", json={"enabled": False})
-    r3 = await dispatch(api, to="+15550300003")
+    r3 = await dispatch(api, to="+12025550003")
     assert r3.status_code == 202  # a is over quota, b disabled: stays in the outbox
     devices = {d["id"]: d for d in (await api.get("/devices/")).json()["items"]}
     assert devices[a.device_id]["sent_today"] == 1 and devices[a.device_id]["daily_quota"] == 1
@@ -202,9 +204,9 @@ async def test_a_dispatch_waits_for_a_busy_phone_to_free_a_slot(
 ) -> None:
     hub.hub.settings.max_in_flight = 1  # one message at a time per phone
     phone = await farm.add(deliver=False, send_delay=0.3)
-    first = asyncio.create_task(dispatch(api, to="+15550600001"))
+    first = asyncio.create_task(dispatch(api, to="+12025550001"))
     await wait_for(lambda: bool(phone.store.held()), what="the first message on the phone")
-    second = await dispatch(api, to="+15550600002")  # waits for the slot, not 202 at once
+    second = await dispatch(api, to="+12025550002")  # waits for the slot, not 202 at once
     assert second.status_code == 200 and second.json()["status"] == "SENT"
     assert (await first).json()["status"] == "SENT"
     assert len(phone.transmitted_ids) == 2

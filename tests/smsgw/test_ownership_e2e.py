@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from android_client.outbox import MemoryPhoneStore
 from tests.harness import Farm, HubServer, wait_for
 
-TO = "+15550100999"
+TO = "+12025550999"
 
 
 class RawPhone:
@@ -148,7 +148,7 @@ async def test_inbound_duplicates_are_acknowledged_but_stored_once(
     await raw.expect("welcome")
     sms = {
         "local_id": "L-1",
-        "from": "+15550002222",
+        "from": "+12025552222",
         "body": "hi",
         "received_at": "2026-11-22T10:00:00Z",
     }

@@ -119,14 +119,14 @@ def test_inbound_uses_the_from_field_and_binary_is_refused() -> None:
                 "type": "inbound",
                 "id": "i",
                 "local_id": "L1",
-                "from": "+15550001111",
+                "from": "+12025551111",
                 "body": "hey",
                 "received_at": "2026-01-01T00:00:00Z",
             }
         )
     )
     assert isinstance(event, FrameReceived) and isinstance(event.frame, InboundFrame)
-    assert event.frame.sender == "+15550001111"
+    assert event.frame.sender == "+12025551111"
     [event] = proto.receive_binary()
     assert isinstance(event, CloseRequested) and event.code is CloseCode.UNSUPPORTED_DATA
 

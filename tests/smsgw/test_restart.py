@@ -24,7 +24,7 @@ async def test_pending_messages_survive_a_restart_and_go_out(tmp_path: Path) -> 
     first = await HubServer(db).start()
     async with first.client() as c:
         ids = [
-            (await c.post("/sms/dispatch", json={"to": f"+1555040{i:04d}", "message": "m"})).json()[
+            (await c.post("/sms/dispatch", json={"to": f"+1202555{i:04d}", "message": "m"})).json()[
                 "message_id"
             ]
             for i in range(5)
@@ -53,7 +53,7 @@ async def test_expired_messages_fail_with_expired(tmp_path: Path) -> None:
     try:
         async with hub.client() as c:
             r = await c.post(
-                "/sms/dispatch", json={"to": "+15550001111", "message": "m", "ttl": 0.3}
+                "/sms/dispatch", json={"to": "+12025551111", "message": "m", "ttl": 0.3}
             )
             mid = r.json()["message_id"]
 
@@ -82,7 +82,7 @@ async def test_hub_killed_mid_load_loses_nothing_and_sends_nothing_twice(
             try:
                 r = await client.post(
                     "/sms/dispatch",
-                    json={"to": f"+1555050{i:04d}", "message": f"n{i}", "wait": False},
+                    json={"to": f"+1202555{i:04d}", "message": f"n{i}", "wait": False},
                 )
                 if r.status_code == 202:
                     accepted.append(r.json()["message_id"])

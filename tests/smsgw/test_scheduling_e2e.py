@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Farm, HubServer, wait_for
 
-TO = "+15550100999"
+TO = "+12025550999"
 
 
 def at(seconds: float) -> str:

@@ -29,7 +29,7 @@ async def add_message(store: Store, **kw: object) -> Message:
     now = utcnow()
     msg = Message(
         id=new_id(),
-        recipient="+15550001111",
+        recipient="+12025551111",
         body="hi",
         status=Status.PENDING,
         created_at=now,
@@ -64,7 +64,9 @@ async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     assert await s.migrate() == []
     rows = await s._all("SELECT version FROM schema_migrations")
     assert [r[0] for r in rows] == [
-        "0001_init", "0002_scheduling_idempotency", "0003_templates_otp_optout",
+        "0001_init",
+        "0002_scheduling_idempotency",
+        "0003_templates_otp_optout",
     ]
     await s.close()
     again = SqliteStore(tmp_path / "m.db")
@@ -93,11 +95,11 @@ async def test_offer_accept_is_a_compare_and_set(store: Store) -> None:
     assert [(x.device_id, x.outcome) for x in got.attempts] == [(a, "timeout"), (b, None)]
     # Reports from a phone that does not own it change nothing.
     assert await store.mark_sent(msg.id, a, now) is None
-    assert await store.mark_sent(msg.id, b, now) == "+15550001111"
+    assert await store.mark_sent(msg.id, b, now) == "+12025551111"
     assert await store.mark_delivered(msg.id, b, now)
     assert not await store.mark_sent(msg.id, b, now)  # never backwards
-    assert await store.last_device_for("+15550001111") == b
-    assert await store.recent_affinities(10) == [("+15550001111", b)]
+    assert await store.last_device_for("+12025551111") == b
+    assert await store.recent_affinities(10) == [("+12025551111", b)]
 
 
 async def test_release_that_loses_to_accept_returns_none(store: Store) -> None:
