@@ -34,8 +34,8 @@ migrate: install
 	$(BIN)/smsgw migrate
 
 check: install-test
-	$(BIN)/ruff check smsgw android_client tests
-	$(BIN)/ruff format --check smsgw android_client tests
+	$(BIN)/ruff check smsgw android_client tests bench
+	$(BIN)/ruff format --check smsgw android_client tests bench
 	$(BIN)/mypy
 
 test: check

@@ -46,14 +46,29 @@ class Fleet:
             welcomed = False
             try:
                 async with connect(
-                    self.url, additional_headers=headers, compression=None, max_size=65536,
-                    ping_interval=None, open_timeout=120, close_timeout=1,
+                    self.url,
+                    additional_headers=headers,
+                    compression=None,
+                    max_size=65536,
+                    ping_interval=None,
+                    open_timeout=120,
+                    close_timeout=1,
                 ) as ws:
                     self.sockets[i] = ws
-                    await ws.send(json.dumps({
-                        "type": "hello", "id": "h", "protocol": "1.0", "app_version": "bench",
-                        "battery": 90, "charging": True, "signal": 4, "sims": [{"slot": 0}],
-                    }))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "hello",
+                                "id": "h",
+                                "protocol": "1.0",
+                                "app_version": "bench",
+                                "battery": 90,
+                                "charging": True,
+                                "signal": 4,
+                                "sims": [{"slot": 0}],
+                            }
+                        )
+                    )
                     beat: asyncio.Task[None] | None = None
                     try:
                         async for text in ws:
@@ -101,8 +116,17 @@ class Fleet:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             n += 1
-            await ws.send(json.dumps({"type": "heartbeat", "id": f"b{n}", "battery": 90,
-                                      "charging": True, "signal": 4}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "heartbeat",
+                        "id": f"b{n}",
+                        "battery": 90,
+                        "charging": True,
+                        "signal": 4,
+                    }
+                )
+            )
 
     async def storm(self) -> None:
         t0 = time.perf_counter()
@@ -113,8 +137,11 @@ class Fleet:
         while self.all_online.is_set():
             await asyncio.sleep(0.01)
         await self.all_online.wait()
-        self.emit(event="storm", seconds=round(time.perf_counter() - t0, 3),
-                  errors=self.errors - errors_before - len(self.tokens))
+        self.emit(
+            event="storm",
+            seconds=round(time.perf_counter() - t0, 3),
+            errors=self.errors - errors_before - len(self.tokens),
+        )
 
     async def control(self) -> None:
         loop = asyncio.get_running_loop()
@@ -151,8 +178,12 @@ async def main() -> None:
     parser.add_argument("--tokens", required=True, help="JSON file with a list of tokens")
     parser.add_argument("--mode", choices=["hub", "relay"], default="hub")
     parser.add_argument("--mute", type=int, default=0)
-    parser.add_argument("--connect-rate", type=float, default=0.0,
-                        help="phones per second at start (0: all at once)")
+    parser.add_argument(
+        "--connect-rate",
+        type=float,
+        default=0.0,
+        help="phones per second at start (0: all at once)",
+    )
     args = parser.parse_args()
     with open(args.tokens) as f:
         tokens = json.load(f)

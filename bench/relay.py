@@ -34,8 +34,18 @@ async def dispatch(request: Request) -> Response:
     message_id = str(uuid.uuid4())
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     waiting[message_id] = fut
-    await ws.send_text(json.dumps({"type": "send", "id": message_id, "message_id": message_id,
-                                   "attempt": 1, "to": body["to"], "body": body["message"]}))
+    await ws.send_text(
+        json.dumps(
+            {
+                "type": "send",
+                "id": message_id,
+                "message_id": message_id,
+                "attempt": 1,
+                "to": body["to"],
+                "body": body["message"],
+            }
+        )
+    )
     try:
         await asyncio.wait_for(fut, 10)
     finally:
@@ -60,12 +70,22 @@ async def device(ws: WebSocket) -> None:
         phones.remove(ws)
 
 
-app = Starlette(routes=[Route("/sms/dispatch", dispatch, methods=["POST"]),
-                        WebSocketRoute("/ws/device", device)])
+app = Starlette(
+    routes=[
+        Route("/sms/dispatch", dispatch, methods=["POST"]),
+        WebSocketRoute("/ws/device", device),
+    ]
+)
 
 if __name__ == "__main__":
     uvicorn.run(
-        app, host="127.0.0.1", port=int(sys.argv[1]), ws="websockets-sansio",
-        ws_per_message_deflate=False, ws_max_size=65536, ws_ping_interval=None,
-        log_level="warning", access_log=False,
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=65536,
+        ws_ping_interval=None,
+        log_level="warning",
+        access_log=False,
     )

@@ -99,18 +99,31 @@ async def provision(db: Path, phones: int, backlog: int = 0) -> tuple[str, list[
     for i in range(phones):
         token, prefix = new_credential(DEVICE_PREFIX)
         result = await store.register_device(
-            device_id=new_id(), name=f"bench-{i}", hardware_id=f"bench-{i}", sims=[{"slot": 0}],
-            fcm_token=None, token_prefix=prefix, token_hash=hash_secret(token), now=now,
+            device_id=new_id(),
+            name=f"bench-{i}",
+            hardware_id=f"bench-{i}",
+            sims=[{"slot": 0}],
+            fcm_token=None,
+            token_prefix=prefix,
+            token_hash=hash_secret(token),
+            now=now,
             enrollment_code_hash=None,
         )
         assert result is not None
         await store.update_device(result[0].id, now, daily_quota=10**9)
         tokens.append(token)
     for i in range(backlog):
-        await store.create_message(Message(
-            id=new_id(), recipient=f"+1202555{i % 10_000:04d}", body=f"backlog {i}", status=Status.PENDING,
-            created_at=now, updated_at=now, expires_at=now + timedelta(days=1),
-        ))
+        await store.create_message(
+            Message(
+                id=new_id(),
+                recipient=f"+1202555{i % 10_000:04d}",
+                body=f"backlog {i}",
+                status=Status.PENDING,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(days=1),
+            )
+        )
     await store.close()
     return key, tokens
 
@@ -132,14 +145,19 @@ class Server:
         env = dict(os.environ)
         if self.kind == "hub":
             assert self.db is not None
-            env.update(SMSGW_DATABASE_URL=f"sqlite:///{self.db}", SMSGW_HOST="127.0.0.1",
-                       SMSGW_PORT=str(self.port), SMSGW_LOG_LEVEL="warning")
+            env.update(
+                SMSGW_DATABASE_URL=f"sqlite:///{self.db}",
+                SMSGW_HOST="127.0.0.1",
+                SMSGW_PORT=str(self.port),
+                SMSGW_LOG_LEVEL="warning",
+            )
             env.pop("SMSGW_ADMIN_KEY", None)
             cmd = [sys.executable, "-m", "smsgw", "serve"]
         else:
             cmd = [sys.executable, "-m", "bench.relay", str(self.port)]
-        self.proc = subprocess.Popen(pinned(HUB_CORE, *cmd), env=env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            pinned(HUB_CORE, *cmd), env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+        )
         async with httpx.AsyncClient() as c:
             for _ in range(300):
                 try:
@@ -176,10 +194,23 @@ class Fleet:
         self.tokens_file.write_text(json.dumps(self.tokens))
         ws = self.server.url.replace("http://", "ws://") + "/ws/device"
         self.proc = await asyncio.create_subprocess_exec(
-            *pinned(LOAD_CORE, sys.executable, "-m", "bench.phones", "--url", ws,
-                    "--tokens", str(self.tokens_file), "--mode", self.mode,
-                    "--mute", str(self.mute)),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            *pinned(
+                LOAD_CORE,
+                sys.executable,
+                "-m",
+                "bench.phones",
+                "--url",
+                ws,
+                "--tokens",
+                str(self.tokens_file),
+                "--mode",
+                self.mode,
+                "--mute",
+                str(self.mute),
+            ),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
         )
         return await self.read(timeout)
 
@@ -210,17 +241,30 @@ class Fleet:
 
 async def load(server: Server, key: str, *args: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        *pinned(LOAD_CORE, sys.executable, "-m", "bench.loadgen", *args, "--url", server.url,
-                "--key", key),
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        *pinned(
+            LOAD_CORE,
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            *args,
+            "--url",
+            server.url,
+            "--key",
+            key,
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     out, _ = await proc.communicate()
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
-            "max": round(max(values), 1)}
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
 
 
 # -- scenarios ----------------------------------------------------------------------------
@@ -235,17 +279,32 @@ async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, An
     try:
         await fleet.start()
         runs = [
-            await load(server, key, "closed", "--concurrency", str(sizes.clients),
-                       "--seconds", str(sizes.seconds))
+            await load(
+                server,
+                key,
+                "closed",
+                "--concurrency",
+                str(sizes.clients),
+                "--seconds",
+                str(sizes.seconds),
+            )
             for _ in range(sizes.repeats)
         ]
         rates = [float(r["per_s"]) for r in runs]
         best = statistics.median(rates)
         curve = []
         for fraction in sizes.fractions:
-            r = await load(server, key, "open", "--rate", str(round(best * fraction, 1)),
-                           "--seconds", str(sizes.open_seconds),
-                           "--concurrency", str(sizes.clients))
+            r = await load(
+                server,
+                key,
+                "open",
+                "--rate",
+                str(round(best * fraction, 1)),
+                "--seconds",
+                str(sizes.open_seconds),
+                "--concurrency",
+                str(sizes.clients),
+            )
             curve.append({"fraction": fraction, **r})
         return {"max_per_s": spread(rates), "closed_runs": runs, "open_loop": curve}
     finally:
@@ -289,7 +348,7 @@ async def connections_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
 
 async def drain_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
     db = work / "drain.db"
-    key, tokens = await provision(db, sizes.phones, backlog=sizes.backlog)
+    _, tokens = await provision(db, sizes.phones, backlog=sizes.backlog)
     server = await Server("hub", db).start()
     fleet = Fleet(server, tokens, "hub")
     try:
@@ -298,8 +357,11 @@ async def drain_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
         while (await fleet.command("stats"))["sent"] < sizes.backlog:
             await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - t0
-        return {"backlog": sizes.backlog, "seconds": round(elapsed, 2),
-                "drain_per_s": round(sizes.backlog / elapsed, 1)}
+        return {
+            "backlog": sizes.backlog,
+            "seconds": round(elapsed, 2),
+            "drain_per_s": round(sizes.backlog / elapsed, 1),
+        }
     finally:
         await fleet.stop()
         server.stop()
@@ -316,15 +378,21 @@ async def failover_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
         async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=30) as c:
             for i in range(sizes.failover_requests):
                 t0 = time.perf_counter()
-                r = await c.post(server.url + "/sms/dispatch",
-                                 json={"to": f"+1202555{i % 10_000:04d}", "message": "failover"})
+                r = await c.post(
+                    server.url + "/sms/dispatch",
+                    json={"to": f"+1202555{i % 10_000:04d}", "message": "failover"},
+                )
                 ms = (time.perf_counter() - t0) * 1000
                 (failed_over if r.json().get("attempts", 1) > 1 else normal).append(ms)
         added = statistics.median(failed_over) - statistics.median(normal) if failed_over else 0.0
-        return {"requests": sizes.failover_requests, "failed_over": len(failed_over),
-                "normal_p50_ms": round(statistics.median(normal), 2),
-                "failover_p50_ms": round(statistics.median(failed_over), 2) if failed_over else None,
-                "failover_added_ms": round(added, 2), "accept_timeout_ms": 5000}
+        return {
+            "requests": sizes.failover_requests,
+            "failed_over": len(failed_over),
+            "normal_p50_ms": round(statistics.median(normal), 2),
+            "failover_p50_ms": round(statistics.median(failed_over), 2) if failed_over else None,
+            "failover_added_ms": round(added, 2),
+            "accept_timeout_ms": 5000,
+        }
     finally:
         await fleet.stop()
         server.stop()
@@ -334,8 +402,9 @@ async def failover_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
 
 
 def git_sha() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -350,8 +419,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         curve = result["scenarios"][kind]["open_loop"]
         xs = [p["rate"] for p in curve]
         ax.plot(xs, [p["p50_ms"] for p in curve], marker="o", label=f"{label} p50")
-        ax.plot(xs, [p["p99_ms"] for p in curve], marker="x", linestyle="--",
-                label=f"{label} p99")
+        ax.plot(xs, [p["p99_ms"] for p in curve], marker="x", linestyle="--", label=f"{label} p99")
     ax.set_xlabel("offered load (dispatches/s, open loop)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
@@ -368,11 +436,17 @@ def at_half(curve: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(flat: dict[str, Any]) -> str:
     rows = [
-        ("dispatch_max_per_s", "≥ 0.6 × ceiling"), ("ceiling_max_per_s", ""),
-        ("ratio_to_ceiling", "≥ 0.6"), ("p50_ms", ""), ("p99_ms", "≤ 10"),
-        ("idle_phones", ""), ("rss_kib_per_phone", "≤ 20"),
-        ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"), ("reconnect_all_s", "≤ 15 (at 10k)"),
-        ("reconnect_errors", "0"), ("drain_per_s", "≥ 0.8 × dispatch"),
+        ("dispatch_max_per_s", "≥ 0.6 × ceiling"),
+        ("ceiling_max_per_s", ""),
+        ("ratio_to_ceiling", "≥ 0.6"),
+        ("p50_ms", ""),
+        ("p99_ms", "≤ 10"),
+        ("idle_phones", ""),
+        ("rss_kib_per_phone", "≤ 20"),
+        ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
+        ("reconnect_all_s", "≤ 15 (at 10k)"),
+        ("reconnect_errors", "0"),
+        ("drain_per_s", "≥ 0.8 × dispatch"),
         ("failover_added_ms", "≤ timeout + 50"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -384,8 +458,9 @@ def table(flat: dict[str, Any]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        choices=["dispatch", "connections", "drain", "failover"])
+    parser.add_argument(
+        "--only", nargs="*", default=None, choices=["dispatch", "connections", "drain", "failover"]
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else QUICK
     only = set(args.only or ["dispatch", "connections", "drain", "failover"])
@@ -407,14 +482,27 @@ async def main() -> None:
         hub_max = scenarios["hub"]["max_per_s"]["median"]
         ceiling_max = scenarios["ceiling"]["max_per_s"]["median"]
         half = at_half(scenarios["hub"]["open_loop"])
-        flat.update(dispatch_max_per_s=hub_max, ceiling_max_per_s=ceiling_max,
-                    ratio_to_ceiling=round(hub_max / ceiling_max, 3),
-                    p50_ms=half["p50_ms"], p99_ms=half["p99_ms"])
+        flat.update(
+            dispatch_max_per_s=hub_max,
+            ceiling_max_per_s=ceiling_max,
+            ratio_to_ceiling=round(hub_max / ceiling_max, 3),
+            p50_ms=half["p50_ms"],
+            p99_ms=half["p99_ms"],
+        )
     if "connections" in scenarios:
         c = scenarios["connections"]
-        flat.update({k: c[k] for k in ("idle_phones", "rss_kib_per_phone",
-                                        "heartbeat_cpu_pct_of_core", "reconnect_all_s",
-                                        "reconnect_errors")})
+        flat.update(
+            {
+                k: c[k]
+                for k in (
+                    "idle_phones",
+                    "rss_kib_per_phone",
+                    "heartbeat_cpu_pct_of_core",
+                    "reconnect_all_s",
+                    "reconnect_errors",
+                )
+            }
+        )
     if "drain" in scenarios:
         flat["drain_per_s"] = scenarios["drain"]["drain_per_s"]
     if "failover" in scenarios:
@@ -427,8 +515,12 @@ async def main() -> None:
         "mode": "full" if args.full else "quick",
         "git_sha": sha,
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "pinned": bool(shutil.which("taskset"))},
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "pinned": bool(shutil.which("taskset")),
+        },
         "scenarios": scenarios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
