@@ -436,7 +436,7 @@ def at_half(curve: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(flat: dict[str, Any]) -> str:
     rows = [
-        ("dispatch_max_per_s", "≥ 0.6 × ceiling"),
+        ("dispatch_max_per_s", "≥ 0.6 x ceiling"),
         ("ceiling_max_per_s", ""),
         ("ratio_to_ceiling", "≥ 0.6"),
         ("p50_ms", ""),
@@ -446,7 +446,7 @@ def table(flat: dict[str, Any]) -> str:
         ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
         ("reconnect_all_s", "≤ 15 (at 10k)"),
         ("reconnect_errors", "0"),
-        ("drain_per_s", "≥ 0.8 × dispatch"),
+        ("drain_per_s", "≥ 0.8 x dispatch"),
         ("failover_added_ms", "≤ timeout + 50"),
     ]
     width = max(len(r[0]) for r in rows)
