@@ -21,6 +21,7 @@ from smsgw.api import (  # noqa: F401
     optouts,
     otp,
     phone,
+    stats,
     templates,
 )
 from smsgw.api.device_ws import device_socket

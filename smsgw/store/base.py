@@ -152,6 +152,17 @@ class OptOut:
     created_at: datetime
 
 
+@dataclass(slots=True)
+class Stats:
+    by_status: dict[str, int]
+    by_day: dict[str, dict[str, int]]  # "YYYY-MM-DD" -> status -> count
+    by_device: dict[str, dict[str, int]]  # device id -> status -> count
+    failure_reasons: dict[str, int]
+    inbound: int
+    otp_sent: int
+    otp_verified: int
+
+
 class Conflict(Exception):
     """A unique value (e.g. a template name) is already taken."""
 
@@ -465,6 +476,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         """Ordered by number; ``after`` is the last number of the previous page."""
+
+    @abc.abstractmethod
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        """Counts over messages, inbound SMS and OTP codes created in [since, until)."""
 
     @abc.abstractmethod
     async def expire_messages(self, now: datetime) -> list[str]:

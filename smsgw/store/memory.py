@@ -26,6 +26,7 @@ from smsgw.store.base import (
     MessageFilter,
     OptOut,
     Otp,
+    Stats,
     Status,
     Store,
     Template,
@@ -584,6 +585,26 @@ class MemoryStore(Store):
 
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         return [self.opt_outs[n] for n in sorted(self.opt_outs) if n > (after or "")][:limit]
+
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        msgs = [m for m in self.messages.values() if since <= m.created_at < until]
+        result = Stats({}, {}, {}, {}, 0, 0, 0)
+        for m in msgs:
+            status = m.status.value
+            result.by_status[status] = result.by_status.get(status, 0) + 1
+            day = result.by_day.setdefault(m.created_at.date().isoformat(), {})
+            day[status] = day.get(status, 0) + 1
+            if m.device_id is not None and m.status is not Status.PENDING:
+                per = result.by_device.setdefault(m.device_id, {})
+                per[status] = per.get(status, 0) + 1
+            if m.status is Status.FAILED:
+                reason = m.error_code or "unknown"
+                result.failure_reasons[reason] = result.failure_reasons.get(reason, 0) + 1
+        result.inbound = sum(1 for i in self.inbound.values() if since <= i.created_at < until)
+        otps = [o for o in self.otps.values() if since <= o.created_at < until]
+        result.otp_sent = len(otps)
+        result.otp_verified = sum(1 for o in otps if o.verified_at is not None)
+        return result
 
     async def expire_messages(self, now: datetime) -> list[str]:
         expired = []

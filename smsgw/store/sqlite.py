@@ -35,6 +35,7 @@ from smsgw.store.base import (
     MessageFilter,
     OptOut,
     Otp,
+    Stats,
     Status,
     Store,
     Template,
@@ -1208,6 +1209,50 @@ class SqliteStore(Store):
         return [
             OptOut(r["number"], r["source"], r["reason"], _req_dt(r["created_at"])) for r in rows
         ]
+
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        bounds = (iso(since), iso(until))
+
+        def op(db: sqlite3.Connection) -> Stats:
+            in_range = "created_at >= ? AND created_at < ?"
+            by_status = dict(
+                db.execute(
+                    f"SELECT status, count(*) FROM messages WHERE {in_range} GROUP BY status",
+                    bounds,
+                ).fetchall()
+            )
+            by_day: dict[str, dict[str, int]] = {}
+            for day, status, n in db.execute(
+                f"SELECT substr(created_at, 1, 10), status, count(*) FROM messages "
+                f"WHERE {in_range} GROUP BY 1, 2",
+                bounds,
+            ):
+                by_day.setdefault(day, {})[status] = n
+            by_device: dict[str, dict[str, int]] = {}
+            for device, status, n in db.execute(
+                f"SELECT device_id, status, count(*) FROM messages WHERE {in_range} "
+                "AND device_id IS NOT NULL AND status != 'PENDING' GROUP BY 1, 2",
+                bounds,
+            ):
+                by_device.setdefault(device, {})[status] = n
+            reasons = dict(
+                db.execute(
+                    f"SELECT coalesce(error_code, 'unknown'), count(*) FROM messages "
+                    f"WHERE {in_range} AND status = 'FAILED' GROUP BY 1",
+                    bounds,
+                ).fetchall()
+            )
+            inbound = db.execute(
+                f"SELECT count(*) FROM inbound_messages WHERE {in_range}", bounds
+            ).fetchone()[0]
+            otp_sent, otp_verified = db.execute(
+                f"SELECT count(*), count(verified_at) FROM otp_codes WHERE {in_range}", bounds
+            ).fetchone()
+            return Stats(by_status, by_day, by_device, reasons, inbound, otp_sent, otp_verified)
+
+        # A read, but several statements that should see one snapshot: run it as one
+        # transaction on the writer (cheap, and rare).
+        return await self._write(op)
 
     async def expire_messages(self, now: datetime) -> list[str]:
         stamp = iso(now)

@@ -237,3 +237,53 @@ async def test_cancel_racing_a_dispatch_leaves_one_outcome(
     statuses = [m["status"] for m in (await api.get("/sms/")).json()["items"]]
     cancelled = statuses.count("CANCELLED")
     assert len(phone.transmitted_ids) == 10 - cancelled  # a cancelled one never went out
+
+
+async def test_stats_over_a_period(api: httpx.AsyncClient, farm: Farm) -> None:
+    ok = await farm.add(deliver=True, signal=4)
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "a"})
+    assert r.json()["device_id"] == ok.device_id
+    await api.post(
+        "/sms/dispatch",
+        json={
+            "to": TO,
+            "message": "b",
+            "ttl": 0.1,
+            "wait": False,
+            "send_at": "2999-01-01T00:00:00Z",
+        },
+    )
+    await api.patch(f"/devices/{ok.device_id}", json={"enabled": False})
+    expiring = await api.post("/sms/dispatch", json={"to": TO, "message": "c", "ttl": 0.2})
+
+    async def settled() -> bool:
+        s = (await api.get("/stats")).json()
+        return s["by_status"].get("DELIVERED") == 1 and s["by_status"].get("FAILED") == 1
+
+    await wait_for(settled, what="delivery and expiry")
+    await ok.backend.receive_sms("+12025550111", "hello")
+    await api.post("/otp/send", json={"to": "+12025550222"})
+
+    async def inbound_counted() -> bool:
+        return bool((await api.get("/stats")).json()["inbound"] == 1)
+
+    await wait_for(inbound_counted, what="the inbound SMS")
+    s = (await api.get("/stats")).json()
+    assert s["total"] == 4  # the scheduled one counts as PENDING
+    assert s["by_status"] == {"DELIVERED": 1, "FAILED": 1, "PENDING": 2}
+    assert s["failure_reasons"] == {"expired": 1}
+    assert s["by_device"] == {ok.device_id: {"DELIVERED": 1}}
+    assert s["delivery_rate"] == 1.0 and s["success_rate"] == 0.5
+    assert s["otp"] == {"sent": 1, "verified": 0, "verification_rate": 0.0}
+    assert list(s["by_day"]) == [s["to"][:10]]
+    assert expiring.json()["status"] in ("PENDING", "FAILED")
+    empty = (
+        await api.get(
+            "/stats", params={"from": "2000-01-01T00:00:00Z", "to": "2000-01-02T00:00:00Z"}
+        )
+    ).json()
+    assert empty["total"] == 0 and empty["delivery_rate"] is None
+    bad = await api.get(
+        "/stats", params={"from": "2000-01-02T00:00:00Z", "to": "2000-01-01T00:00:00Z"}
+    )
+    assert bad.status_code == 422
