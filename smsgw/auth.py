@@ -73,6 +73,8 @@ class Principal:
     key_id: str | None
     name: str
     scopes: frozenset[str]
+    rate_limit_rpm: int | None = None
+    daily_message_limit: int | None = None
 
     def allows(self, scope: Scope) -> bool:
         return Scope.ADMIN in self.scopes or scope in self.scopes
@@ -144,7 +146,9 @@ class Authenticator:
         key, stored_hash = found
         if not hmac.compare_digest(digest, stored_hash):
             return None
-        principal = Principal(key.id, key.name, key.scopes)
+        principal = Principal(
+            key.id, key.name, key.scopes, key.rate_limit_rpm, key.daily_message_limit
+        )
         if len(self._cache) > 10_000:
             self._cache.clear()  # bounded: a flood of distinct keys cannot grow it
         self._cache[digest] = (principal, now + KEY_CACHE_SECONDS)
@@ -173,13 +177,27 @@ class Authenticator:
 
 
 async def issue_api_key(
-    store: Store, name: str, scopes: frozenset[str], now: datetime
+    store: Store,
+    name: str,
+    scopes: frozenset[str],
+    now: datetime,
+    *,
+    rate_limit_rpm: int | None = None,
+    daily_message_limit: int | None = None,
 ) -> tuple[str, ApiKey]:
     """Create a client key; the secret is returned here and never again."""
     unknown = scopes - ALL_SCOPES
     if unknown or not scopes:
         raise ValueError(f"scopes must be a non-empty subset of {sorted(ALL_SCOPES)}")
     secret, prefix = new_credential(CLIENT_PREFIX)
-    key = ApiKey(id=new_id(), name=name, prefix=prefix, scopes=scopes, created_at=now)
+    key = ApiKey(
+        id=new_id(),
+        name=name,
+        prefix=prefix,
+        scopes=scopes,
+        created_at=now,
+        rate_limit_rpm=rate_limit_rpm,
+        daily_message_limit=daily_message_limit,
+    )
     await store.create_api_key(key, hash_secret(secret))
     return secret, key

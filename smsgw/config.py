@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     otp_resend_cooldown: float = Field(default=60.0, ge=0)
     otp_max_per_hour: int = Field(default=5, ge=1)
     otp_priority: int = 100  # OTP messages leave the outbox ahead of ordinary traffic
+    key_rate_limit_rpm: int | None = Field(default=None, ge=1)  # default per-key limits
+    key_daily_messages: int | None = Field(default=None, ge=1)
+    recipient_hourly_limit: int | None = Field(default=30, ge=1)  # anti SMS pumping
     retry_backoff: float = Field(default=5.0, ge=0)
     outbox_interval: float = Field(default=1.0, gt=0)
     enrollment_code_ttl: float = Field(default=600.0, gt=0)

@@ -16,6 +16,7 @@ from smsgw.config import Settings
 from smsgw.dispatcher import Dispatcher
 from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
+from smsgw.ratelimit import Limits
 from smsgw.registry import LocalRegistry, Registry
 from smsgw.store import Store, create_store
 
@@ -33,6 +34,7 @@ class Hub:
     dispatcher: Dispatcher
     auth: Authenticator
     idempotency: Idempotency
+    limits: Limits = field(default_factory=Limits)
     # Every open device connection, helloed or not, for the idle watchdog.
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None

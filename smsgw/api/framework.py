@@ -113,6 +113,16 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         hub: Hub = request.app.state.hub
         principal = await hub.auth.client(request, ep.scope) if ep.scope else None
+        if principal is not None:
+            limit = principal.rate_limit_rpm or hub.settings.key_rate_limit_rpm
+            wait = hub.limits.requests.acquire(principal.key_id or principal.name, limit)
+            if wait is not None:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"more than {limit} requests per minute for this key",
+                    headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{limit}/min"},
+                )
         call = Call(request, hub, principal)
         raw: Any = None
         if ep.body is not None:

@@ -19,6 +19,8 @@ def key_out(key: ApiKey) -> KeyOut:
         scopes=sorted(key.scopes),
         created_at=key.created_at,
         revoked_at=key.revoked_at,
+        rate_limit_rpm=key.rate_limit_rpm,
+        daily_message_limit=key.daily_message_limit,
     )
 
 
@@ -35,7 +37,12 @@ async def create_key(call: Call) -> Reply:
     body: KeyIn = call.body
     try:
         secret, key = await issue_api_key(
-            call.hub.store, body.name, frozenset(body.scopes), utcnow()
+            call.hub.store,
+            body.name,
+            frozenset(body.scopes),
+            utcnow(),
+            rate_limit_rpm=body.rate_limit_rpm,
+            daily_message_limit=body.daily_message_limit,
         )
     except ValueError as exc:
         raise ApiError(422, "invalid_scopes", str(exc)) from None

@@ -24,7 +24,7 @@ from smsgw.api.models import (
     SendIn,
 )
 from smsgw.api.pagination import decode_cursor, next_cursor
-from smsgw.auth import Scope
+from smsgw.auth import Principal, Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
 from smsgw.hub import Hub
@@ -54,10 +54,31 @@ def recipient_e164(hub: Hub, raw: str) -> str:
         raise ApiError(422, exc.code, exc.message) from None
 
 
-async def sendable(hub: Hub, raw_to: str) -> str:
+async def sendable(hub: Hub, raw_to: str, principal: Principal | None) -> str:
+    """The recipient in E.164, after the checks every new message passes: a number that
+    can receive SMS, not opted out, and within the message rate limits."""
     to = recipient_e164(hub, raw_to)
     if await hub.store.is_opted_out(to):
         raise ApiError(422, "opted_out", f"{to} has opted out of messages (replied STOP)")
+    limit = hub.settings.recipient_hourly_limit
+    wait = hub.limits.recipient_messages.acquire(to, limit)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "recipient_rate_limited",
+            f"more than {limit} messages per hour to {to}",
+            headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{limit}/hour"},
+        )
+    if principal is not None:
+        daily = principal.daily_message_limit or hub.settings.key_daily_messages
+        wait = hub.limits.key_messages.acquire(principal.key_id or principal.name, daily)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "daily_limit_reached",
+                f"more than {daily} messages per day for this key",
+                headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{daily}/day"},
+            )
     return to
 
 
@@ -99,9 +120,9 @@ async def _text(hub: Hub, body: DispatchIn) -> tuple[str, str | None]:
 
 async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
     hub = call.hub
-    to = await sendable(hub, body.to)
     text, template_id = await _text(hub, body)
     seg = segmented(hub, text, body.smart_encoding)
+    to = await sendable(hub, body.to, call.principal)  # last: it counts against limits
     now = utcnow()
     send_at = body.send_at
     if send_at is not None:

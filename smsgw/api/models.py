@@ -373,6 +373,12 @@ class HeartbeatOut(BaseModel):
 class KeyIn(Strict):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[str] = Field(min_length=1, max_length=3)
+    rate_limit_rpm: int | None = Field(
+        default=None, ge=1, description="requests per minute (default: SMSGW_KEY_RATE_LIMIT_RPM)"
+    )
+    daily_message_limit: int | None = Field(
+        default=None, ge=1, description="messages per day (default: SMSGW_KEY_DAILY_MESSAGES)"
+    )
 
 
 class KeyOut(BaseModel):
@@ -382,6 +388,8 @@ class KeyOut(BaseModel):
     scopes: list[str]
     created_at: datetime
     revoked_at: datetime | None = None
+    rate_limit_rpm: int | None = None
+    daily_message_limit: int | None = None
 
 
 class KeyCreated(KeyOut):

@@ -59,7 +59,7 @@ def code_hash(secret: str, otp_id: str, code: str) -> str:
 async def send_otp(call: Call) -> Reply:
     body: OtpSendIn = call.body
     hub, settings = call.hub, call.hub.settings
-    to = await sendable(hub, body.to)
+    to = await sendable(hub, body.to, call.principal)
     now = utcnow()
     recent = await hub.store.otp_sends_since(to, now - timedelta(hours=1))
     if recent:

@@ -35,6 +35,8 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    rate_limit_rpm: int | None = None  # None: the hub's default
+    daily_message_limit: int | None = None
 
 
 @dataclass(slots=True)

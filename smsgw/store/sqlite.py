@@ -157,6 +157,8 @@ def _api_key(row: sqlite3.Row) -> ApiKey:
         created_at=_req_dt(row["created_at"]),
         last_used_at=_dt(row["last_used_at"]),
         revoked_at=_dt(row["revoked_at"]),
+        rate_limit_rpm=row["rate_limit_rpm"],
+        daily_message_limit=row["daily_message_limit"],
     )
 
 
@@ -364,8 +366,8 @@ class SqliteStore(Store):
     async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at, "
+                "rate_limit_rpm, daily_message_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.name,
@@ -373,6 +375,8 @@ class SqliteStore(Store):
                     key_hash,
                     " ".join(sorted(key.scopes)),
                     iso(key.created_at),
+                    key.rate_limit_rpm,
+                    key.daily_message_limit,
                 ),
             )
 

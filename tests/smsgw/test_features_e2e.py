@@ -287,3 +287,55 @@ async def test_stats_over_a_period(api: httpx.AsyncClient, farm: Farm) -> None:
         "/stats", params={"from": "2000-01-02T00:00:00Z", "to": "2000-01-01T00:00:00Z"}
     )
     assert bad.status_code == 422
+
+
+async def test_rate_limits_per_key_and_per_recipient(
+    hub: HubServer, api: httpx.AsyncClient
+) -> None:
+    limited = (
+        await api.post(
+            "/keys",
+            json={
+                "name": "l",
+                "scopes": ["send", "read"],
+                "rate_limit_rpm": 3,
+                "daily_message_limit": 2,
+            },
+        )
+    ).json()
+    assert limited["rate_limit_rpm"] == 3 and limited["daily_message_limit"] == 2
+    async with hub.client(limited["key"]) as c:
+        body = {"message": "x", "wait": False}
+        assert (await c.post("/sms/dispatch", json={**body, "to": TO})).status_code == 202
+        assert (
+            await c.post("/sms/dispatch", json={**body, "to": "+12025550101"})
+        ).status_code == 202
+        r = await c.post("/sms/dispatch", json={**body, "to": "+12025550102"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "daily_limit_reached"
+        assert r.headers["x-ratelimit-limit"] == "2/day" and int(r.headers["retry-after"]) > 0
+        r = await c.get("/sms/")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert r.headers["x-ratelimit-limit"] == "3/min"
+    # Other keys are not affected; per-recipient hourly cap applies to everyone.
+    hub.hub.settings.recipient_hourly_limit = 2
+    assert (
+        await api.post("/sms/dispatch", json={"to": "+12025550103", "message": "x", "wait": False})
+    ).status_code == 202
+    await api.post("/sms/dispatch", json={"to": "+12025550103", "message": "x", "wait": False})
+    r = await api.post("/sms/dispatch", json={"to": "+12025550103", "message": "x"})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "recipient_rate_limited"
+    assert r.headers["x-ratelimit-limit"] == "2/hour"
+    items = (await api.get("/sms/", params={"limit": 50})).json()["items"]
+    assert len(items) == 4  # nothing was written for the refused ones
+
+
+def test_sliding_window_unit() -> None:
+    from smsgw.ratelimit import SlidingWindow
+
+    w = SlidingWindow(10.0)
+    assert w.acquire("k", 2, now=0.0) is None
+    assert w.acquire("k", 2, now=1.0) is None
+    assert w.acquire("k", 2, now=2.0) == 8.0
+    assert w.acquire("k", 2, now=10.5) is None  # the first hit left the window
+    assert w.acquire("other", 2, now=2.0) is None
+    assert w.acquire("k", None, now=0.0) is None
