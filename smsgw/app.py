@@ -14,6 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 # Endpoint modules register themselves on ``api`` when imported.
 from smsgw.api import (  # noqa: F401
     api,
+    batches,
     devices,
     health,
     keys,

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     outbox_interval: float = Field(default=1.0, gt=0)
     enrollment_code_ttl: float = Field(default=600.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_batch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_message_chars: int = Field(default=1600, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     sqlite_synchronous: str = "FULL"

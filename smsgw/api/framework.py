@@ -46,7 +46,7 @@ class Reply:
     status: int = 200
 
 
-Handler = Callable[[Call], Awaitable[BaseModel | Reply]]
+Handler = Callable[[Call], Awaitable[BaseModel | Reply | Response]]
 
 
 @dataclass(slots=True)
@@ -62,6 +62,7 @@ class Endpoint:
     query: type[BaseModel] | None = None
     security: str | None = "ApiKey"
     idempotent: bool = False  # honours the Idempotency-Key header
+    raw_body: bool = False  # the handler reads the body itself (``body`` is for the docs)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Api:
         query: type[BaseModel] | None = None,
         security: str | None = "ApiKey",
         idempotent: bool = False,
+        raw_body: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -96,6 +98,7 @@ class Api:
                     query,
                     security,
                     idempotent,
+                    raw_body,
                 )
             )
             return handler
@@ -125,7 +128,7 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
                 )
         call = Call(request, hub, principal)
         raw: Any = None
-        if ep.body is not None:
+        if ep.body is not None and not ep.raw_body:
             raw = await read_json(request, hub.settings.max_body_bytes)
             call.body = parse_model(ep.body, raw)
         if ep.query is not None:
@@ -133,6 +136,8 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
         async def respond() -> Response:
             result = await ep.handler(call)
+            if isinstance(result, Response):
+                return result
             reply = result if isinstance(result, Reply) else Reply(result)
             if reply.model is None:
                 return Response(status_code=reply.status)

@@ -118,11 +118,19 @@ async def _text(hub: Hub, body: DispatchIn) -> tuple[str, str | None]:
         ) from None
 
 
-async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
-    hub = call.hub
+async def prepare(
+    hub: Hub,
+    principal: Principal | None,
+    body: DispatchIn,
+    *,
+    pinned: str | None = None,
+    sim_slot: int | None = None,
+    batch_id: str | None = None,
+) -> Message:
+    """A new message from a request, with every check a message must pass (ApiError
+    otherwise). Nothing is stored here."""
     text, template_id = await _text(hub, body)
     seg = segmented(hub, text, body.smart_encoding)
-    to = await sendable(hub, body.to, call.principal)  # last: it counts against limits
     now = utcnow()
     send_at = body.send_at
     if send_at is not None:
@@ -134,7 +142,8 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     expires_at = body.expires_at or starts + timedelta(seconds=body.ttl or hub.settings.message_ttl)
     if expires_at <= starts:
         raise ApiError(422, "expires_before_send", "expires_at must be after send_at and now")
-    msg = Message(
+    to = await sendable(hub, body.to, principal)  # last: it counts against the limits
+    return Message(
         id=new_id(),
         recipient=to,
         body=seg.text,
@@ -152,14 +161,20 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
         next_attempt_at=send_at,  # the outbox does not see it before then
         custom_id=body.custom_id,
         metadata=body.metadata,
+        batch_id=batch_id,
     )
+
+
+async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
+    hub = call.hub
+    msg = await prepare(hub, call.principal, body, pinned=pinned, sim_slot=sim_slot)
     # Stored before any phone hears of it (the first offer and the insert are one
     # transaction): from the moment we answer, it cannot be lost.
-    waits = body.wait and send_at is None
+    waits = body.wait and msg.send_at is None
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0) if waits else None
     result = await hub.dispatcher.submit(msg, deadline)
-    if template_id is not None:
-        await hub.store.count_template_use(template_id)
+    if msg.template_id is not None:
+        await hub.store.count_template_use(msg.template_id)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
             message_id=result.id,
@@ -167,12 +182,12 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
             device_id=result.device_id,
             attempts=result.attempt,
             error=result.error,
-            encoding=seg.encoding,
-            segments=seg.segments,
+            encoding=msg.encoding,
+            segments=msg.parts,
         )
         return Reply(out, 200)
     pending = DispatchPending(
-        message_id=result.id, status=result.status, encoding=seg.encoding, segments=seg.segments
+        message_id=result.id, status=result.status, encoding=msg.encoding, segments=msg.parts
     )
     return Reply(pending, 202)
 

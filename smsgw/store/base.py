@@ -102,6 +102,7 @@ class Message:
     encoding: str | None = None
     sensitive: bool = False  # an OTP: the API never shows the body
     template_id: str | None = None
+    batch_id: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
@@ -152,6 +153,16 @@ class OptOut:
     source: str
     reason: str | None
     created_at: datetime
+
+
+@dataclass(slots=True)
+class Batch:
+    id: str
+    name: str | None
+    total: int  # messages created
+    rejected: int  # rows refused at submission
+    created_at: datetime
+    by_status: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -430,7 +441,7 @@ class Store(abc.ABC):
     async def delete_template(self, template_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def count_template_use(self, template_id: str) -> None: ...
+    async def count_template_use(self, template_id: str, n: int = 1) -> None: ...
 
     # -- one-time passwords -------------------------------------------------------------
 
@@ -478,6 +489,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         """Ordered by number; ``after`` is the last number of the previous page."""
+
+    @abc.abstractmethod
+    async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
+        """The batch and all its messages in one transaction."""
+
+    @abc.abstractmethod
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        """With ``by_status`` counted from its messages."""
 
     @abc.abstractmethod
     async def stats(self, since: datetime, until: datetime) -> Stats:

@@ -17,6 +17,7 @@ from typing import Any
 from smsgw.store.base import (
     ApiKey,
     Attempt,
+    Batch,
     Conflict,
     Device,
     IdempotencyRecord,
@@ -60,6 +61,7 @@ class MemoryStore(Store):
         self.otps: dict[str, Otp] = {}
         self.secrets: dict[str, str] = {}
         self.opt_outs: dict[str, OptOut] = {}
+        self.batches: dict[str, Batch] = {}
 
     async def open(self) -> None:
         pass
@@ -507,10 +509,10 @@ class MemoryStore(Store):
     async def delete_template(self, template_id: str) -> bool:
         return self.templates.pop(template_id, None) is not None
 
-    async def count_template_use(self, template_id: str) -> None:
+    async def count_template_use(self, template_id: str, n: int = 1) -> None:
         t = self.templates.get(template_id)
         if t is not None:
-            t.usage_count += 1
+            t.usage_count += n
 
     # -- one-time passwords -------------------------------------------------------------
 
@@ -585,6 +587,21 @@ class MemoryStore(Store):
 
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         return [self.opt_outs[n] for n in sorted(self.opt_outs) if n > (after or "")][:limit]
+
+    async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
+        self.batches[batch.id] = replace(batch, by_status={})
+        for m in messages:
+            await self.create_message(m)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        b = self.batches.get(batch_id)
+        if b is None:
+            return None
+        counts: dict[str, int] = {}
+        for m in self.messages.values():
+            if m.batch_id == batch_id:
+                counts[m.status.value] = counts.get(m.status.value, 0) + 1
+        return replace(b, by_status=counts)
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         msgs = [m for m in self.messages.values() if since <= m.created_at < until]

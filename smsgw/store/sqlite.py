@@ -26,6 +26,7 @@ from smsgw.clock import iso, new_id, parse_iso
 from smsgw.store.base import (
     ApiKey,
     Attempt,
+    Batch,
     Conflict,
     Device,
     IdempotencyRecord,
@@ -51,7 +52,7 @@ _MESSAGE_COLUMNS = (
     "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
     "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
     "sent_at, delivered_at, failed_at, expires_at, priority, send_at, cancelled_at, "
-    "custom_id, metadata, encoding, sensitive, template_id"
+    "custom_id, metadata, encoding, sensitive, template_id, batch_id"
 )
 
 
@@ -95,6 +96,7 @@ def _message(row: sqlite3.Row) -> Message:
         encoding=row["encoding"],
         sensitive=bool(row["sensitive"]),
         template_id=row["template_id"],
+        batch_id=row["batch_id"],
     )
 
 
@@ -615,7 +617,7 @@ class SqliteStore(Store):
     @staticmethod
     def _insert_message(db: sqlite3.Connection, m: Message, offer_to: str | None) -> None:
         db.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 28)})",
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 29)})",
             (
                 m.id,
                 m.recipient,
@@ -645,6 +647,7 @@ class SqliteStore(Store):
                 m.encoding,
                 int(m.sensitive),
                 m.template_id,
+                m.batch_id,
             ),
         )
         if offer_to is not None:
@@ -1095,10 +1098,11 @@ class SqliteStore(Store):
             )
         )
 
-    async def count_template_use(self, template_id: str) -> None:
+    async def count_template_use(self, template_id: str, n: int = 1) -> None:
         await self._write(
             lambda db: db.execute(
-                "UPDATE templates SET usage_count = usage_count + 1 WHERE id = ?", (template_id,)
+                "UPDATE templates SET usage_count = usage_count + ? WHERE id = ?",
+                (n, template_id),
             )
         )
 
@@ -1213,6 +1217,35 @@ class SqliteStore(Store):
         return [
             OptOut(r["number"], r["source"], r["reason"], _req_dt(r["created_at"])) for r in rows
         ]
+
+    async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO batches (id, name, total, rejected, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (batch.id, batch.name, batch.total, batch.rejected, iso(batch.created_at)),
+            )
+            for m in messages:
+                self._insert_message(db, m, None)
+
+        await self._write(op)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        row = await self._one("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if row is None:
+            return None
+        counts = await self._all(
+            "SELECT status, count(*) FROM messages WHERE batch_id = ? GROUP BY status",
+            (batch_id,),
+        )
+        return Batch(
+            id=row["id"],
+            name=row["name"],
+            total=row["total"],
+            rejected=row["rejected"],
+            created_at=_req_dt(row["created_at"]),
+            by_status={r[0]: r[1] for r in counts},
+        )
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         bounds = (iso(since), iso(until))
