@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel
-
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
+    BODY_ERRORS,
     DeviceList,
     DeviceOut,
     DevicePatch,
@@ -35,14 +34,6 @@ from smsgw.errors import ApiError
 from smsgw.protocol import CloseCode
 from smsgw.store import Device
 
-_ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    413: ErrorOut,
-    422: ErrorOut,
-}
-
 
 def _out(call: Call, device: Device) -> DeviceOut:
     return DeviceOut.of(
@@ -67,7 +58,7 @@ async def _device_or_404(call: Call) -> Device:
     scope=Scope.ADMIN,
     body=EnrollmentCodeIn,
     summary="A short-lived, single-use code a phone registers with",
-    responses={201: EnrollmentCodeOut, **_ERRORS},
+    responses={201: EnrollmentCodeOut, **BODY_ERRORS},
 )
 async def create_enrollment_code(call: Call) -> Reply:
     body: EnrollmentCodeIn = call.body
@@ -93,7 +84,7 @@ def _ws_url(call: Call) -> str:
     scope=None,
     body=RegisterIn,
     summary="Register a phone with an enrollment code (body) or an admin key (header)",
-    responses={201: RegisterOut, **_ERRORS},
+    responses={201: RegisterOut, **BODY_ERRORS},
     security="ApiKey or enrollment code",
 )
 async def register(call: Call) -> Reply:
@@ -158,7 +149,7 @@ async def get_device(call: Call) -> DeviceOut:
     scope=Scope.ADMIN,
     body=DevicePatch,
     summary="Rename, enable/disable, set the daily quota",
-    responses={200: DeviceOut, 404: ErrorOut, **_ERRORS},
+    responses={200: DeviceOut, 404: ErrorOut, **BODY_ERRORS},
 )
 async def patch_device(call: Call) -> DeviceOut:
     body: DevicePatch = call.body
@@ -204,7 +195,7 @@ async def delete_device(call: Call) -> Reply:
     body=HeartbeatIn,
     summary="HTTP fallback heartbeat (device token)",
     security="DeviceToken",
-    responses={200: HeartbeatOut, **_ERRORS},
+    responses={200: HeartbeatOut, **BODY_ERRORS},
 )
 async def heartbeat(call: Call) -> HeartbeatOut:
     body: HeartbeatIn = call.body

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel
-
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
+    BODY_ERRORS,
     DispatchIn,
     DispatchOut,
     DispatchPending,
@@ -35,14 +34,6 @@ from smsgw.templating import MissingVariables, render
 
 # A send_at this far in the past is taken as "now" (clock skew), beyond it refused.
 SEND_AT_SKEW = 60.0
-
-_ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    413: ErrorOut,
-    422: ErrorOut,
-}
 
 
 def recipient_e164(hub: Hub, raw: str) -> str:
@@ -199,7 +190,7 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     scope=Scope.SEND,
     body=DispatchIn,
     summary="Send through the best phone, failing over; waits for SENT/FAILED",
-    responses={200: DispatchOut, 202: DispatchPending, 409: ErrorOut, **_ERRORS},
+    responses={200: DispatchOut, 202: DispatchPending, 409: ErrorOut, 429: ErrorOut, **BODY_ERRORS},
     idempotent=True,
 )
 async def dispatch(call: Call) -> Reply:
@@ -214,7 +205,7 @@ async def dispatch(call: Call) -> Reply:
     scope=Scope.SEND,
     body=SendIn,
     summary="Send through one named phone (no failover)",
-    responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **_ERRORS},
+    responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **BODY_ERRORS},
     idempotent=True,
 )
 async def send(call: Call) -> Reply:
@@ -234,7 +225,7 @@ async def send(call: Call) -> Reply:
     scope=Scope.READ,
     query=InboundQuery,
     summary="Received SMS, newest first",
-    responses={200: InboundPage, **_ERRORS},
+    responses={200: InboundPage, **BODY_ERRORS},
 )
 async def list_inbound(call: Call) -> InboundPage:
     q: InboundQuery = call.body
@@ -275,7 +266,7 @@ async def get_message(call: Call) -> MessageOut:
     scope=Scope.READ,
     query=MessageQuery,
     summary="Messages, newest first, with cursor pagination",
-    responses={200: MessagePage, **_ERRORS},
+    responses={200: MessagePage, **BODY_ERRORS},
 )
 async def list_messages(call: Call) -> MessagePage:
     q: MessageQuery = call.body
@@ -325,7 +316,7 @@ async def cancel_message(call: Call) -> MessageOut:
     scope=Scope.SEND,
     body=PreviewIn,
     summary="Encoding and segments of a text, without sending",
-    responses={200: PreviewOut, **_ERRORS},
+    responses={200: PreviewOut, **BODY_ERRORS},
 )
 async def preview(call: Call) -> PreviewOut:
     body: PreviewIn = call.body

@@ -42,6 +42,17 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+# The errors any endpoint with a body can answer: bad JSON, credentials, scope, size,
+# validation. Endpoints add their own (404, 409, 429) next to these.
+BODY_ERRORS: dict[int, type[BaseModel] | None] = {
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    413: ErrorOut,
+    422: ErrorOut,
+}
+
+
 # -- messages ---------------------------------------------------------------------------
 
 

@@ -15,12 +15,10 @@ import math
 import secrets
 from datetime import timedelta
 
-from pydantic import BaseModel
-
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.messages import recipient_e164, segmented, sendable
-from smsgw.api.models import ErrorOut, OtpSendIn, OtpSent, OtpVerified, OtpVerifyIn
+from smsgw.api.models import BODY_ERRORS, ErrorOut, OtpSendIn, OtpSent, OtpVerified, OtpVerifyIn
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
@@ -29,15 +27,6 @@ from smsgw.store import Message, Otp, Status
 DEFAULT_TEXT = "Your verification code is {code}. It expires in {minutes} minutes."
 _DIGITS = "0123456789"
 _ALNUM = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by people
-
-_ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    413: ErrorOut,
-    422: ErrorOut,
-    429: ErrorOut,
-}
 
 
 def code_hash(secret: str, otp_id: str, code: str) -> str:
@@ -53,7 +42,7 @@ def code_hash(secret: str, otp_id: str, code: str) -> str:
     scope=Scope.SEND,
     body=OtpSendIn,
     summary="Send a one-time code by SMS",
-    responses={201: OtpSent, **_ERRORS},
+    responses={201: OtpSent, **BODY_ERRORS, 429: ErrorOut},
     idempotent=True,
 )
 async def send_otp(call: Call) -> Reply:
@@ -127,7 +116,7 @@ async def send_otp(call: Call) -> Reply:
     scope=Scope.SEND,
     body=OtpVerifyIn,
     summary="Check a code (by otp_id, or the latest code sent to a number)",
-    responses={200: OtpVerified, 404: ErrorOut, **_ERRORS},
+    responses={200: OtpVerified, 404: ErrorOut, **BODY_ERRORS, 429: ErrorOut},
 )
 async def verify_otp(call: Call) -> OtpVerified:
     body: OtpVerifyIn = call.body

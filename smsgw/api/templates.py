@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
+    BODY_ERRORS,
     ErrorOut,
     TemplateIn,
     TemplateList,
@@ -19,14 +18,6 @@ from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
 from smsgw.store import Conflict, Template
 from smsgw.templating import variables
-
-_ERRORS: dict[int, type[BaseModel] | None] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    413: ErrorOut,
-    422: ErrorOut,
-}
 
 
 def template_out(t: Template) -> TemplateOut:
@@ -50,7 +41,7 @@ def template_out(t: Template) -> TemplateOut:
     scope=Scope.SEND,
     body=TemplateIn,
     summary="Create a template ({{variable}} placeholders)",
-    responses={201: TemplateOut, 409: ErrorOut, **_ERRORS},
+    responses={201: TemplateOut, 409: ErrorOut, **BODY_ERRORS},
 )
 async def create_template(call: Call) -> Reply:
     body: TemplateIn = call.body
@@ -79,7 +70,7 @@ async def create_template(call: Call) -> Reply:
     scope=Scope.READ,
     query=TemplateQuery,
     summary="List templates",
-    responses={200: TemplateList, **_ERRORS},
+    responses={200: TemplateList, **BODY_ERRORS},
 )
 async def list_templates(call: Call) -> TemplateList:
     q: TemplateQuery = call.body
@@ -113,7 +104,7 @@ async def get_template(call: Call) -> TemplateOut:
     scope=Scope.SEND,
     body=TemplatePatch,
     summary="Change a template",
-    responses={200: TemplateOut, 404: ErrorOut, 409: ErrorOut, **_ERRORS},
+    responses={200: TemplateOut, 404: ErrorOut, 409: ErrorOut, **BODY_ERRORS},
 )
 async def patch_template(call: Call) -> TemplateOut:
     body: TemplatePatch = call.body
