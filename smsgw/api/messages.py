@@ -205,7 +205,14 @@ async def dispatch(call: Call) -> Reply:
     scope=Scope.SEND,
     body=SendIn,
     summary="Send through one named phone (no failover)",
-    responses={200: DispatchOut, 202: DispatchPending, 404: ErrorOut, 409: ErrorOut, **BODY_ERRORS},
+    responses={
+        200: DispatchOut,
+        202: DispatchPending,
+        404: ErrorOut,
+        409: ErrorOut,
+        429: ErrorOut,
+        **BODY_ERRORS,
+    },
     idempotent=True,
 )
 async def send(call: Call) -> Reply:
