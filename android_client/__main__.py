@@ -1,15 +1,22 @@
-"""Command line of the device side: ``python -m android_client simulate …``."""
+"""Command line of the device side: ``smsgw-agent`` (= ``python -m android_client``).
+
+``enroll``, ``run`` and ``status`` drive one real phone or modem (see ``agent.py`` and
+docs/android.md); ``simulate`` runs a fleet of simulated phones for demos and load.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import agent
+from .pacing import DEFAULT_DAILY_CAP, DEFAULT_MIN_INTERVAL
 from .simulate import DEFAULT_STATE_DIR, SimulateOptions, simulate
 
 
@@ -34,9 +41,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _slots(text: str) -> tuple[int, ...]:
+    try:
+        slots = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of slot numbers") from None
+    if not slots or min(slots) < 0:
+        raise argparse.ArgumentTypeError("a comma-separated list of slot numbers >= 0")
+    return slots
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m android_client")
+    parser = argparse.ArgumentParser(
+        prog="smsgw-agent", description="The smsgw agent for a phone (Termux) or a GSM modem."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_agent_commands(commands)
     sim = commands.add_parser(
         "simulate",
         help="run simulated phones against a hub until Ctrl-C",
@@ -71,10 +105,169 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    state_help = (
+        "where the token and the local queue live (default: %(default)s, or $SMSGW_AGENT_DIR)"
+    )
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="register this phone with a hub (once)",
+        description="Register this phone with the hub using a one-time code from the admin "
+        "(POST /devices/enrollment-codes) or an admin API key; the device token is saved in "
+        "the state dir (mode 0600). Enrolling again keeps the device id and rotates the token.",
+    )
+    enroll.add_argument("--server", required=True, help="hub base URL, e.g. https://hub:9000")
+    how = enroll.add_mutually_exclusive_group(required=True)
+    how.add_argument("--code", help="one-time enrollment code, e.g. ABCD-EFGH-JKLM")
+    how.add_argument("--api-key", help="an admin API key (sk_...)")
+    enroll.add_argument("--name", help="name shown in the hub (default: phone-<id>)")
+    enroll.add_argument("--state-dir", type=Path, default=agent.DEFAULT_STATE_DIR, help=state_help)
+
+    run = commands.add_parser(
+        "run",
+        help="connect to the hub and send/receive SMS until stopped",
+        description="Run the agent until SIGTERM/SIGINT. Exit codes: 3 not enrolled, "
+        "4 token refused (enroll again), 5 backend cannot start, 6 stopped by the hub, "
+        "7 another agent runs on this state dir.",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("termux", "modem", "simulated"),
+        default="termux",
+        help="default: %(default)s",
+    )
+    run.add_argument("--state-dir", type=Path, default=agent.DEFAULT_STATE_DIR, help=state_help)
+    run.add_argument(
+        "--min-interval",
+        type=_non_negative,
+        default=DEFAULT_MIN_INTERVAL,
+        metavar="S",
+        help="seconds between two SMS (default: %(default)s)",
+    )
+    run.add_argument(
+        "--daily-cap",
+        type=_non_negative_int,
+        default=DEFAULT_DAILY_CAP,
+        metavar="N",
+        help="SMS per day before offers are refused (default: %(default)s; 0 = no cap)",
+    )
+    run.add_argument(
+        "--backoff-max",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="longest wait between reconnection attempts (default: %(default)s)",
+    )
+    termux = run.add_argument_group("termux backend")
+    termux.add_argument(
+        "--poll-interval", type=_positive, default=5.0, metavar="S", help="inbox poll (default: 5)"
+    )
+    termux.add_argument(
+        "--tool-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="timeout of each termux-* call (default: 30)",
+    )
+    termux.add_argument(
+        "--sim-slots",
+        type=_slots,
+        default=(0,),
+        metavar="0,1",
+        help="SIM slots to offer the hub (default: 0)",
+    )
+    modem = run.add_argument_group("modem backend")
+    modem.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    modem.add_argument("--baudrate", type=_positive_int, default=115200, help="default: 115200")
+    modem.add_argument(
+        "--pin",
+        default=os.environ.get("SMSGW_MODEM_PIN"),
+        help="SIM PIN (default: $SMSGW_MODEM_PIN)",
+    )
+    modem.add_argument("--smsc", help="SMS centre number, if the SIM lacks one")
+    sim = run.add_argument_group("simulated backend (testing)")
+    sim.add_argument(
+        "--sim-send-delay", type=_non_negative, default=0.0, metavar="S", help="seconds per SMS"
+    )
+    sim.add_argument("--sim-no-deliver", action="store_true", help="no delivery reports")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="-v debug")
+    run.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    status = commands.add_parser(
+        "status",
+        help="show enrollment, queue and last connection",
+        description="Read the state dir (also while the agent runs). Exit code 3 if not enrolled.",
+    )
+    status.add_argument("--state-dir", type=Path, default=agent.DEFAULT_STATE_DIR, help=state_help)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    try:
+        if args.command == "enroll":
+            return _enroll(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args)
+        return _simulate(args)
+    except agent.AgentError as exc:
+        print(f"smsgw-agent: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log_setup(level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    _log_setup(logging.WARNING)
+    creds = asyncio.run(
+        agent.enroll_agent(
+            args.state_dir, args.server, code=args.code, api_key=args.api_key, name=args.name
+        )
+    )
+    print(
+        f"enrolled as device {creds.device_id} ({creds.name}) on {creds.server}; "
+        f"state in {agent.AgentDir(args.state_dir).path}"
+    )
+    return agent.EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    _log_setup(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    opts = agent.RunOptions(
+        state_dir=args.state_dir,
+        backend=args.backend,
+        min_interval=args.min_interval,
+        daily_cap=args.daily_cap or None,
+        backoff_max=args.backoff_max,
+        poll_interval=args.poll_interval,
+        tool_timeout=args.tool_timeout,
+        sim_slots=args.sim_slots,
+        port=args.port,
+        baudrate=args.baudrate,
+        pin=args.pin,
+        smsc=args.smsc,
+        sim_send_delay=args.sim_send_delay,
+        sim_deliver=not args.sim_no_deliver,
+    )
+    return asyncio.run(agent.run_agent(opts))
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = agent.agent_status(args.state_dir)
+    print(json.dumps(info, indent=2) if args.json else agent.format_status(info))
+    return agent.EXIT_OK if info["enrolled"] else agent.EXIT_NOT_ENROLLED
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    _log_setup(level)
     opts = SimulateOptions(
         server=args.server,
         api_key=args.api_key,

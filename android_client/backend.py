@@ -1,8 +1,11 @@
 """How SMS actually leave (and reach) the device.
 
-A ``Backend`` hides the radio: the Android app implements it with ``SmsManager`` and
-broadcast receivers, the simulator with timers and a seeded random generator. The
-``PhoneClient`` only talks to this interface, so the protocol code is the same for both.
+A ``Backend`` hides the radio: Termux:API tools on a phone (``termux.py``), AT commands on a
+GSM modem (``modem/``), timers and a seeded random generator in the simulator. The
+``PhoneClient`` only talks to this interface, so the protocol code is the same for all.
+
+Lifecycle: ``await start()`` once before the client connects (raises ``BackendError`` when
+the backend cannot work at all), ``await aclose()`` once at the end.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ class InboundSms:
 InboundCallback = Callable[[InboundSms], Awaitable[None]]
 
 
+class BackendError(Exception):
+    """The backend cannot work (tool not installed, modem not answering, no SIM, ...).
+
+    The message is shown to the person running the agent, so it says what to do.
+    """
+
+
 class Backend(abc.ABC):
     """The radio side of a phone.
 
@@ -110,6 +120,18 @@ class Backend(abc.ABC):
     def accept_delay(self) -> float:
         """Seconds between receiving an offer and accepting it (used by the client)."""
         return 0.0
+
+    @property
+    def min_send_interval(self) -> float:
+        """Shortest gap in seconds this radio needs between two transmissions.
+
+        Pacing itself is done by the client (``pacing.Pacer``) for every backend; the
+        effective gap is the larger of this and the agent's ``--min-interval``.
+        """
+        return 0.0
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Prepare the radio (wake lock, modem checks); raise ``BackendError`` if unusable."""
 
     def set_delivery_callback(self, cb: DeliveryCallback | None) -> None:
         self._delivery_cb = cb

@@ -4,6 +4,9 @@
 ``ws(s)://…/ws/device`` with the device token, feeds every frame to the protocol and
 carries out the actions it returns (write frames, accept after a delay, transmit on the
 ``Backend``, heartbeat). Close codes decide whether to reconnect (docs/protocol.md §7).
+An optional ``Pacer`` spaces transmissions and enforces the daily cap; an optional
+``on_connection`` callback hears how each connection attempt ended (the agent records it
+for ``smsgw-agent status``).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import json
 import logging
 import math
 import random
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,7 +29,8 @@ from smsgw.protocol import CloseCode
 
 from .backend import Backend, InboundSms, SendResult
 from .outbox import Frame, HeldCommand, PhoneStore
-from .protocol import Accept, Action, Emit, PhoneProtocol, Transmit, Welcomed
+from .pacing import Pacer
+from .protocol import Accept, Action, Emit, PhoneProtocol, Refusal, Transmit, Welcomed
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,22 @@ STOP_CODES: dict[int, str] = {
     CloseCode.PROTOCOL_VERSION: "protocol_version",
     CloseCode.PROTOCOL_ERROR: "protocol_error",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """How a connection attempt ended, or that a session opened.
+
+    ``connected``: welcomed; ``closed``: a session ended (``close_code``); ``refused``: the
+    hub answered the upgrade with an HTTP error (``http_status``, 401 = token refused);
+    ``unreachable``: no connection (``detail`` says why); ``failed``: a bug or a failing
+    backend ended the session.
+    """
+
+    kind: Literal["connected", "closed", "refused", "unreachable", "failed"]
+    detail: str = ""
+    close_code: int | None = None
+    http_status: int | None = None
 
 
 class Backoff:
@@ -103,14 +124,21 @@ class PhoneClient:
         backoff_max: float = 30.0,
         fcm_token: str | None = None,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
+        on_connection: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
         self.url = ws_url_for(server_url)
         self.backend = backend
         self.store = store
         self.accept_delay = accept_delay
         self.fcm_token = fcm_token
+        self.pacer = pacer
+        self.on_connection = on_connection
         self.protocol = PhoneProtocol(
-            store, app_version=app_version, accepting=lambda: backend.accepting
+            store,
+            app_version=app_version,
+            accepting=lambda: backend.accepting,
+            refuse=self._refusal,
         )
         self.backoff = Backoff(backoff_base, backoff_max, rng)
         self._token = device_token
@@ -222,15 +250,19 @@ class PhoneClient:
         except InvalidStatus as exc:
             status = self.http_status = exc.response.status_code
             log.warning("%s: hub refused the connection with HTTP %d", self._label, status)
+            self._notify(ConnectionEvent("refused", f"HTTP {status}", http_status=status))
             return "revoked" if status == 401 else None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             log.info("%s: cannot connect: %s", self._label, exc)
+            self._notify(ConnectionEvent("unreachable", str(exc) or type(exc).__name__))
             return None
-        except Exception:
+        except Exception as exc:
             # A bug or a failing backend must not kill the phone for good: retry later.
             log.exception("%s: session failed", self._label)
+            self._notify(ConnectionEvent("failed", repr(exc)[:300]))
             return None
         log.info("%s: session closed with %s", self._label, self.close_code)
+        self._notify(ConnectionEvent("closed", ws.close_reason or "", close_code=self.close_code))
         if self.close_code is None:
             return None
         return STOP_CODES.get(self.close_code)
@@ -275,6 +307,7 @@ class PhoneClient:
         self._spawn(self._heartbeat(action.heartbeat_interval), self._session_tasks)
         self.connected.set()
         log.info("%s: session open", self._label)
+        self._notify(ConnectionEvent("connected", action.device_id))
 
     async def _emit(self, frame: Frame) -> None:
         ws = self._ws
@@ -298,9 +331,7 @@ class PhoneClient:
 
     async def _transmit(self, command: HeldCommand) -> None:
         try:
-            result = await self.backend.send_sms(
-                command.message_id, command.to, command.body, command.sim_slot
-            )
+            result = await self._paced_send(command)
         except asyncio.CancelledError:
             self.protocol.transmit_aborted(command.message_id)
             raise
@@ -309,7 +340,37 @@ class PhoneClient:
             result = SendResult(
                 ok=False, error_code="backend_error", error=str(exc)[:500], retryable=True
             )
+        finally:
+            if self.pacer is not None:
+                self.pacer.finished(command.message_id)
         await self._execute(self.protocol.transmitted(command.message_id, command.attempt, result))
+
+    async def _paced_send(self, command: HeldCommand) -> SendResult:
+        if self.pacer is not None:
+            refusal = await self.pacer.turn(command.message_id, self.backend.min_send_interval)
+            if refusal is not None:
+                log.warning("%s: not sending %s: %s", self._label, command.message_id, refusal)
+                return SendResult(
+                    ok=False,
+                    error_code=refusal.error_code,
+                    error=refusal.error,
+                    retryable=True,
+                    parts=0,
+                )
+        return await self.backend.send_sms(
+            command.message_id, command.to, command.body, command.sim_slot
+        )
+
+    def _refusal(self) -> Refusal | None:
+        return self.pacer.refusal() if self.pacer is not None else None
+
+    def _notify(self, event: ConnectionEvent) -> None:
+        if self.on_connection is None:
+            return
+        try:
+            self.on_connection(event)
+        except Exception:
+            log.exception("%s: connection listener failed", self._label)
 
     async def _heartbeat(self, interval: float) -> None:
         while True:

@@ -5,7 +5,10 @@ Three things live here (docs/protocol.md section 5):
 - held commands: ``send`` offers the phone stored, keyed by message id, with how far it got
   (``accepted`` → ``owned`` → ``transmitted``); their ids go into ``hello.held``;
 - reports (``sent``/``failed``/``delivered`` frames) not yet acknowledged by the hub;
-- inbound SMS frames not yet acknowledged by the hub.
+- inbound SMS frames not yet acknowledged by the hub;
+
+plus a few named values (``get_meta``/``set_meta``): a backend's inbound high-water mark,
+the daily send counter, the last connection result.
 
 The store is synchronous and small: the client calls it from the event loop and each
 mutation is one tiny write. ``batch()`` groups mutations that must land together (e.g.
@@ -86,10 +89,21 @@ class PhoneStore(abc.ABC):
     @abc.abstractmethod
     def drop_inbound(self, frame_id: str) -> Frame | None: ...
 
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """A named value, or None if it was never set."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or with None, remove) a named value."""
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group mutations so they are persisted together (no-op by default)."""
         yield
+
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release the underlying file or database (no-op by default)."""
 
 
 class MemoryPhoneStore(PhoneStore):
@@ -99,6 +113,7 @@ class MemoryPhoneStore(PhoneStore):
         self._held: dict[str, HeldCommand] = {}
         self._reports: dict[str, Frame] = {}
         self._inbound: dict[str, Frame] = {}
+        self._meta: dict[str, str] = {}
         self._batch_depth = 0
         self._dirty = False
 
@@ -142,6 +157,19 @@ class MemoryPhoneStore(PhoneStore):
             self._changed()
         return frame
 
+    def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            if self._meta.pop(key, None) is None:
+                return
+        elif self._meta.get(key) == value:
+            return
+        else:
+            self._meta[key] = value
+        self._changed()
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         self._batch_depth += 1
@@ -171,6 +199,7 @@ class MemoryPhoneStore(PhoneStore):
             },
             "reports": list(self._reports.values()),
             "inbound": list(self._inbound.values()),
+            "meta": dict(self._meta),
         }
 
     def _restore(self, data: dict[str, Any]) -> None:
@@ -192,6 +221,7 @@ class MemoryPhoneStore(PhoneStore):
         self._held = held
         self._reports = {_frame_id(f): f for f in data.get("reports", [])}
         self._inbound = {_frame_id(f): f for f in data.get("inbound", [])}
+        self._meta = {str(k): str(v) for k, v in data.get("meta", {}).items()}
 
 
 class JsonPhoneStore(MemoryPhoneStore):

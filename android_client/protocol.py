@@ -129,11 +129,21 @@ class Welcomed:
 Action = Emit | Accept | Transmit | Welcomed
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the phone will not take an offer now; sent as a retryable ``failed``."""
+
+    error_code: str
+    error: str
+
+
 class PhoneProtocol:
     """Device-side rules of the protocol, shared by every connection of one phone.
 
     ``accepting`` is asked for each offer; when it returns False the phone ignores
     ``send`` frames entirely (the hub then times out and offers the message elsewhere).
+    ``refuse`` is asked next; a ``Refusal`` answers the offer with a retryable ``failed``
+    at once (e.g. the daily cap is reached), so the hub fails over without waiting.
     """
 
     def __init__(
@@ -142,11 +152,13 @@ class PhoneProtocol:
         *,
         app_version: str = "sim-0.1",
         accepting: Callable[[], bool] = lambda: True,
+        refuse: Callable[[], Refusal | None] = lambda: None,
         id_prefix: str | None = None,
     ) -> None:
         self.store = store
         self.app_version = app_version
         self._accepting = accepting
+        self._refuse = refuse
         # Random prefix: ids stay unique across reconnects and restarts, so a stored report
         # keeps its id and the hub's ack of any copy of it clears it.
         prefix = id_prefix if id_prefix is not None else secrets.token_hex(4)
@@ -251,6 +263,18 @@ class PhoneProtocol:
                     attempt=frame.attempt,
                     error_code="no_sim",
                     error=f"no SIM in slot {frame.sim_slot}",
+                    retryable=True,
+                )
+            ]
+        refusal = self._refuse()
+        if refusal is not None:
+            return [
+                self._report(
+                    "failed",
+                    message_id=frame.message_id,
+                    attempt=frame.attempt,
+                    error_code=refusal.error_code,
+                    error=refusal.error,
                     retryable=True,
                 )
             ]

@@ -3,18 +3,22 @@
 Sending waits ``send_delay`` and succeeds or fails at random (seeded, so runs repeat);
 delivery reports follow after ``delivery_delay``; ``receive_sms`` injects an inbound SMS.
 Every SMS that "left the phone" is recorded in ``transmitted`` so tests can prove that no
-message went out twice. ``SimulatedConfig`` is read on every call, so a test may change
-it while the phone runs (e.g. set ``never_accept`` to make the phone go silent).
+message went out twice; with ``transmit_log`` set, each transmission is also appended to
+that file (one JSON line when it starts, one when it ends), so a test can count them across
+agent processes. ``SimulatedConfig`` is read on every call, so a test may change it while
+the phone runs (e.g. set ``never_accept`` to make the phone go silent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from smsgw.segments import count_parts
 
@@ -42,6 +46,7 @@ class SimulatedConfig:
     network: str | None = "LTE"
     sims: list[SimInfo] = field(default_factory=lambda: [SimInfo(slot=0, carrier="Simulated")])
     seed: int | None = None
+    transmit_log: Path | None = None  # JSON lines: {"event": "sending"|"sent"|"failed", ...}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.failure_rate <= 1.0:
@@ -85,10 +90,12 @@ class SimulatedBackend(Backend):
     async def send_sms(
         self, message_id: str, to: str, body: str, sim_slot: int | None
     ) -> SendResult:
+        self._log("sending", message_id, to)
         if self.config.send_delay > 0:
             await asyncio.sleep(self.config.send_delay)
         if self.rng.random() < self.config.failure_rate:
             self.failures.append((message_id, to, body))
+            self._log("failed", message_id, to)
             return SendResult(
                 ok=False,
                 error_code="generic_failure",
@@ -97,11 +104,22 @@ class SimulatedBackend(Backend):
                 parts=0,
             )
         self.transmitted.append((message_id, to, body))
+        self._log("sent", message_id, to)
         if self.config.deliver:
             task = asyncio.create_task(self._deliver_later(message_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return SendResult(ok=True, parts=sms_parts(body))
+
+    def _log(self, event: str, message_id: str, to: str) -> None:
+        path = self.config.transmit_log
+        if path is None:
+            return
+        line = json.dumps({"event": event, "message_id": message_id, "to": to})
+        # One small append per event; written before send_sms returns, so a kill after
+        # "sent" is recorded cannot lose the line.
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
 
     async def _deliver_later(self, message_id: str) -> None:
         if self.config.delivery_delay > 0:

@@ -1,4 +1,4 @@
-"""PhoneStore durability and the reconnect backoff."""
+"""PhoneStore durability (JSON and SQLite stores) and the reconnect backoff."""
 
 from __future__ import annotations
 
@@ -6,39 +6,85 @@ import math
 import os
 import random
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from android_client.client import Backoff, ws_url_for
-from android_client.outbox import HeldCommand, JsonPhoneStore, MemoryPhoneStore
+from android_client.outbox import HeldCommand, JsonPhoneStore, MemoryPhoneStore, PhoneStore
+from android_client.state import SqlitePhoneStore
 
 # --- store ---------------------------------------------------------------------------
 
 
-def fill(store: MemoryPhoneStore) -> None:
+Opener = Callable[[Path], PhoneStore]
+
+
+@pytest.fixture(params=["json", "sqlite"])
+def open_store(request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """Opens a durable store of one kind at a path; everything opened is closed after."""
+    opened: list[PhoneStore] = []
+
+    def opener(path: Path) -> PhoneStore:
+        file = path.with_suffix(f".{request.param}")
+        store: PhoneStore = (
+            JsonPhoneStore(file) if request.param == "json" else SqlitePhoneStore(file)
+        )
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+def fill(store: PhoneStore) -> None:
     store.put_held(HeldCommand("m1", 1, "+1555", "héllo ✓", None))
     store.put_held(HeldCommand("m2", 3, "+1666", "b", 1, "transmitted"))
     store.put_report({"type": "sent", "id": "r1", "message_id": "m2", "attempt": 3})
     store.put_inbound({"type": "inbound", "id": "i1", "local_id": "l1", "from": "+1", "body": "x"})
+    store.set_meta("termux_inbox_mark", "17")
 
 
-def test_json_store_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "phone.json"
-    store = JsonPhoneStore(path)
+def test_store_survives_reopen(tmp_path: Path, open_store: Opener) -> None:
+    path = tmp_path / "state" / "phone"
+    store = open_store(path)
     fill(store)
-    reopened = JsonPhoneStore(path)
+    reopened = open_store(path)
     assert reopened.held() == store.held()
     assert reopened.get_held("m2") == HeldCommand("m2", 3, "+1666", "b", 1, "transmitted")
     assert reopened.reports() == store.reports()
     assert reopened.inbound() == store.inbound()
+    assert reopened.get_meta("termux_inbox_mark") == "17"
 
     reopened.drop_held("m1")
     reopened.drop_report("r1")
     reopened.drop_inbound("i1")
-    again = JsonPhoneStore(path)
+    reopened.set_meta("termux_inbox_mark", None)
+    again = open_store(path)
     assert [c.message_id for c in again.held()] == ["m2"]
     assert again.reports() == [] and again.inbound() == []
+    assert again.get_meta("termux_inbox_mark") is None
+
+
+def test_store_keeps_order_and_upserts_in_place(tmp_path: Path, open_store: Opener) -> None:
+    store = open_store(tmp_path / "phone")
+    fill(store)
+    store.put_held(HeldCommand("m0", 1, "+1", "c", None))
+    store.put_held(HeldCommand("m1", 2, "+1555", "héllo ✓", None, "owned"))  # update, same place
+    assert [(c.message_id, c.attempt) for c in store.held()] == [("m1", 2), ("m2", 3), ("m0", 1)]
+    store.put_report({"type": "failed", "id": "r0", "message_id": "m0", "attempt": 1})
+    store.put_report({"type": "sent", "id": "r1", "message_id": "m2", "attempt": 3, "parts": 2})
+    assert [(f["id"], f.get("parts")) for f in store.reports()] == [("r1", 2), ("r0", None)]
+    assert store.drop_report("nope") is None and store.drop_inbound("nope") is None
+    assert store.drop_report("r0") == {
+        "type": "failed",
+        "id": "r0",
+        "message_id": "m0",
+        "attempt": 1,
+    }
+    store.drop_held("never-held")  # no error
 
 
 def test_json_store_is_private_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -67,18 +113,29 @@ def test_batch_writes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert [c.message_id for c in JsonPhoneStore(tmp_path / "phone.json").held()] == ["m2"]
 
 
-def test_json_store_refuses_a_corrupt_file(tmp_path: Path) -> None:
-    path = tmp_path / "phone.json"
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read phone store"):
-        JsonPhoneStore(path)
+def test_store_refuses_a_corrupt_file(tmp_path: Path, open_store: Opener) -> None:
+    path = tmp_path / "phone"
+    for suffix in (".json", ".sqlite"):
+        path.with_suffix(suffix).write_text("{not json, not sqlite either" * 100)
+    with pytest.raises(ValueError, match="phone store"):
+        open_store(path)
 
 
-def test_memory_store_hands_out_copies() -> None:
-    store = MemoryPhoneStore()
+def test_stores_are_private(tmp_path: Path, open_store: Opener) -> None:
+    fill(open_store(tmp_path / "phone"))
+    for name in os.listdir(tmp_path):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_store_hands_out_copies(tmp_path: Path, kind: str) -> None:
+    store = MemoryPhoneStore() if kind == "memory" else SqlitePhoneStore(tmp_path / "s.db")
     fill(store)
     store.reports()[0]["id"] = "changed"
+    store.inbound()[0]["body"] = "changed"
     assert store.reports()[0]["id"] == "r1"
+    assert store.inbound()[0]["body"] == "x"
+    store.close()
 
 
 # --- backoff -------------------------------------------------------------------------
