@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 DeliveryCallback = Callable[[str], Awaitable[None]]
+# (message_id, error_code, error): the network says a sent message was NOT delivered.
+DeliveryFailureCallback = Callable[[str, str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._delivery_cb: DeliveryCallback | None = None
+        self._delivery_failure_cb: DeliveryFailureCallback | None = None
         self._inbound_cb: InboundCallback | None = None
         # Inbound SMS that arrived before anyone listened (app not connected yet).
         self._undelivered_inbound: list[InboundSms] = []
@@ -136,6 +139,9 @@ class Backend(abc.ABC):
     def set_delivery_callback(self, cb: DeliveryCallback | None) -> None:
         self._delivery_cb = cb
 
+    def set_delivery_failure_callback(self, cb: DeliveryFailureCallback | None) -> None:
+        self._delivery_failure_cb = cb
+
     def set_inbound_callback(self, cb: InboundCallback | None) -> None:
         self._inbound_cb = cb
 
@@ -148,6 +154,10 @@ class Backend(abc.ABC):
         if self._delivery_cb is not None:
             await self._delivery_cb(message_id)
 
+    async def _report_delivery_failure(self, message_id: str, error_code: str, error: str) -> None:
+        if self._delivery_failure_cb is not None:
+            await self._delivery_failure_cb(message_id, error_code, error)
+
     async def _report_inbound(self, sms: InboundSms) -> None:
         if self._inbound_cb is None:
             self._undelivered_inbound.append(sms)
@@ -157,4 +167,5 @@ class Backend(abc.ABC):
     async def aclose(self) -> None:
         """Release resources (timers, receivers); the base class just forgets callbacks."""
         self._delivery_cb = None
+        self._delivery_failure_cb = None
         self._inbound_cb = None

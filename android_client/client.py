@@ -160,6 +160,7 @@ class PhoneClient:
         self._transmit_tasks: set[asyncio.Task[None]] = set()  # outlive reconnects
 
         backend.set_delivery_callback(self._on_delivery)
+        backend.set_delivery_failure_callback(self._on_delivery_failure)
         backend.set_inbound_callback(self._on_inbound)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -379,6 +380,9 @@ class PhoneClient:
 
     async def _on_delivery(self, message_id: str) -> None:
         await self._execute(self.protocol.delivered(message_id))
+
+    async def _on_delivery_failure(self, message_id: str, error_code: str, error: str) -> None:
+        await self._execute(self.protocol.delivery_failed(message_id, error_code, error))
 
     async def _on_inbound(self, sms: InboundSms) -> None:
         await self._execute(self.protocol.inbound(sms))

@@ -383,6 +383,25 @@ class PhoneProtocol:
         self._recent_sent.pop(message_id, None)
         return [self._report("delivered", message_id=message_id, attempt=attempt)]
 
+    def delivery_failed(self, message_id: str, error_code: str, error: str) -> list[Action]:
+        """The network reported a sent message as not delivered: a final ``failed``."""
+        held = self.store.get_held(message_id)
+        attempt = held.attempt if held is not None else self._recent_sent.get(message_id)
+        if attempt is None:
+            log.warning("delivery failure for unknown message %s", message_id)
+            return []
+        self._recent_sent.pop(message_id, None)
+        return [
+            self._report(
+                "failed",
+                message_id=message_id,
+                attempt=attempt,
+                error_code=error_code,
+                error=error,
+                retryable=False,
+            )
+        ]
+
     def inbound(self, sms: InboundSms) -> list[Action]:
         frame = self._frame(
             "inbound",

@@ -469,15 +469,19 @@ class ModemBackend(Backend):
                 await self._delivered(out.message_id)
             return
         self._forget(out)
-        # The device protocol has no frame for "failed after sent": the hub keeps SENT.
         log.warning(
-            "%s: network reports %s as NOT delivered to %s: %s (0x%02X); "
-            "the hub is not told (no protocol frame for a failure after 'sent')",
+            "%s: network reports %s as NOT delivered to %s: %s (0x%02X)",
             self.config.port,
             out.message_id,
             report.recipient,
             status_text(report.status),
             report.status,
+        )
+        # A final ``failed`` after ``sent``: the hub marks the message FAILED.
+        await self._report_delivery_failure(
+            out.message_id,
+            f"delivery_failed_0x{report.status:02x}",
+            f"network status report: {status_text(report.status)}",
         )
 
     async def _delivered(self, message_id: str) -> None:

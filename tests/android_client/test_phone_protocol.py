@@ -247,6 +247,18 @@ def test_delivered_report_after_the_sent_report_was_acked() -> None:
     assert p.delivered("m1") == []  # one delivery report per message
 
 
+def test_delivery_failure_after_sent_is_a_final_failed_report() -> None:
+    p = make()
+    own(p, "m1", attempt=2)
+    [sent] = frames(p.transmitted("m1", 2, SendResult(ok=True)))
+    p.receive(ack(sent["id"]))
+    [failed] = frames(p.delivery_failed("m1", "delivery_failed_0x46", "expired"))
+    assert failed["type"] == "failed" and failed["attempt"] == 2
+    assert (failed["error_code"], failed["retryable"]) == ("delivery_failed_0x46", False)
+    assert p.store.reports() == [failed]  # kept until the hub acknowledges it
+    assert p.delivery_failed("m1", "x", "y") == []  # once per message
+
+
 def test_inbound_kept_until_acked() -> None:
     p = make()
     when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

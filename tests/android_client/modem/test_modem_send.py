@@ -101,9 +101,15 @@ async def test_still_trying_then_delivered(
     assert recorder.delivered.empty()
 
 
-async def test_permanent_failure_report_is_logged_not_delivered(
+async def test_permanent_failure_report_becomes_a_final_failure(
     modem: FakeModem, backend: ModemBackend, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
+    failures: list[tuple[str, str, str]] = []
+
+    async def failed(message_id: str, code: str, error: str) -> None:
+        failures.append((message_id, code, error))
+
+    backend.set_delivery_failure_callback(failed)
     await backend.send_sms("bad", TO, "hi", None)
     await backend.send_sms("good", TO, "hi", None)
     report(modem, modem.sent[0].mr, 0x46)  # validity period expired
@@ -113,6 +119,8 @@ async def test_permanent_failure_report_is_logged_not_delivered(
     assert recorder.delivered.empty()
     assert "bad as NOT delivered" in caplog.text
     assert "validity period expired" in caplog.text
+    assert [(m, c) for m, c, _ in failures] == [("bad", "delivery_failed_0x46")]
+    assert "validity period expired" in failures[0][2]
 
 
 async def test_report_for_unknown_reference_or_recipient_is_ignored(

@@ -316,3 +316,26 @@ async def test_idempotency_claim_complete_release_purge(store: Store) -> None:
     assert await store.idempotency_claim("k2", "abc", "h1", now) is None
     assert await store.purge_idempotency(now + timedelta(seconds=1)) == 2
     assert await store.idempotency_claim("k1", "abc", "h1", now) is None
+
+
+async def test_a_failure_after_sent_is_final(store: Store) -> None:
+    a = await add_device(store, "a")
+    msg = await add_message(store)
+    now = utcnow()
+    await store.offer(msg.id, a, 0, now, now + timedelta(seconds=5))
+    await store.accept(msg.id, a, 1, now)
+    await store.mark_sent(msg.id, a, now)
+    st = await store.mark_failed(
+        msg.id,
+        a,
+        1,
+        error_code="delivery_failed_0x46",
+        error="x",
+        retryable=True,
+        now=now,
+        retry_at=now,
+        max_attempts=10,
+    )
+    assert st is Status.FAILED  # transmitted: never handed to another phone
+    got = await store.get_message(msg.id)
+    assert got is not None and got.status is Status.FAILED and got.sent_at is not None
