@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smsgw.device")
 
+# Seconds between database writes of a connected phone's heartbeat state.
+STATUS_PERSIST_INTERVAL = 300.0
+
 _OWNED_STATUSES = frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED})
 
 
@@ -65,6 +68,7 @@ class DeviceConnection(Session):
         self.live: LiveDevice | None = None
         self.closed = False
         self.last_frame = time.monotonic()
+        self._persisted_at = 0.0
         self._write_lock = asyncio.Lock()
 
     @property
@@ -93,6 +97,15 @@ class DeviceConnection(Session):
         if live is not None and await self.hub.registry.detach(live):
             self.hub.dispatcher.disconnected(self.device_id)
             log.info("device %s offline", self.device_id)
+            # The last state it reported, and when it was last seen, for the device list.
+            await self.hub.store.record_device_status(
+                self.device_id,
+                battery=live.battery,
+                charging=live.charging,
+                signal=live.signal,
+                network=live.network,
+                now=utcnow(),
+            )
 
     async def close(self, code: CloseCode, reason: str) -> None:
         if self.closed:
@@ -191,18 +204,18 @@ class DeviceConnection(Session):
             network=hello.network,
             sims=sims,
         )
-        fields: dict[str, object] = {"sims": sims, "app_version": hello.app_version}
-        if hello.fcm_token:
-            fields["fcm_token"] = hello.fcm_token
-        await hub.store.update_device(self.device_id, now, **fields)
-        await hub.store.record_device_status(
+        owned = await hub.store.device_online(
             self.device_id,
+            sims=sims,
+            app_version=hello.app_version,
+            fcm_token=hello.fcm_token,
             battery=hello.battery,
             charging=hello.charging,
             signal=hello.signal,
             network=hello.network,
             now=now,
         )
+        self._persisted_at = time.monotonic()
         self.protocol.welcome(
             hello.id,
             device_id=self.device_id,
@@ -222,7 +235,6 @@ class DeviceConnection(Session):
                 None, message_id=message_id, attempt=msg.attempt if msg else 0, owner=owner
             )
         # Messages it owns but no longer holds (reinstalled app): send them again.
-        owned = await hub.store.owned_unfinished(self.device_id)
         live.holding.update(m.id for m in owned)
         for msg in owned:
             if msg.id not in held:
@@ -265,8 +277,21 @@ class DeviceConnection(Session):
         )
 
     async def _on_heartbeat(self, frame: HeartbeatFrame) -> None:
+        # Routing reads the live copy; the database copy is for showing offline phones, so
+        # it is written every few minutes and on disconnect, not on every heartbeat of
+        # every phone (10,000 phones at 30 s would be 333 writes a second for nothing).
+        now = time.monotonic()
+        persist = now - self._persisted_at >= STATUS_PERSIST_INTERVAL
+        if persist:
+            self._persisted_at = now
         await record_status(
-            self.hub, self.device_id, frame.battery, frame.charging, frame.signal, frame.network
+            self.hub,
+            self.device_id,
+            frame.battery,
+            frame.charging,
+            frame.signal,
+            frame.network,
+            persist=persist,
         )
         self.protocol.ack(frame.id)
 
@@ -300,22 +325,31 @@ async def _opt_keyword(hub: Hub, sender: str, body: str) -> None:
     except InvalidNumber:
         return  # a short code or alphanumeric sender: nothing to opt out
     if word == "stop":
-        await hub.store.add_opt_out(OptOut(number, "inbound", body.strip()[:200], utcnow()))
+        await hub.opt_out(OptOut(number, "inbound", body.strip()[:200], utcnow()))
         log.info("opt-out: %s replied %r", number, body.strip()[:20])
     else:
-        await hub.store.remove_opt_out(number)
+        await hub.opt_in(number)
         log.info("opt-in: %s replied %r", number, body.strip()[:20])
 
 
 async def record_status(
-    hub: Hub, device_id: str, battery: int, charging: bool, signal: int, network: str | None
+    hub: Hub,
+    device_id: str,
+    battery: int,
+    charging: bool,
+    signal: int,
+    network: str | None,
+    *,
+    persist: bool = True,
 ) -> None:
-    """A heartbeat, over the socket or the HTTP fallback: stored, and mirrored in the
-    registry when the phone is online so routing sees it at once."""
+    """A heartbeat, over the socket or the HTTP fallback: mirrored in the registry when
+    the phone is online so routing sees it at once, and stored when ``persist``."""
     live = hub.registry.get(device_id)
     if live is not None:
         live.battery, live.charging, live.signal, live.network = battery, charging, signal, network
         live.touch()
+    if not persist:
+        return
     await hub.store.record_device_status(
         device_id,
         battery=battery,

@@ -18,7 +18,7 @@ from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
 from smsgw.registry import LocalRegistry, Registry
-from smsgw.store import Store, create_store
+from smsgw.store import OptOut, Store, create_store
 
 if TYPE_CHECKING:
     from smsgw.connection import DeviceConnection
@@ -39,6 +39,9 @@ class Hub:
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None
     otp_secret: str = ""  # HMAC key for OTP codes, created once and kept in the database
+    # The opt-out list, mirrored in memory so a send needs no read. This node is the only
+    # writer (API and inbound STOP go through opt_out/opt_in below).
+    opted_out: set[str] = field(default_factory=set)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -57,6 +60,7 @@ class Hub:
         await self.store.open()
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
+        await self._load_opt_outs()
         await self.dispatcher.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 
@@ -90,6 +94,22 @@ class Hub:
         )
         print(banner, flush=True)
         return secret
+
+    async def _load_opt_outs(self) -> None:
+        after: str | None = None
+        while page := await self.store.list_opt_outs(after=after, limit=10_000):
+            self.opted_out.update(o.number for o in page)
+            after = page[-1].number
+
+    async def opt_out(self, entry: OptOut) -> bool:
+        created = await self.store.add_opt_out(entry)
+        self.opted_out.add(entry.number)
+        return created
+
+    async def opt_in(self, number: str) -> bool:
+        removed = await self.store.remove_opt_out(number)
+        self.opted_out.discard(number)
+        return removed
 
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):

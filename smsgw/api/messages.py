@@ -49,7 +49,7 @@ async def sendable(hub: Hub, raw_to: str, principal: Principal | None) -> str:
     """The recipient in E.164, after the checks every new message passes: a number that
     can receive SMS, not opted out, and within the message rate limits."""
     to = recipient_e164(hub, raw_to)
-    if await hub.store.is_opted_out(to):
+    if to in hub.opted_out:
         raise ApiError(422, "opted_out", f"{to} has opted out of messages (replied STOP)")
     limit = hub.settings.recipient_hourly_limit
     wait = hub.limits.recipient_messages.acquire(to, limit)

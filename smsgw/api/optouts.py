@@ -48,7 +48,7 @@ async def list_opt_outs(call: Call) -> OptOutPage:
 async def add_opt_out(call: Call) -> Reply:
     body: OptOutIn = call.body
     entry = OptOut(recipient_e164(call.hub, body.number), "api", body.reason, utcnow())
-    created = await call.hub.store.add_opt_out(entry)
+    created = await call.hub.opt_out(entry)
     return Reply(opt_out_out(entry), 201 if created else 200)
 
 
@@ -62,6 +62,6 @@ async def add_opt_out(call: Call) -> Reply:
 )
 async def remove_opt_out(call: Call) -> Reply:
     number = recipient_e164(call.hub, unquote(call.path("number")))
-    if not await call.hub.store.remove_opt_out(number):
+    if not await call.hub.opt_in(number):
         raise ApiError(404, "not_opted_out", f"{number} is not on the opt-out list")
     return Reply(None, 204)

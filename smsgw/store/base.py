@@ -298,6 +298,23 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    async def device_online(
+        self,
+        device_id: str,
+        *,
+        sims: list[dict[str, Any]],
+        app_version: str,
+        fcm_token: str | None,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> list[Message]:
+        """A phone's hello, recorded in one transaction (sims, app version, FCM token if
+        given, status, last seen); returns the QUEUED messages it owns."""
+
+    @abc.abstractmethod
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         """Revoke the token and remove the device; its unfinished messages return to
         PENDING (it can never report on them) and its pending offers are released."""

@@ -198,6 +198,27 @@ class MemoryStore(Store):
             device.battery, device.charging, device.signal = battery, charging, signal
             device.network, device.last_seen_at = network, now
 
+    async def device_online(
+        self,
+        device_id: str,
+        *,
+        sims: list[dict[str, Any]],
+        app_version: str,
+        fcm_token: str | None,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> list[Message]:
+        device = self.devices.get(device_id)
+        if device is not None:
+            device.sims, device.app_version = copy.deepcopy(sims), app_version
+            device.fcm_token = fcm_token or device.fcm_token
+            device.battery, device.charging, device.signal = battery, charging, signal
+            device.network, device.last_seen_at, device.updated_at = network, now, now
+        return await self.owned_unfinished(device_id)
+
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         if self._live_device(device_id) is None:
             return False

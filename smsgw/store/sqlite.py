@@ -567,6 +567,48 @@ class SqliteStore(Store):
 
         return await self._write(op)
 
+    async def device_online(
+        self,
+        device_id: str,
+        *,
+        sims: list[dict[str, Any]],
+        app_version: str,
+        fcm_token: str | None,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> list[Message]:
+        stamp = iso(now)
+
+        def op(db: sqlite3.Connection) -> list[Message]:
+            db.execute(
+                "UPDATE devices SET sims = ?, app_version = ?, fcm_token = COALESCE(?, fcm_token), "
+                "battery = ?, charging = ?, signal = ?, network = ?, last_seen_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (
+                    json.dumps(sims),
+                    app_version,
+                    fcm_token,
+                    battery,
+                    int(charging),
+                    signal,
+                    network,
+                    stamp,
+                    stamp,
+                    device_id,
+                ),
+            )
+            rows = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
+                "WHERE device_id = ? AND status = 'QUEUED'",
+                (device_id,),
+            ).fetchall()
+            return [_message(r) for r in rows]
+
+        return await self._write(op)
+
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         stamp = iso(now)
 
@@ -721,7 +763,8 @@ class SqliteStore(Store):
 
     async def owned_unfinished(self, device_id: str) -> list[Message]:
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE device_id = ? AND status = 'QUEUED'",
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
+            "WHERE device_id = ? AND status = 'QUEUED'",
             (device_id,),
         )
         return [_message(r) for r in rows]

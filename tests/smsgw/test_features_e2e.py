@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -339,3 +340,18 @@ def test_sliding_window_unit() -> None:
     assert w.acquire("k", 2, now=10.5) is None  # the first hit left the window
     assert w.acquire("other", 2, now=2.0) is None
     assert w.acquire("k", None, now=0.0) is None
+
+
+async def test_the_opt_out_list_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    first = await HubServer(db).start()
+    async with first.client() as c:
+        assert (await c.post("/opt-outs", json={"number": TO})).status_code == 201
+    await first.stop()
+    second = await HubServer(db).start()
+    try:
+        async with second.client() as c:
+            r = await c.post("/sms/dispatch", json={"to": TO, "message": "x"})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "opted_out"
+    finally:
+        await second.stop()
