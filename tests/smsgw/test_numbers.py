@@ -256,6 +256,6 @@ def test_results_are_cached_per_input_and_region() -> None:
             errors.append(exc)
     assert errors[0] is not errors[1]
     info = numbers._parse_cached.cache_info()
-    assert info.maxsize == 4096
+    assert info.maxsize == numbers.CACHE_SIZE
     assert info.currsize == 4
     assert info.hits == 4
