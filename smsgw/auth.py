@@ -95,6 +95,7 @@ def presented_secret(conn: HTTPConnection) -> str | None:
 # per key and window, not one per request. Revocation through this hub's API forgets it at
 # once; a revocation by another process (the CLI, another node) takes effect within it.
 KEY_CACHE_SECONDS = 5.0
+DEVICE_CACHE_SECONDS = 300.0
 
 
 class Authenticator:
@@ -102,6 +103,7 @@ class Authenticator:
         self.store = store
         self.env_admin_key = env_admin_key
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._device_cache: dict[str, tuple[str, float]] = {}
 
     def forget(self, key_id: str) -> None:
         for digest, (principal, _) in list(self._cache.items()):
@@ -162,6 +164,31 @@ class Authenticator:
         if device is None:
             raise ApiError(401, "unauthorized", "invalid or revoked device token")
         return device
+
+    async def resolve_device_id(self, secret: str) -> str | None:
+        """The device a token belongs to, for the socket upgrade. Cached for
+        ``DEVICE_CACHE_SECONDS`` (a reconnect storm of thousands of phones then costs no
+        reads); revocation and re-registration through this hub forget it at once."""
+        prefix = lookup_prefix(secret, DEVICE_PREFIX)
+        if prefix is None:
+            return None
+        digest = hash_secret(secret)
+        cached = self._device_cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        device = await self.resolve_device(secret)
+        if device is None:
+            return None
+        if len(self._device_cache) > 100_000:
+            self._device_cache.clear()
+        self._device_cache[digest] = (device.id, now + DEVICE_CACHE_SECONDS)
+        return device.id
+
+    def forget_device(self, device_id: str) -> None:
+        for digest, (cached_id, _) in list(self._device_cache.items()):
+            if cached_id == device_id:
+                del self._device_cache[digest]
 
     async def resolve_device(self, secret: str) -> Device | None:
         prefix = lookup_prefix(secret, DEVICE_PREFIX)

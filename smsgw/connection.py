@@ -36,7 +36,7 @@ from smsgw.protocol import (
 )
 from smsgw.registry import LiveDevice
 from smsgw.session import Session, SessionClosed
-from smsgw.store import Device, Inbound, Message, OptOut, Status
+from smsgw.store import Inbound, Message, OptOut, Status
 
 if TYPE_CHECKING:
     from smsgw.hub import Hub
@@ -59,10 +59,9 @@ class Transport(abc.ABC):
 
 
 class DeviceConnection(Session):
-    def __init__(self, hub: Hub, device: Device, transport: Transport) -> None:
+    def __init__(self, hub: Hub, device_id: str, transport: Transport) -> None:
         self.hub = hub
-        self.device = device
-        self.device_id = device.id
+        self.device_id = device_id
         self.transport = transport
         self.protocol = DeviceProtocol()
         self.live: LiveDevice | None = None
@@ -193,18 +192,7 @@ class DeviceConnection(Session):
     async def _on_hello(self, hello: HelloFrame) -> None:
         hub, now = self.hub, utcnow()
         sims = [s.model_dump(exclude_none=True) for s in hello.sims]
-        live = LiveDevice.from_device(
-            self,
-            self.device,
-            default_quota=hub.settings.default_daily_quota,
-            max_in_flight=hub.settings.max_in_flight,
-            battery=hello.battery,
-            charging=hello.charging,
-            signal=hello.signal,
-            network=hello.network,
-            sims=sims,
-        )
-        owned = await hub.store.device_online(
+        online = await hub.store.device_online(
             self.device_id,
             sims=sims,
             app_version=hello.app_version,
@@ -214,6 +202,21 @@ class DeviceConnection(Session):
             signal=hello.signal,
             network=hello.network,
             now=now,
+        )
+        if online is None:  # removed between the upgrade and the hello
+            await self.close(CloseCode.REVOKED, "device removed")
+            return
+        device, owned = online
+        live = LiveDevice.from_device(
+            self,
+            device,
+            default_quota=hub.settings.default_daily_quota,
+            max_in_flight=hub.settings.max_in_flight,
+            battery=hello.battery,
+            charging=hello.charging,
+            signal=hello.signal,
+            network=hello.network,
+            sims=sims,
         )
         self._persisted_at = time.monotonic()
         self.protocol.welcome(
@@ -244,7 +247,7 @@ class DeviceConnection(Session):
         previous = await hub.registry.attach(live)
         if previous is not None and previous.session is not self:
             await previous.session.close(CloseCode.REPLACED, "replaced by a newer session")
-        log.info("device %s online (%s)", self.device_id, self.device.name)
+        log.info("device %s online (%s)", self.device_id, device.name)
         hub.dispatcher.wake()
 
     async def _on_accepted(self, frame: AcceptedFrame) -> None:

@@ -114,6 +114,7 @@ class Hub:
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):
             return False
+        self.auth.forget_device(device_id)
         live = self.registry.get(device_id)
         if live is not None:
             await live.session.close(CloseCode.REVOKED, "device removed")

@@ -35,13 +35,13 @@ class WebSocketTransport(Transport):
 async def device_socket(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
     secret = presented_secret(ws)
-    device = await hub.auth.resolve_device(secret) if secret else None
-    if device is None:
+    device_id = await hub.auth.resolve_device_id(secret) if secret else None
+    if device_id is None:
         message = "missing device token" if secret is None else "invalid or revoked device token"
         await ws.send_denial_response(error_response(401, "unauthorized", message))
         return
     await ws.accept()
-    conn = DeviceConnection(hub, device, WebSocketTransport(ws))
+    conn = DeviceConnection(hub, device_id, WebSocketTransport(ws))
     hub.connections.add(conn)  # the hub's watchdog closes it if it falls silent
     try:
         while not conn.closed:
@@ -55,7 +55,7 @@ async def device_socket(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     except Exception:
-        log.exception("device %s: connection handler failed", device.id)
+        log.exception("device %s: connection handler failed", device_id)
         await conn.close(CloseCode.GOING_AWAY, "internal error")
     finally:
         hub.connections.discard(conn)

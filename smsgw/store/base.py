@@ -310,9 +310,10 @@ class Store(abc.ABC):
         signal: int,
         network: str | None,
         now: datetime,
-    ) -> list[Message]:
+    ) -> tuple[Device, list[Message]] | None:
         """A phone's hello, recorded in one transaction (sims, app version, FCM token if
-        given, status, last seen); returns the QUEUED messages it owns."""
+        given, status, last seen). Returns the device as it now stands and the QUEUED
+        messages it owns, or None if the device was removed meanwhile."""
 
     @abc.abstractmethod
     async def delete_device(self, device_id: str, now: datetime) -> bool:

@@ -210,14 +210,16 @@ class MemoryStore(Store):
         signal: int,
         network: str | None,
         now: datetime,
-    ) -> list[Message]:
-        device = self.devices.get(device_id)
+    ) -> tuple[Device, list[Message]] | None:
+        device = self._live_device(device_id)
+        if device is None:
+            return None
         if device is not None:
             device.sims, device.app_version = copy.deepcopy(sims), app_version
             device.fcm_token = fcm_token or device.fcm_token
             device.battery, device.charging, device.signal = battery, charging, signal
             device.network, device.last_seen_at, device.updated_at = network, now, now
-        return await self.owned_unfinished(device_id)
+        return replace(device), await self.owned_unfinished(device_id)
 
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         if self._live_device(device_id) is None:

@@ -579,10 +579,10 @@ class SqliteStore(Store):
         signal: int,
         network: str | None,
         now: datetime,
-    ) -> list[Message]:
+    ) -> tuple[Device, list[Message]] | None:
         stamp = iso(now)
 
-        def op(db: sqlite3.Connection) -> list[Message]:
+        def op(db: sqlite3.Connection) -> tuple[Device, list[Message]] | None:
             db.execute(
                 "UPDATE devices SET sims = ?, app_version = ?, fcm_token = COALESCE(?, fcm_token), "
                 "battery = ?, charging = ?, signal = ?, network = ?, last_seen_at = ?, "
@@ -605,7 +605,12 @@ class SqliteStore(Store):
                 "WHERE device_id = ? AND status = 'QUEUED'",
                 (device_id,),
             ).fetchall()
-            return [_message(r) for r in rows]
+            device = db.execute(
+                "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
+            ).fetchone()
+            if device is None:
+                return None
+            return _device(device), [_message(r) for r in rows]
 
         return await self._write(op)
 
