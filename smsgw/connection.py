@@ -46,7 +46,10 @@ log = logging.getLogger("smsgw.device")
 # Seconds between database writes of a connected phone's heartbeat state.
 STATUS_PERSIST_INTERVAL = 300.0
 
-_OWNED_STATUSES = frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED})
+# A held message is the phone's while it owns it (QUEUED) or has sent it (SENT: it keeps it
+# for the delivery report, and it will not transmit it again). A final or expired message
+# is not: the phone drops it, keeping any reports it still owes.
+_OWNED_STATUSES = frozenset({Status.QUEUED, Status.SENT})
 
 
 class Transport(abc.ABC):
@@ -276,7 +279,12 @@ class DeviceConnection(Session):
         )
         self.protocol.ack(frame.id)
         self.hub.dispatcher.reported(
-            frame.message_id, self.device_id, status, frame.error_code, frame.error
+            frame.message_id,
+            self.device_id,
+            status,
+            frame.error_code,
+            frame.error,
+            attempt=frame.attempt,
         )
 
     async def _on_heartbeat(self, frame: HeartbeatFrame) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -116,16 +117,17 @@ class Dispatcher:
         ``deadline`` seconds pass. Returns the message as it then stands."""
         msg.last_device = self._affinity.get(msg.recipient)
         first = None
+        end = time.monotonic() + (deadline or 0.0)
         if deadline is not None:
             first = self._pick(msg, allow_retry=False)
             if first is None:
-                first = await self._wait_for_slot(msg, time.monotonic() + deadline)
+                first = await self._wait_for_slot(msg, end)
         if deadline is None or first is None:
             # Nobody can take it now (or the caller does not wait): the outbox will.
             await self.store.create_message(msg)
             self.wake(due=True)
             return msg
-        return await self._dispatch(msg, deadline, first)
+        return await self._dispatch(msg, end, first)
 
     async def _wait_for_slot(self, msg: Message, end: float) -> LiveDevice | None:
         """All usable phones are at their in-flight limit: wait (until ``end``) for one to
@@ -147,6 +149,8 @@ class Dispatcher:
                 await fut
             finally:
                 timer.cancel()
+                if fut in self._slot_waiters:
+                    self._slot_waiters.remove(fut)
             live = self._pick(msg, allow_retry=False)
             if live is not None:
                 return live
@@ -163,15 +167,24 @@ class Dispatcher:
         for fut in waiters:
             _resolve(fut, None)
 
-    async def _dispatch(self, msg: Message, deadline: float, first: LiveDevice) -> Message:
+    async def _dispatch(self, msg: Message, end: float, first: LiveDevice) -> Message:
         """``msg`` is kept up to date in memory from the reports, so the hot path reads
-        nothing back from the database. The first offer also stores the message."""
-        end = time.monotonic() + deadline
+        nothing back from the database. The first offer also stores the message. ``end``
+        is the caller's deadline (monotonic), shared with any wait for a free slot."""
         self._active.add(msg.id)
         live: LiveDevice | None = first
         stored = False
+
+        def mark_stored() -> None:
+            nonlocal stored
+            stored = True
+
         try:
-            while (remaining := end - time.monotonic()) > 0:
+            while (remaining := end - time.monotonic()) > 0 or not stored:
+                if remaining <= 0:  # the deadline went to waiting for a slot: store it now
+                    await self.store.create_message(msg)
+                    stored = True
+                    break
                 if msg.status is Status.SENT or msg.status in FINAL_STATUSES:
                     break
                 if msg.status is Status.QUEUED:
@@ -182,8 +195,9 @@ class Dispatcher:
                 if live is None:
                     break  # nobody (else) can take it now: the outbox keeps it going
                 timeout = min(self.settings.accept_timeout, remaining)
-                outcome = await self._offer(msg, live, timeout, create=not stored)
-                stored = True
+                outcome = await self._offer(
+                    msg, live, timeout, create=not stored, on_stored=mark_stored
+                )
                 if outcome is Outcome.LOST:
                     # Someone else changed it; the database knows what.
                     current = await self.store.get_message(msg.id)
@@ -193,6 +207,12 @@ class Dispatcher:
                     self._active.add(msg.id)
                 elif outcome is Outcome.ACCEPTED:
                     await self._wait_change(msg, end - time.monotonic())
+        except Exception:
+            if not stored:
+                raise  # nothing was written: the request fails as a whole
+            # Once stored, the message is the outbox's: the caller gets its current state
+            # (202), never an error that would invite a retry and a duplicate.
+            log.exception("dispatch of %s failed after it was stored", msg.id)
         finally:
             self._active.discard(msg.id)
             self.wake(due=msg.status is Status.PENDING)
@@ -250,7 +270,13 @@ class Dispatcher:
         return pick(self.registry.all(), exclude=self._tried.get(msg.id, ())) is not None
 
     async def _offer(
-        self, msg: Message, live: LiveDevice, timeout: float, *, create: bool = False
+        self,
+        msg: Message,
+        live: LiveDevice,
+        timeout: float,
+        *,
+        create: bool = False,
+        on_stored: Callable[[], None] | None = None,
     ) -> Outcome:
         attempt = msg.attempt + 1
         now = utcnow()
@@ -258,11 +284,17 @@ class Dispatcher:
         # dies mid-offer leaves a lease that simply runs out.
         lease = now + timedelta(seconds=timeout + 1.0)
         live.holding.add(msg.id)  # reserve the slot before the write, not after
-        if create:
-            await self.store.create_message(msg, offer_to=live.device_id, lease_until=lease)
-        elif not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
-            self._release_slot(live, msg.id)
-            return Outcome.LOST
+        try:
+            if create:
+                await self.store.create_message(msg, offer_to=live.device_id, lease_until=lease)
+                if on_stored is not None:
+                    on_stored()
+            elif not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
+                self._release_slot(live, msg.id)
+                return Outcome.LOST
+        except BaseException:
+            self._release_slot(live, msg.id)  # a failed write must not eat the phone's slot
+            raise
         offer = _Offer(live.device_id, attempt, asyncio.get_running_loop().create_future())
         self._offers[msg.id] = offer
         live.last_used = time.monotonic()
@@ -277,6 +309,10 @@ class Dispatcher:
             outcome = await offer.future
         except SessionClosed:
             outcome = Outcome.DISCONNECTED
+        except BaseException:
+            # Cancelled (shutdown): the lease runs out and the outbox offers it again.
+            self._release_slot(live, msg.id)
+            raise
         finally:
             timer.cancel()
             if self._offers.get(msg.id) is offer:
@@ -309,7 +345,8 @@ class Dispatcher:
                 and current.device_id == live.device_id
                 and current.status in (Status.QUEUED, Status.SENT, Status.DELIVERED)
             ):
-                live.holding.add(msg.id)
+                if current.status is Status.QUEUED:  # still the phone's to report on
+                    live.holding.add(msg.id)
                 msg.status, msg.device_id = current.status, current.device_id
                 return Outcome.ACCEPTED
             return Outcome.LOST
@@ -341,26 +378,35 @@ class Dispatcher:
         error_code: str | None = None,
         error: str | None = None,
         recipient: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         """A sent/failed/delivered report changed the message (``status`` is its new one,
-        None when the report changed nothing)."""
+        None when the report changed nothing, e.g. a stale duplicate)."""
+        if status is None:
+            return
         if status is Status.SENT and recipient is not None:
             self._affinity.put(recipient, device_id)
         live = self.registry.get(device_id)
-        if live is not None and status in (Status.SENT, Status.PENDING, Status.FAILED):
+        if live is not None and message_id in live.holding:
+            # The first report that ends the phone's hold on the message frees its slot;
+            # a delivery report overtaking the sent report counts as the send.
             self._release_slot(live, message_id)
-            if status is Status.SENT:
+            if status in (Status.SENT, Status.DELIVERED):
                 live.count_sent()
         offer = self._offers.get(message_id)
-        if offer is not None and offer.device_id == device_id and not offer.future.done():
+        if (
+            offer is not None
+            and offer.device_id == device_id
+            and (attempt is None or attempt == offer.attempt)
+            and not offer.future.done()
+        ):
             offer.future.set_result(Outcome.DECLINED)
-        if status is not None:
-            owner = None if status is Status.PENDING else device_id
-            change = Change(status, owner, error_code, error)
-            if status is Status.SENT or status in FINAL_STATUSES:
-                self._finished(message_id, change)
-            else:
-                self._notify(message_id, change)
+        owner = None if status is Status.PENDING else device_id
+        change = Change(status, owner, error_code, error)
+        if status is Status.SENT or status in FINAL_STATUSES:
+            self._finished(message_id, change)
+        else:
+            self._notify(message_id, change)
         self.wake(due=status is Status.PENDING)  # a slot freed up, or it is PENDING again
 
     def cancelled(self, message_id: str) -> None:

@@ -16,18 +16,22 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from starlette.responses import Response
 
 from smsgw.clock import utcnow
 from smsgw.errors import ApiError, error_response
-from smsgw.store import Store
+from smsgw.store import IdempotencyRecord, Store
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 KEEP_SECONDS = 24 * 3600
 WAIT_FOR_FIRST = 60.0  # how long a duplicate waits for the first request's response
+# A claim this old without a response belonged to a request that died with its process
+# (no request runs longer: the dispatch deadline is capped at 60 s).
+ABANDONED_AFTER = 300.0
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -39,6 +43,12 @@ class Idempotency:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._done: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def _claim(self, owner: str, key: str, fingerprint: str) -> IdempotencyRecord | None:
+        now = utcnow()
+        return await self.store.idempotency_claim(
+            owner, key, fingerprint, now, now - timedelta(seconds=ABANDONED_AFTER)
+        )
 
     async def run(
         self,
@@ -54,7 +64,7 @@ class Idempotency:
                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
             )
         slot = (owner, key)
-        record = await self.store.idempotency_claim(owner, key, fingerprint, utcnow())
+        record = await self._claim(owner, key, fingerprint)
         if record is None:
             event = self._done.setdefault(slot, asyncio.Event())
             try:
@@ -99,7 +109,7 @@ class Idempotency:
                     await asyncio.wait_for(running.wait(), 1.0)
             else:  # another process holds it: poll
                 await asyncio.sleep(0.1)
-            record = await self.store.idempotency_claim(owner, key, fingerprint, utcnow())
+            record = await self._claim(owner, key, fingerprint)
         if record is None:
             # The first request failed and freed the key; we claimed it just now.
             await self.store.idempotency_release(owner, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from smsgw.api import api
@@ -32,8 +33,11 @@ from smsgw.segments import Segmentation, analyse
 from smsgw.store import InboundFilter, Message, MessageFilter, Status
 from smsgw.templating import MissingVariables, render
 
+log = logging.getLogger("smsgw.api")
+
 # A send_at this far in the past is taken as "now" (clock skew), beyond it refused.
 SEND_AT_SKEW = 60.0
+MAX_SCHEDULE_DAYS = 366
 
 
 def recipient_e164(hub: Hub, raw: str) -> str:
@@ -124,6 +128,12 @@ async def prepare(
     seg = segmented(hub, text, body.smart_encoding)
     now = utcnow()
     send_at = body.send_at
+    horizon = now + timedelta(days=MAX_SCHEDULE_DAYS)
+    for name, when in (("send_at", send_at), ("expires_at", body.expires_at)):
+        if when is not None and when > horizon:
+            raise ApiError(
+                422, "too_far_ahead", f"{name} is more than {MAX_SCHEDULE_DAYS} days ahead"
+            )
     if send_at is not None:
         if send_at < now - timedelta(seconds=SEND_AT_SKEW):
             raise ApiError(422, "send_at_in_past", "send_at is in the past")
@@ -165,7 +175,10 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0) if waits else None
     result = await hub.dispatcher.submit(msg, deadline)
     if msg.template_id is not None:
-        await hub.store.count_template_use(msg.template_id)
+        try:
+            await hub.store.count_template_use(msg.template_id)
+        except Exception:  # a statistic: never turn a stored message into an error
+            log.exception("counting the use of template %s failed", msg.template_id)
     if result.status in (Status.SENT, Status.DELIVERED, Status.FAILED):
         out = DispatchOut(
             message_id=result.id,

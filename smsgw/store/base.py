@@ -418,10 +418,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def idempotency_claim(
-        self, owner: str, key: str, request_hash: str, now: datetime
+        self, owner: str, key: str, request_hash: str, now: datetime, abandoned_before: datetime
     ) -> IdempotencyRecord | None:
         """Claim (owner, key) for a new request: None if claimed now, else the existing
-        record (a different hash, a finished response, or a request still running)."""
+        record (a different hash, a finished response, or a request still running). A claim
+        without a response made before ``abandoned_before`` belonged to a request that died
+        with its process: it is taken over."""
 
     @abc.abstractmethod
     async def idempotency_complete(

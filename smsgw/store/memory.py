@@ -457,10 +457,10 @@ class MemoryStore(Store):
         return replace(m)
 
     async def idempotency_claim(
-        self, owner: str, key: str, request_hash: str, now: datetime
+        self, owner: str, key: str, request_hash: str, now: datetime, abandoned_before: datetime
     ) -> IdempotencyRecord | None:
         found = self.idempotency.get((owner, key))
-        if found is None:
+        if found is None or (found[0].status_code is None and found[1] < abandoned_before):
             self.idempotency[(owner, key)] = (IdempotencyRecord(request_hash, None, None), now)
             return None
         return found[0]
@@ -661,6 +661,7 @@ class MemoryStore(Store):
                     now,
                 )
                 m.error = "no phone sent the message before it expired"
+                m.device_id = None
                 expired.append(m.id)
         return expired
 

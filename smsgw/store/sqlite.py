@@ -1024,13 +1024,16 @@ class SqliteStore(Store):
         return await self._write(op)
 
     async def idempotency_claim(
-        self, owner: str, key: str, request_hash: str, now: datetime
+        self, owner: str, key: str, request_hash: str, now: datetime, abandoned_before: datetime
     ) -> IdempotencyRecord | None:
         def op(db: sqlite3.Connection) -> IdempotencyRecord | None:
             cur = db.execute(
                 "INSERT INTO idempotency_keys (owner, key, request_hash, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING",
-                (owner, key, request_hash, iso(now)),
+                "VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO UPDATE SET "
+                "request_hash = excluded.request_hash, created_at = excluded.created_at "
+                "WHERE idempotency_keys.status_code IS NULL "
+                "AND idempotency_keys.created_at < ?",
+                (owner, key, request_hash, iso(now), iso(abandoned_before)),
             )
             if cur.rowcount == 1:
                 return None
@@ -1344,7 +1347,7 @@ class SqliteStore(Store):
 
         def op(db: sqlite3.Connection) -> list[str]:
             cur = db.execute(
-                "UPDATE messages SET status = 'FAILED', error_code = 'expired', "
+                "UPDATE messages SET status = 'FAILED', error_code = 'expired', device_id = NULL, "
                 "error = 'no phone sent the message before it expired', failed_at = ?, "
                 "updated_at = ? WHERE status = 'PENDING' AND expires_at <= ? "
                 "AND (lease_until IS NULL OR lease_until <= ?) RETURNING id",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -251,7 +252,7 @@ async def test_stats_over_a_period(api: httpx.AsyncClient, farm: Farm) -> None:
             "message": "b",
             "ttl": 0.1,
             "wait": False,
-            "send_at": "2999-01-01T00:00:00Z",
+            "send_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
         },
     )
     await api.patch(f"/devices/{ok.device_id}", json={"enabled": False})

@@ -159,3 +159,55 @@ async def test_inbound_duplicates_are_acknowledged_but_stored_once(
     assert len(items) == 1 and items[0]["local_id"] == "L-1"
     assert items[0]["received_at"].startswith("2026-11-22T10:00:00")
     await raw.ws.close()
+
+
+async def test_delivered_before_sent_frees_the_slot_and_counts_once(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    raw = await RawPhone.open(hub, phone.token)
+    await raw.expect("welcome")
+    request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
+    offer = await raw.expect("send")
+    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    assert (await raw.expect("ownership"))["owner"] is True
+    await raw.send("delivered", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.expect("ack")
+    await raw.send("sent", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.expect("ack")
+    assert (await request).json()["status"] == "DELIVERED"
+    device = (await api.get(f"/devices/{phone.device_id}")).json()
+    assert device["in_flight"] == 0 and device["sent_today"] == 1
+    await raw.ws.close()
+
+
+async def test_a_stale_failure_report_does_not_cancel_the_current_offer(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    raw = await RawPhone.open(hub, phone.token)
+    await raw.expect("welcome")
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "m", "wait": False})
+    first = await raw.expect("send")  # not accepted: times out after 1 s
+    second = await raw.expect("send")  # offered again by the outbox
+    assert second["attempt"] == first["attempt"] + 1
+    # The phone now reports a failure of the *old* attempt (a stale duplicate)...
+    await raw.send(
+        "failed",
+        message_id=first["message_id"],
+        attempt=first["attempt"],
+        error_code="x",
+        error="stale",
+        retryable=True,
+    )
+    await raw.expect("ack")
+    # ...and accepts the current one, which must still be on offer to it.
+    await raw.send("accepted", message_id=second["message_id"], attempt=second["attempt"])
+    assert (await raw.expect("ownership"))["owner"] is True
+    await raw.send("sent", message_id=second["message_id"], attempt=second["attempt"])
+    await raw.expect("ack")
+    msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()
+    assert msg["status"] == "SENT"
+    device = (await api.get(f"/devices/{phone.device_id}")).json()
+    assert device["in_flight"] == 0
+    await raw.ws.close()

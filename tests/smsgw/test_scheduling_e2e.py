@@ -120,10 +120,12 @@ async def test_custom_id_and_metadata_round_trip(api: httpx.AsyncClient) -> None
         ({"send_at": "2030-01-01T00:00:00"}, "invalid_request"),  # no timezone
         ({"ttl": 60, "expires_at": "2030-01-01T00:00:00Z"}, "invalid_request"),
         (
-            {"send_at": "2030-01-02T00:00:00Z", "expires_at": "2030-01-01T00:00:00Z"},
+            {"send_at": at(2 * 86400), "expires_at": at(86400)},
             "expires_before_send",
         ),
         ({"priority": 1000}, "invalid_request"),
+        ({"send_at": "9999-12-31T23:59:59Z"}, "too_far_ahead"),
+        ({"expires_at": "9999-12-31T23:59:59Z"}, "too_far_ahead"),
         ({"metadata": {"x": "y" * 5000}}, "invalid_request"),
         ({"metadata": [1, 2]}, "invalid_request"),
         ({"custom_id": ""}, "invalid_request"),

@@ -303,19 +303,20 @@ async def test_due_messages_by_priority_then_age_and_custom_id_filter(store: Sto
 
 async def test_idempotency_claim_complete_release_purge(store: Store) -> None:
     now = utcnow()
-    assert await store.idempotency_claim("k1", "abc", "h1", now) is None
-    running = await store.idempotency_claim("k1", "abc", "h1", now)
+    long_ago = now - timedelta(hours=1)
+    assert await store.idempotency_claim("k1", "abc", "h1", now, long_ago) is None
+    running = await store.idempotency_claim("k1", "abc", "h1", now, long_ago)
     assert running is not None and running.status_code is None and running.request_hash == "h1"
-    assert await store.idempotency_claim("k2", "abc", "h1", now) is None  # per API key
+    assert await store.idempotency_claim("k2", "abc", "h1", now, long_ago) is None  # per API key
     await store.idempotency_complete("k1", "abc", 202, '{"ok":1}')
-    done = await store.idempotency_claim("k1", "abc", "other", now)
+    done = await store.idempotency_claim("k1", "abc", "other", now, long_ago)
     assert done is not None and (done.status_code, done.response) == (202, '{"ok":1}')
     await store.idempotency_release("k1", "abc")  # a finished key is not released
-    assert await store.idempotency_claim("k1", "abc", "h1", now) is not None
+    assert await store.idempotency_claim("k1", "abc", "h1", now, long_ago) is not None
     await store.idempotency_release("k2", "abc")
-    assert await store.idempotency_claim("k2", "abc", "h1", now) is None
+    assert await store.idempotency_claim("k2", "abc", "h1", now, long_ago) is None
     assert await store.purge_idempotency(now + timedelta(seconds=1)) == 2
-    assert await store.idempotency_claim("k1", "abc", "h1", now) is None
+    assert await store.idempotency_claim("k1", "abc", "h1", now, long_ago) is None
 
 
 async def test_a_failure_after_sent_is_final(store: Store) -> None:
@@ -339,3 +340,27 @@ async def test_a_failure_after_sent_is_final(store: Store) -> None:
     assert st is Status.FAILED  # transmitted: never handed to another phone
     got = await store.get_message(msg.id)
     assert got is not None and got.status is Status.FAILED and got.sent_at is not None
+
+
+async def test_an_abandoned_idempotency_claim_is_taken_over(store: Store) -> None:
+    then = utcnow() - timedelta(minutes=10)
+    assert await store.idempotency_claim("k", "x", "h", then, then - timedelta(minutes=5)) is None
+    now = utcnow()
+    # Still running as far as a recent cut-off knows...
+    assert await store.idempotency_claim("k", "x", "h", now, then - timedelta(seconds=1))
+    # ...but older than the abandon cut-off: claimed afresh.
+    assert await store.idempotency_claim("k", "x", "h", now, now - timedelta(minutes=5)) is None
+    await store.idempotency_complete("k", "x", 200, "{}")
+    done = await store.idempotency_claim("k", "x", "h", now + timedelta(hours=1), now)
+    assert done is not None and done.status_code == 200  # a finished one is never taken over
+
+
+async def test_an_expired_offer_forgets_its_phone(store: Store) -> None:
+    a = await add_device(store, "a")
+    now = utcnow()
+    msg = await add_message(store, expires_at=now - timedelta(seconds=1))
+    # Offered under a lease that ran out without a release (the hub died mid-offer).
+    assert await store.offer(msg.id, a, 0, now - timedelta(seconds=10), now - timedelta(seconds=5))
+    assert await store.expire_messages(now) == [msg.id]
+    got = await store.get_message(msg.id)
+    assert got is not None and got.status is Status.FAILED and got.device_id is None
