@@ -504,9 +504,6 @@ class Store(abc.ABC):
     async def remove_opt_out(self, number: str) -> bool: ...
 
     @abc.abstractmethod
-    async def is_opted_out(self, number: str) -> bool: ...
-
-    @abc.abstractmethod
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         """Ordered by number; ``after`` is the last number of the previous page."""
 
@@ -525,9 +522,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expire_messages(self, now: datetime) -> list[str]:
         """PENDING messages past ``expires_at`` -> FAILED ``expired``; returns their ids."""
-
-    @abc.abstractmethod
-    async def last_device_for(self, recipient: str) -> str | None: ...
 
     @abc.abstractmethod
     async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:

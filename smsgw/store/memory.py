@@ -605,9 +605,6 @@ class MemoryStore(Store):
     async def remove_opt_out(self, number: str) -> bool:
         return self.opt_outs.pop(number, None) is not None
 
-    async def is_opted_out(self, number: str) -> bool:
-        return number in self.opt_outs
-
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         return [self.opt_outs[n] for n in sorted(self.opt_outs) if n > (after or "")][:limit]
 
@@ -664,10 +661,6 @@ class MemoryStore(Store):
                 m.device_id = None
                 expired.append(m.id)
         return expired
-
-    async def last_device_for(self, recipient: str) -> str | None:
-        hint = self.affinity.get(recipient)
-        return hint[0] if hint else None
 
     async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
         newest = sorted(self.affinity.items(), key=lambda kv: kv[1][1], reverse=True)

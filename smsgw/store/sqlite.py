@@ -1257,9 +1257,6 @@ class SqliteStore(Store):
             lambda db: db.execute("DELETE FROM opt_outs WHERE number = ?", (number,)).rowcount == 1
         )
 
-    async def is_opted_out(self, number: str) -> bool:
-        return await self._one("SELECT 1 FROM opt_outs WHERE number = ?", (number,)) is not None
-
     async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
         rows = await self._all(
             "SELECT * FROM opt_outs WHERE number > ? ORDER BY number LIMIT ?",
@@ -1365,12 +1362,6 @@ class SqliteStore(Store):
             (limit,),
         )
         return [(r[0], r[1]) for r in rows]
-
-    async def last_device_for(self, recipient: str) -> str | None:
-        row = await self._one(
-            "SELECT device_id FROM recipient_affinity WHERE recipient = ?", (recipient,)
-        )
-        return row[0] if row else None
 
     # -- inbound --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smsgw.clock import new_id, utcnow
-from smsgw.store import Inbound, Message, MessageFilter, Status, Store
+from smsgw.store import Inbound, Message, MessageFilter, OptOut, Status, Store
 from smsgw.store.memory import MemoryStore
 from smsgw.store.migrations import load_migrations
 from smsgw.store.sqlite import SqliteStore
@@ -96,7 +96,6 @@ async def test_offer_accept_is_a_compare_and_set(store: Store) -> None:
     assert await store.mark_sent(msg.id, b, now) == "+12025551111"
     assert await store.mark_delivered(msg.id, b, now)
     assert not await store.mark_sent(msg.id, b, now)  # never backwards
-    assert await store.last_device_for("+12025551111") == b
     assert await store.recent_affinities(10) == [("+12025551111", b)]
 
 
@@ -364,3 +363,16 @@ async def test_an_expired_offer_forgets_its_phone(store: Store) -> None:
     assert await store.expire_messages(now) == [msg.id]
     got = await store.get_message(msg.id)
     assert got is not None and got.status is Status.FAILED and got.device_id is None
+
+
+async def test_opt_out_list(store: Store) -> None:
+    now = utcnow()
+    assert await store.add_opt_out(OptOut("+12025550002", "inbound", "STOP", now))
+    assert await store.add_opt_out(OptOut("+12025550001", "api", None, now))
+    assert not await store.add_opt_out(OptOut("+12025550001", "api", "again", now))
+    page = await store.list_opt_outs(after=None, limit=1)
+    assert [o.number for o in page] == ["+12025550001"]
+    rest = await store.list_opt_outs(after=page[-1].number, limit=10)
+    assert [(o.number, o.source) for o in rest] == [("+12025550002", "inbound")]
+    assert await store.remove_opt_out("+12025550001")
+    assert not await store.remove_opt_out("+12025550001")
