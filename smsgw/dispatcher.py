@@ -29,7 +29,7 @@ from smsgw.config import Settings
 from smsgw.idempotency import KEEP_SECONDS as IDEMPOTENCY_KEEP
 from smsgw.registry import LiveDevice, Registry
 from smsgw.routing import eligible, free_slots, pick
-from smsgw.session import SessionClosed
+from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 
 log = logging.getLogger("smsgw.dispatch")
@@ -60,6 +60,7 @@ class _Offer:
     device_id: str
     attempt: int
     future: asyncio.Future[Outcome]
+    session: Session  # the connection the command went down
 
 
 class Dispatcher:
@@ -295,7 +296,9 @@ class Dispatcher:
         except BaseException:
             self._release_slot(live, msg.id)  # a failed write must not eat the phone's slot
             raise
-        offer = _Offer(live.device_id, attempt, asyncio.get_running_loop().create_future())
+        offer = _Offer(
+            live.device_id, attempt, asyncio.get_running_loop().create_future(), live.session
+        )
         self._offers[msg.id] = offer
         live.last_used = time.monotonic()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
@@ -323,6 +326,11 @@ class Dispatcher:
         self._release_slot(live, msg.id)
         if outcome in (Outcome.DECLINED, Outcome.LOST):
             return outcome  # a failure report or a cancel already updated the store
+        if outcome is Outcome.DISCONNECTED:
+            reconnected = self.registry.get(live.device_id)
+            if reconnected is not None and reconnected.session is not live.session:
+                # The phone is back on a new connection: it is worth another try.
+                self._tried.get(msg.id, set()).discard(live.device_id)
         retry_at = (
             now
             if self._has_untried(msg)
@@ -416,9 +424,11 @@ class Dispatcher:
             _resolve(offer.future, Outcome.LOST)
         self._finished(message_id, Change(Status.CANCELLED))
 
-    def disconnected(self, device_id: str) -> None:
+    def session_closed(self, session: Session) -> None:
+        """Offers made through this connection will get no answer: fail over now. Also
+        when a newer session of the same phone replaced it (that one never saw them)."""
         for offer in list(self._offers.values()):
-            if offer.device_id == device_id and not offer.future.done():
+            if offer.session is session and not offer.future.done():
                 offer.future.set_result(Outcome.DISCONNECTED)
 
     def _finished(self, message_id: str, change: Change) -> None:

@@ -211,3 +211,25 @@ async def test_a_stale_failure_report_does_not_cancel_the_current_offer(
     device = (await api.get(f"/devices/{phone.device_id}")).json()
     assert device["in_flight"] == 0
     await raw.ws.close()
+
+
+async def test_offers_to_a_replaced_session_fail_over_at_once(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    hub.hub.settings.accept_timeout = 30.0  # the failover below must not wait for this
+    phone = await farm.add(connect=False)
+    old = await RawPhone.open(hub, phone.token)
+    await old.expect("welcome")
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
+    )
+    first = await old.expect("send")
+    new = await RawPhone.open(hub, phone.token)  # the app restarted: same phone, new socket
+    await new.expect("welcome")
+    again = await asyncio.wait_for(new.expect("send"), 5)  # well before the 30 s timeout
+    assert again["message_id"] == first["message_id"] and again["attempt"] == 2
+    await new.send("accepted", message_id=again["message_id"], attempt=again["attempt"])
+    assert (await new.expect("ownership"))["owner"] is True
+    await new.send("sent", message_id=again["message_id"], attempt=again["attempt"])
+    assert (await request).json()["status"] == "SENT"
+    await new.ws.close()
