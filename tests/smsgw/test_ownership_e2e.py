@@ -11,7 +11,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from android_client.outbox import MemoryPhoneStore
-from tests.harness import Farm, HubServer, wait_for
+from tests.harness import Farm, HubServer, Phone, wait_for
 
 TO = "+12025550999"
 
@@ -33,6 +33,14 @@ class RawPhone:
         await phone.send("hello", protocol="1.0", battery=90, signal=4, **hello)
         return phone
 
+    @classmethod
+    async def enrolled(cls, hub: HubServer, farm: Farm) -> tuple[Phone, RawPhone]:
+        """A freshly enrolled phone whose socket this test drives, past the welcome."""
+        phone = await farm.add(connect=False)
+        raw = await cls.open(hub, phone.token)
+        await raw.expect("welcome")
+        return phone, raw
+
     async def send(self, kind: str, **fields: Any) -> str:
         self.n += 1
         frame_id = f"p{self.n}"
@@ -49,9 +57,7 @@ class RawPhone:
 async def test_a_late_accept_is_refused_and_the_next_phone_owns_the_message(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
-    slow = await farm.add(connect=False)
-    raw = await RawPhone.open(hub, slow.token)
-    await raw.expect("welcome")
+    _slow, raw = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "once"}))
     offer = await raw.expect("send")
     good = await farm.add(deliver=False, signal=1)  # joins while the raw phone dawdles
@@ -73,9 +79,7 @@ async def test_a_late_accept_is_refused_and_the_next_phone_owns_the_message(
 async def test_reconnect_confirms_held_messages_and_refuses_unknown_ones(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
-    phone = await farm.add(connect=False)
-    raw = await RawPhone.open(hub, phone.token)
-    await raw.expect("welcome")
+    phone, raw = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(
         api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 3})
     )
@@ -143,9 +147,7 @@ async def test_removing_a_phone_hands_its_unsent_messages_to_another(
 async def test_inbound_duplicates_are_acknowledged_but_stored_once(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
-    phone = await farm.add(connect=False)
-    raw = await RawPhone.open(hub, phone.token)
-    await raw.expect("welcome")
+    _phone, raw = await RawPhone.enrolled(hub, farm)
     sms = {
         "local_id": "L-1",
         "from": "+12025552222",
@@ -164,9 +166,7 @@ async def test_inbound_duplicates_are_acknowledged_but_stored_once(
 async def test_delivered_before_sent_frees_the_slot_and_counts_once(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
-    phone = await farm.add(connect=False)
-    raw = await RawPhone.open(hub, phone.token)
-    await raw.expect("welcome")
+    phone, raw = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
     offer = await raw.expect("send")
     await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
@@ -184,9 +184,7 @@ async def test_delivered_before_sent_frees_the_slot_and_counts_once(
 async def test_a_stale_failure_report_does_not_cancel_the_current_offer(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
-    phone = await farm.add(connect=False)
-    raw = await RawPhone.open(hub, phone.token)
-    await raw.expect("welcome")
+    phone, raw = await RawPhone.enrolled(hub, farm)
     r = await api.post("/sms/dispatch", json={"to": TO, "message": "m", "wait": False})
     first = await raw.expect("send")  # not accepted: times out after 1 s
     second = await raw.expect("send")  # offered again by the outbox
@@ -217,9 +215,7 @@ async def test_offers_to_a_replaced_session_fail_over_at_once(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
 ) -> None:
     hub.hub.settings.accept_timeout = 30.0  # the failover below must not wait for this
-    phone = await farm.add(connect=False)
-    old = await RawPhone.open(hub, phone.token)
-    await old.expect("welcome")
+    phone, old = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(
         api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
     )
