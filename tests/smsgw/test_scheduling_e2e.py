@@ -32,6 +32,11 @@ async def test_send_at_holds_the_message_until_its_time(api: httpx.AsyncClient, 
     await asyncio.sleep(0.6)
     assert phone.transmitted_ids == []  # not before its time
     await wait_for(lambda: phone.transmitted_ids == [mid], what="the scheduled send")
+
+    async def sent() -> bool:  # the phone's report reaches the hub a moment after it transmits
+        return await status_of(api, mid) == "SENT"
+
+    await wait_for(sent, what="the sent report")
     sent_at = datetime.fromisoformat((await api.get(f"/sms/{mid}")).json()["sent_at"])
     assert sent_at >= datetime.fromisoformat(msg["send_at"])
 
