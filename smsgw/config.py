@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=1600, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     sqlite_synchronous: str = "FULL"
+    # FCM wake-up (smsgw/wakeup.py): the service-account JSON; unset = wake-up off. The
+    # seed's FIREBASE_SERVICE_ACCOUNT_PATH is accepted too; SMSGW_ wins when both are set.
+    firebase_credentials: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "SMSGW_FIREBASE_CREDENTIALS", "FIREBASE_SERVICE_ACCOUNT_PATH", "firebase_credentials"
+        ),
+    )
+    fcm_wake_interval: float = Field(default=30.0, gt=0)  # seconds between wakes of one phone
 
     @property
     def sqlite_path(self) -> str:
