@@ -18,7 +18,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -31,6 +31,7 @@ from smsgw.registry import LiveDevice, Registry
 from smsgw.routing import eligible, free_slots, pick
 from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
+from smsgw.wakeup import Waker
 
 log = logging.getLogger("smsgw.dispatch")
 
@@ -86,6 +87,8 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._affinity = AffinityCache(settings.affinity_cache_size)
         self._slot_waiters: list[asyncio.Future[None]] = []
+        # Wakes offline phones (FCM) when work waits that no online phone can take.
+        self.waker: Waker | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -127,6 +130,8 @@ class Dispatcher:
             # Nobody can take it now (or the caller does not wait): the outbox will.
             await self.store.create_message(msg)
             self.wake(due=True)
+            if deadline is not None:
+                self._stranded((msg,))
             return msg
         return await self._dispatch(msg, end, first)
 
@@ -464,15 +469,18 @@ class Dispatcher:
             await self._expire(now)
         capacity = sum(free_slots(live) for live in self.registry.all())
         if capacity == 0:
+            self._stranded()
             return 0
         limit = capacity + len(self._active)
         due = await self.store.due_messages(now, limit)
         started = 0
+        stranded: list[Message] = []
         for msg in due:
             if msg.id in self._active:
                 continue
             live = self._pick(msg, allow_retry=True)
             if live is None:
+                stranded.append(msg)
                 continue
             self._active.add(msg.id)
             # Reserve the slot now so the next pick in this round sees it taken.
@@ -481,10 +489,17 @@ class Dispatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
+        if stranded:
+            self._stranded(stranded)
         if generation == self._due_generation:
             # Nothing left behind: until news arrives, freed slots need no round.
             self._maybe_due = len(due) >= limit or started < len(due)
         return started
+
+    def _stranded(self, messages: Iterable[Message] = ()) -> None:
+        """Due work that no online phone can take now: offline phones may be woken."""
+        if self.waker is not None:
+            self.waker.poke(messages)
 
     async def _expire(self, now: datetime) -> None:
         if time.monotonic() >= self._next_purge:

@@ -19,6 +19,7 @@ from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
 from smsgw.registry import LocalRegistry, Registry
 from smsgw.store import OptOut, Store, create_store
+from smsgw.wakeup import Waker
 
 if TYPE_CHECKING:
     from smsgw.connection import DeviceConnection
@@ -42,6 +43,12 @@ class Hub:
     # The opt-out list, mirrored in memory so a send needs no read. This node is the only
     # writer (API and inbound STOP go through opt_out/opt_in below).
     opted_out: set[str] = field(default_factory=set)
+    # FCM wake-up of offline phones; created from the others in __post_init__.
+    waker: Waker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waker = Waker(self.store, self.registry, self.settings)
+        self.dispatcher.waker = self.waker
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -62,6 +69,7 @@ class Hub:
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         await self._load_opt_outs()
         await self.dispatcher.start()
+        await self.waker.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 
     async def _close_idle(self) -> None:
@@ -79,6 +87,7 @@ class Hub:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
         await self.dispatcher.stop()
+        await self.waker.stop()
         for live in list(self.registry.all()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
         await self.store.close()
