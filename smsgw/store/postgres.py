@@ -1,0 +1,1971 @@
+"""PostgreSQL store (asyncpg): the production engine when several hub nodes share one database.
+
+Same contract as ``SqliteStore``. SQLite serialises every write on one thread; here many
+nodes write at once, so every compare-and-set is a conditional ``UPDATE ... RETURNING``
+(the row lock it takes plus PostgreSQL's re-check of the ``WHERE`` clause on the newest
+row version under READ COMMITTED make a second racer see the winner's row and match
+nothing), or a transaction that starts with ``SELECT ... FOR UPDATE`` when the decision
+needs the current row. Transactions lock rows in one order (messages, attempts, devices,
+affinity) so nodes do not deadlock each other; a deadlock PostgreSQL still detects is
+retried.
+
+Each write runs to completion even if its caller is cancelled (like the SQLite writer),
+so a client giving up never leaves the outcome to a half-sent query. ``synchronous_commit``
+is left at the server's default: a commit is durable before the hub acts on it.
+
+``SMSGW_DATABASE_URL=postgresql://user@host:5432/db?schema=name`` puts the hub's tables in
+schema ``name`` (created if missing); without it they go where the server's
+``search_path`` says (normally ``public``). Migrations run under a session advisory lock
+keyed by the schema, so nodes starting together apply each one exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from smsgw.clock import iso, new_id
+from smsgw.events import (
+    Event,
+    EventType,
+    Subscriptions,
+    Target,
+    battery_crossed_low,
+    device_data,
+    inbound_data,
+    make_event,
+    message_data,
+    otp_data,
+)
+from smsgw.store.base import (
+    ApiKey,
+    Attempt,
+    Batch,
+    Conflict,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    Device,
+    IdempotencyRecord,
+    Inbound,
+    InboundFilter,
+    Message,
+    MessageFilter,
+    OptOut,
+    Otp,
+    Stats,
+    Status,
+    Store,
+    Template,
+    Webhook,
+    disabled_reason,
+    next_delivery_status,
+)
+from smsgw.store.migrations import load_migrations
+
+T = TypeVar("T")
+# A pooled connection is a proxy; both run the same queries.
+Conn = asyncpg.Connection | PoolConnectionProxy
+Row = asyncpg.Record
+
+log = logging.getLogger(__name__)
+
+# Deadlocks are resolved by PostgreSQL aborting one transaction; the loser is re-run.
+DEADLOCK_RETRIES = 5
+
+# Webhook changes are announced on this channel (payload: the schema) so every node's
+# subscription cache follows at once; the periodic reload covers a lost listener.
+NOTIFY_CHANNEL = "smsgw_webhooks"
+SUBSCRIPTIONS_RELOAD = 10.0
+
+_MESSAGE_FIELDS = (
+    "id",
+    "recipient",
+    "body",
+    "status",
+    "device_id",
+    "pinned_device_id",
+    "sim_slot",
+    "parts",
+    "attempt",
+    "lease_until",
+    "next_attempt_at",
+    "error_code",
+    "error",
+    "created_at",
+    "updated_at",
+    "queued_at",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "expires_at",
+    "priority",
+    "send_at",
+    "cancelled_at",
+    "custom_id",
+    "metadata",
+    "encoding",
+    "sensitive",
+    "template_id",
+    "batch_id",
+    "callback_url",
+)
+_MESSAGE_COLUMNS = ", ".join(_MESSAGE_FIELDS)
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The DSN for asyncpg and the schema named by its ``schema`` query parameter."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = None
+    rest = []
+    for key, value in query:
+        if key == "schema":
+            schema = value or None
+        else:
+            rest.append((key, value))
+    dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+    return dsn, schema
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lock_key(schema: str | None) -> int:
+    """A 64-bit advisory lock key for migrating this schema (other schemas migrate freely)."""
+    digest = hashlib.sha256(f"smsgw-migrate:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as ``UPDATE 1`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _message(row: Row) -> Message:
+    return Message(
+        id=row["id"],
+        recipient=row["recipient"],
+        body=row["body"],
+        status=Status(row["status"]),
+        device_id=row["device_id"],
+        pinned_device_id=row["pinned_device_id"],
+        sim_slot=row["sim_slot"],
+        parts=row["parts"],
+        attempt=row["attempt"],
+        lease_until=row["lease_until"],
+        next_attempt_at=row["next_attempt_at"],
+        error_code=row["error_code"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        queued_at=row["queued_at"],
+        sent_at=row["sent_at"],
+        delivered_at=row["delivered_at"],
+        failed_at=row["failed_at"],
+        expires_at=row["expires_at"],
+        priority=row["priority"],
+        send_at=row["send_at"],
+        cancelled_at=row["cancelled_at"],
+        custom_id=row["custom_id"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
+        encoding=row["encoding"],
+        sensitive=row["sensitive"],
+        template_id=row["template_id"],
+        batch_id=row["batch_id"],
+        callback_url=row["callback_url"],
+    )
+
+
+def _message_record(m: Message) -> tuple[Any, ...]:
+    """The values of ``_MESSAGE_FIELDS``, in order (for INSERT and COPY)."""
+    return (
+        m.id,
+        m.recipient,
+        m.body,
+        m.status.value,
+        m.device_id,
+        m.pinned_device_id,
+        m.sim_slot,
+        m.parts,
+        m.attempt,
+        m.lease_until,
+        m.next_attempt_at,
+        m.error_code,
+        m.error,
+        m.created_at,
+        m.updated_at,
+        m.queued_at,
+        m.sent_at,
+        m.delivered_at,
+        m.failed_at,
+        m.expires_at,
+        m.priority,
+        m.send_at,
+        m.cancelled_at,
+        m.custom_id,
+        _json_or_none(m.metadata),
+        m.encoding,
+        m.sensitive,
+        m.template_id,
+        m.batch_id,
+        m.callback_url,
+    )
+
+
+def _template(row: Row) -> Template:
+    return Template(
+        id=row["id"],
+        name=row["name"],
+        body=row["body"],
+        category=row["category"],
+        active=row["active"],
+        usage_count=row["usage_count"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _otp(row: Row) -> Otp:
+    return Otp(
+        id=row["id"],
+        recipient=row["recipient"],
+        code_hash=row["code_hash"],
+        message_id=row["message_id"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        verified_at=row["verified_at"],
+        superseded_at=row["superseded_at"],
+    )
+
+
+def _device(row: Row) -> Device:
+    return Device(
+        id=row["id"],
+        name=row["name"],
+        hardware_id=row["hardware_id"],
+        sims=json.loads(row["sims"]),
+        fcm_token=row["fcm_token"],
+        enabled=row["enabled"],
+        daily_quota=row["daily_quota"],
+        sent_today=row["sent_today"],
+        sent_day=row["sent_day"],
+        battery=row["battery"],
+        charging=row["charging"],
+        signal=row["signal"],
+        network=row["network"],
+        app_version=row["app_version"],
+        last_seen_at=row["last_seen_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _api_key(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        scopes=frozenset(row["scopes"].split()),
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+        rate_limit_rpm=row["rate_limit_rpm"],
+        daily_message_limit=row["daily_message_limit"],
+    )
+
+
+def _inbound(row: Row) -> Inbound:
+    return Inbound(
+        id=row["id"],
+        device_id=row["device_id"],
+        local_id=row["local_id"],
+        sender=row["sender"],
+        body=row["body"],
+        sim_slot=row["sim_slot"],
+        received_at=row["received_at"],
+        created_at=row["created_at"],
+    )
+
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type AS event_type, d.webhook_id, d.url, d.status, d.attempts, "
+    "d.max_attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
+    "d.updated_at, e.payload"
+)
+
+
+def _webhook(row: Row) -> Webhook:
+    return Webhook(
+        id=row["id"],
+        url=row["url"],
+        events=frozenset(row["events"].split()),
+        description=row["description"],
+        enabled=row["enabled"],
+        secret=row["secret"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        previous_secret=row["previous_secret"],
+        previous_secret_until=row["previous_secret_until"],
+        failing_since=row["failing_since"],
+        disabled_at=row["disabled_at"],
+        disabled_reason=row["disabled_reason"],
+    )
+
+
+def _delivery(row: Row) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        webhook_id=row["webhook_id"],
+        url=row["url"],
+        status=DeliveryStatus(row["status"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        payload=row["payload"],
+    )
+
+
+def _day(now: datetime) -> str:
+    return now.date().isoformat()
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reloading webhook subscriptions failed: %s", task.exception())
+
+
+class _Abort(Exception):
+    """Rolls back a transaction whose precondition did not hold."""
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self.dsn, self.schema = split_url(url)
+        self.min_size = min(min_size, max_size)
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        # Writes in progress, shielded from their callers' cancellation; close() waits.
+        self._inflight: set[asyncio.Task[Any]] = set()
+        # Who wants which event, kept in memory so a transition that nobody listens to
+        # writes and reads nothing extra. Other nodes change webhooks too: see
+        # _watch_subscriptions. (A message's callback_url needs no cache here: every
+        # transition reads it back from the row it changed.)
+        self._subs = Subscriptions()
+        self._listener: asyncpg.Connection | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": "smsgw"}
+        if self.schema:
+            settings["search_path"] = quote_ident(self.schema)
+        return settings
+
+    async def open(self) -> None:
+        await self.migrate()
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            server_settings=self._server_settings(),
+        )
+        await self._reload_subscriptions()
+        await self._listen()
+        self._watcher = asyncio.create_task(self._watch_subscriptions())
+
+    async def _reload_subscriptions(self) -> None:
+        rows = await self._fetch("SELECT id, url, events, enabled FROM webhooks")
+        self._subs.load((r["id"], r["url"], r["events"].split(), r["enabled"]) for r in rows)
+
+    async def _listen(self) -> None:
+        """A connection of its own LISTENs for webhook changes made by any node."""
+        try:
+            conn = await asyncpg.connect(self.dsn, server_settings=self._server_settings())
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("webhook change listener unavailable (%s); polling only", exc)
+            return
+        self._listener = conn
+
+    def _on_notify(self, conn: Conn, pid: int, channel: str, payload: object) -> None:
+        if payload == (self.schema or "") and self._pool is not None:
+            task = asyncio.ensure_future(self._reload_subscriptions())
+            task.add_done_callback(_log_failure)
+
+    async def _watch_subscriptions(self) -> None:
+        """Backstop for a missed notification or a dropped listener connection."""
+        while True:
+            await asyncio.sleep(SUBSCRIPTIONS_RELOAD)
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    self._listener = None
+                    await self._listen()
+                await self._reload_subscriptions()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("reloading webhook subscriptions failed: %s", exc)
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; returns what was applied.
+
+        A session advisory lock serialises nodes migrating the same schema: the second
+        waits, then finds every version recorded. The lock dies with the connection, so
+        a node killed mid-migration does not wedge the others.
+        """
+        conn = await asyncpg.connect(self.dsn, server_settings=self._server_settings())
+        applied: list[str] = []
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(self.schema))
+            try:
+                if self.schema:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+                )
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for mig in load_migrations("postgres"):
+                    if mig.version in done:
+                        continue
+                    sql = mig.sql()  # a small local file, read once per version
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, applied_at) "
+                            "VALUES ($1, now())",
+                            mig.version,
+                        )
+                    applied.append(mig.version)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(self.schema))
+        finally:
+            await conn.close()
+        return applied
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await listener.close(timeout=5)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except TimeoutError:
+                pool.terminate()
+
+    async def ping(self) -> None:
+        await self._p().fetchval("SELECT 1")
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Row]:
+        rows: list[Row] = await self._p().fetch(sql, *args)
+        return rows
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self._p().fetchrow(sql, *args)
+        return row
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction, to completion even if the caller is cancelled."""
+        pool = self._p()
+
+        async def run() -> T:
+            for attempt in range(DEADLOCK_RETRIES):
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        return await fn(conn)
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == DEADLOCK_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.001 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+        task = asyncio.ensure_future(run())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    async def _exec(self, sql: str, *args: Any) -> int:
+        """One write statement in its own transaction; the number of rows it changed."""
+
+        async def op(conn: Conn) -> int:
+            return _count(await conn.execute(sql, *args))
+
+        return await self._tx(op)
+
+    # -- client API keys ------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
+        await self._exec(
+            "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, created_at, "
+            "rate_limit_rpm, daily_message_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            key.id,
+            key.name,
+            key.prefix,
+            key_hash,
+            " ".join(sorted(key.scopes)),
+            key.created_at,
+            key.rate_limit_rpm,
+            key.daily_message_limit,
+        )
+
+    async def api_key_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
+        row = await self._fetchrow(
+            "SELECT * FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL", prefix
+        )
+        return (_api_key(row), row["key_hash"]) if row else None
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        rows = await self._fetch("SELECT * FROM api_keys ORDER BY created_at, id")
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        n = await self._exec(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            now,
+            key_id,
+        )
+        return n == 1
+
+    async def has_admin_key(self) -> bool:
+        rows = await self._fetch("SELECT scopes FROM api_keys WHERE revoked_at IS NULL")
+        return any("admin" in r[0].split() for r in rows)
+
+    # -- enrollment and devices -----------------------------------------------------
+
+    async def create_enrollment_code(
+        self, code_hash: str, now: datetime, expires_at: datetime
+    ) -> None:
+        await self._exec(
+            "INSERT INTO enrollment_codes (code_hash, created_at, expires_at) VALUES ($1, $2, $3)",
+            code_hash,
+            now,
+            expires_at,
+        )
+
+    async def register_device(
+        self,
+        *,
+        device_id: str,
+        name: str,
+        hardware_id: str,
+        sims: list[dict[str, Any]],
+        fcm_token: str | None,
+        token_prefix: str,
+        token_hash: str,
+        now: datetime,
+        enrollment_code_hash: str | None,
+    ) -> tuple[Device, bool] | None:
+        async def op(conn: Conn) -> tuple[Device, bool]:
+            # An upsert rather than SELECT-then-INSERT: two registrations of one new
+            # phone racing on two nodes both end on the same row instead of one failing.
+            # xmax = 0 only on a freshly inserted row version.
+            row = await conn.fetchrow(
+                "INSERT INTO devices (id, name, hardware_id, token_prefix, token_hash, sims, "
+                "fcm_token, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) "
+                "ON CONFLICT (hardware_id) DO UPDATE SET name = excluded.name, "
+                "token_prefix = excluded.token_prefix, token_hash = excluded.token_hash, "
+                "sims = excluded.sims, "
+                "fcm_token = COALESCE(excluded.fcm_token, devices.fcm_token), "
+                "updated_at = excluded.updated_at, revoked_at = NULL "
+                "RETURNING *, (xmax = 0) AS created",
+                device_id,
+                name,
+                hardware_id,
+                token_prefix,
+                token_hash,
+                json.dumps(sims),
+                fcm_token,
+                now,
+            )
+            assert row is not None
+            if enrollment_code_hash is not None:
+                status = await conn.execute(
+                    "UPDATE enrollment_codes SET used_at = $1, device_id = $2 "
+                    "WHERE code_hash = $3 AND used_at IS NULL AND expires_at > $1",
+                    now,
+                    row["id"],
+                    enrollment_code_hash,
+                )
+                if _count(status) != 1:
+                    raise _Abort()  # rolls the device write back too
+            return _device(row), bool(row["created"])
+
+        try:
+            return await self._tx(op)
+        except _Abort:
+            return None
+
+    async def device_by_token_prefix(self, prefix: str) -> tuple[Device, str] | None:
+        row = await self._fetchrow(
+            "SELECT * FROM devices WHERE token_prefix = $1 AND revoked_at IS NULL", prefix
+        )
+        return (_device(row), row["token_hash"]) if row else None
+
+    async def get_device(self, device_id: str) -> Device | None:
+        row = await self._fetchrow(
+            "SELECT * FROM devices WHERE id = $1 AND revoked_at IS NULL", device_id
+        )
+        return _device(row) if row else None
+
+    async def list_devices(self) -> list[Device]:
+        rows = await self._fetch(
+            "SELECT * FROM devices WHERE revoked_at IS NULL ORDER BY created_at, id"
+        )
+        return [_device(r) for r in rows]
+
+    _UPDATABLE = frozenset({"name", "enabled", "daily_quota", "fcm_token", "sims", "app_version"})
+
+    async def update_device(self, device_id: str, now: datetime, **fields: Any) -> Device | None:
+        unknown = set(fields) - self._UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = {
+            k: (json.dumps(v) if k == "sims" else bool(v) if k == "enabled" else v)
+            for k, v in fields.items()
+        }
+        if not values:
+            return await self.get_device(device_id)
+        # Column names come from the allow-list above, never from the caller's strings.
+        assignments = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=3))
+        row = await self._tx(
+            lambda conn: conn.fetchrow(
+                f"UPDATE devices SET {assignments}, updated_at = $2 "
+                "WHERE id = $1 AND revoked_at IS NULL RETURNING *",
+                device_id,
+                now,
+                *values.values(),
+            )
+        )
+        return _device(row) if row else None
+
+    async def record_device_status(
+        self,
+        device_id: str,
+        *,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+        offline: bool = False,
+    ) -> None:
+        types = _device_event_types(offline=offline)
+
+        async def op(conn: Conn) -> None:
+            before = await self._battery_before(conn, device_id, types)
+            row = await conn.fetchrow(
+                "UPDATE devices SET battery = $1, charging = $2, signal = $3, network = $4, "
+                "last_seen_at = $5 WHERE id = $6 RETURNING *",
+                battery,
+                charging,
+                signal,
+                network,
+                now,
+                device_id,
+            )
+            if row is not None and before is not None:
+                await self._device_events(conn, row, before[0], types, now)
+
+        await self._tx(op)
+
+    async def _battery_before(
+        self, conn: Conn, device_id: str, types: list[EventType]
+    ) -> tuple[int | None] | None:
+        """The battery level before this report, when a device event may be wanted (the
+        row is locked so a racing report cannot make both see the same "before")."""
+        if not any(self._subs.wanted(t) for t in types):
+            return None
+        row = await conn.fetchrow("SELECT battery FROM devices WHERE id = $1 FOR UPDATE", device_id)
+        return (row["battery"],) if row is not None else None
+
+    async def _device_events(
+        self,
+        conn: Conn,
+        row: Row,
+        battery_before: int | None,
+        types: list[EventType],
+        now: datetime,
+    ) -> None:
+        device = _device(row)
+        types = list(types)
+        if device.battery is None or not battery_crossed_low(
+            battery_before, device.battery, bool(device.charging)
+        ):
+            types.remove(EventType.DEVICE_BATTERY_LOW)
+        for t in types:
+            data = device_data(device, online=t is not EventType.DEVICE_OFFLINE)
+            await self._event(conn, t, device.id, data, now)
+
+    async def device_online(
+        self,
+        device_id: str,
+        *,
+        sims: list[dict[str, Any]],
+        app_version: str,
+        fcm_token: str | None,
+        battery: int,
+        charging: bool,
+        signal: int,
+        network: str | None,
+        now: datetime,
+    ) -> tuple[Device, list[Message]] | None:
+        types = _device_event_types(online=True)
+
+        async def op(conn: Conn) -> tuple[Device, list[Message]] | None:
+            before = await self._battery_before(conn, device_id, types)
+            device = await conn.fetchrow(
+                "UPDATE devices SET sims = $1, app_version = $2, "
+                "fcm_token = COALESCE($3, fcm_token), battery = $4, charging = $5, "
+                "signal = $6, network = $7, last_seen_at = $8, updated_at = $8 "
+                "WHERE id = $9 RETURNING *",
+                json.dumps(sims),
+                app_version,
+                fcm_token,
+                battery,
+                charging,
+                signal,
+                network,
+                now,
+                device_id,
+            )
+            if device is None or device["revoked_at"] is not None:
+                return None
+            rows = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                "WHERE device_id = $1 AND status = 'QUEUED'",
+                device_id,
+            )
+            if before is not None:
+                await self._device_events(conn, device, before[0], types, now)
+            return _device(device), [_message(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def delete_device(self, device_id: str, now: datetime) -> bool:
+        async def op(conn: Conn) -> bool:
+            # Messages first, then attempts, then the device: the order every transaction
+            # here locks rows in, so a report racing the removal cannot deadlock with it.
+            await conn.execute(
+                "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
+                "queued_at = NULL, updated_at = $1 "
+                "WHERE device_id = $2 AND status IN ('PENDING', 'QUEUED')",
+                now,
+                device_id,
+            )
+            # A message pinned to a removed phone can never leave: fail it visibly.
+            failed = await conn.fetch(
+                "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
+                "error = 'the device this message was sent through was removed', "
+                "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
+                f"AND status = 'PENDING' RETURNING {_MESSAGE_COLUMNS}",
+                now,
+                device_id,
+            )
+            for r in failed:
+                await self._message_event(conn, EventType.MESSAGE_FAILED, r, now)
+            await conn.execute(
+                "UPDATE message_attempts SET ended_at = $1, outcome = 'device_removed' "
+                "WHERE device_id = $2 AND ended_at IS NULL",
+                now,
+                device_id,
+            )
+            status = await conn.execute(
+                "UPDATE devices SET revoked_at = $1, token_prefix = NULL, token_hash = NULL, "
+                "updated_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                now,
+                device_id,
+            )
+            if _count(status) != 1:
+                raise _Abort()  # unknown or already removed: undo the message updates
+            return True
+
+        try:
+            return await self._tx(op)
+        except _Abort:
+            return False
+
+    # -- messages -------------------------------------------------------------------
+
+    _INSERT_MESSAGE = (
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+        f"({', '.join(f'${i}' for i in range(1, len(_MESSAGE_FIELDS) + 1))})"
+    )
+
+    async def create_message(
+        self,
+        message: Message,
+        *,
+        offer_to: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
+        if offer_to is not None:
+            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
+
+        async def op(conn: Conn) -> None:
+            await self._insert_message(conn, message, offer_to)
+
+        await self._tx(op)
+
+    async def _insert_message(self, conn: Conn, m: Message, offer_to: str | None) -> None:
+        await conn.execute(self._INSERT_MESSAGE, *_message_record(m))
+        if offer_to is not None:
+            await conn.execute(
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
+                "VALUES ($1, 1, $2, $3)",
+                m.id,
+                offer_to,
+                m.created_at,
+            )
+
+    async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
+        row = await self._fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+        )
+        if row is None:
+            return None
+        msg = _message(row)
+        if with_attempts:
+            rows = await self._fetch(
+                "SELECT * FROM message_attempts WHERE message_id = $1 ORDER BY attempt",
+                message_id,
+            )
+            msg.attempts = [
+                Attempt(
+                    attempt=r["attempt"],
+                    device_id=r["device_id"],
+                    offered_at=r["offered_at"],
+                    accepted_at=r["accepted_at"],
+                    ended_at=r["ended_at"],
+                    outcome=r["outcome"],
+                    error_code=r["error_code"],
+                    error=r["error"],
+                )
+                for r in rows
+            ]
+        return msg
+
+    async def list_messages(self, flt: MessageFilter) -> list[Message]:
+        clause, params = _page_where(
+            [
+                ("status", flt.status.value if flt.status else None),
+                ("device_id", flt.device_id),
+                ("custom_id", flt.custom_id),
+            ],
+            flt.since,
+            flt.after,
+        )
+        rows = await self._fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}",
+            *params,
+            flt.limit,
+        )
+        return [_message(r) for r in rows]
+
+    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
+        rows = await self._fetch(
+            f"SELECT {_MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
+            "WHERE a.recipient = messages.recipient) AS last_device "
+            "FROM messages WHERE status = 'PENDING' "
+            "AND (lease_until IS NULL OR lease_until <= $1) "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= $1) "
+            "ORDER BY priority DESC, created_at, id LIMIT $2",
+            now,
+            limit,
+        )
+        messages = []
+        for r in rows:
+            msg = _message(r)
+            msg.last_device = r["last_device"]
+            messages.append(msg)
+        return messages
+
+    async def owned_unfinished(self, device_id: str) -> list[Message]:
+        rows = await self._fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE device_id = $1 AND status = 'QUEUED'",
+            device_id,
+        )
+        return [_message(r) for r in rows]
+
+    async def offer(
+        self,
+        message_id: str,
+        device_id: str,
+        expected_attempt: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        async def op(conn: Conn) -> bool:
+            # The CAS. A node racing this UPDATE blocks on the row lock, then PostgreSQL
+            # re-evaluates the WHERE on the committed row: attempt has moved on, no match.
+            row = await conn.fetchrow(
+                "UPDATE messages SET attempt = attempt + 1, device_id = $1, lease_until = $2, "
+                "updated_at = $3 WHERE id = $4 AND status = 'PENDING' AND attempt = $5 "
+                "AND (lease_until IS NULL OR lease_until <= $3) RETURNING attempt",
+                device_id,
+                lease_until,
+                now,
+                message_id,
+                expected_attempt,
+            )
+            if row is None:
+                return False
+            await conn.execute(
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
+                "VALUES ($1, $2, $3, $4)",
+                message_id,
+                row["attempt"],
+                device_id,
+                now,
+            )
+            return True
+
+        return await self._tx(op)
+
+    async def release_offer(
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        outcome: str,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
+    ) -> Status | None:
+        exhausted = attempt >= max_attempts
+
+        async def op(conn: Conn) -> Status | None:
+            if exhausted:
+                row = await conn.fetchrow(
+                    "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
+                    "error_code = 'max_attempts', error = $1, failed_at = $2, updated_at = $2 "
+                    "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5 "
+                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    f"no phone took the message after {attempt} attempts (last: {outcome})",
+                    now,
+                    message_id,
+                    attempt,
+                    device_id,
+                )
+            else:
+                row = await conn.fetchrow(
+                    "UPDATE messages SET device_id = NULL, lease_until = NULL, "
+                    "next_attempt_at = $1, updated_at = $2 "
+                    "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5 "
+                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    retry_at,
+                    now,
+                    message_id,
+                    attempt,
+                    device_id,
+                )
+            if row is None:
+                return None
+            await _end_attempt(conn, message_id, attempt, outcome, now)
+            if exhausted:
+                await self._message_event(conn, EventType.MESSAGE_FAILED, row, now)
+            return Status.FAILED if exhausted else Status.PENDING
+
+        return await self._tx(op)
+
+    async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
+        async def op(conn: Conn) -> bool:
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $1, "
+                "updated_at = $1 WHERE id = $2 AND status = 'PENDING' AND attempt = $3 "
+                f"AND device_id = $4 RETURNING {_MESSAGE_COLUMNS}",
+                now,
+                message_id,
+                attempt,
+                device_id,
+            )
+            if row is not None:
+                await conn.execute(
+                    "UPDATE message_attempts SET accepted_at = $1 "
+                    "WHERE message_id = $2 AND attempt = $3",
+                    now,
+                    message_id,
+                    attempt,
+                )
+                await self._message_event(conn, EventType.MESSAGE_QUEUED, row, now)
+                return True
+            # Idempotent: a repeated accept of what this phone already owns.
+            owned = await conn.fetchval(
+                "SELECT 1 FROM messages WHERE id = $1 AND device_id = $2 AND attempt = $3 "
+                "AND status IN ('QUEUED', 'SENT', 'DELIVERED')",
+                message_id,
+                device_id,
+                attempt,
+            )
+            return owned is not None
+
+        return await self._tx(op)
+
+    async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> str | None:
+        async def op(conn: Conn) -> str | None:
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
+                "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
+                f"RETURNING {_MESSAGE_COLUMNS}",
+                now,
+                message_id,
+                device_id,
+            )
+            if row is None:
+                return None
+            await _end_attempt(conn, message_id, row["attempt"], "sent", now)
+            await _count_sent(conn, device_id, now)
+            await conn.execute(
+                "INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
+                "VALUES ($1, $2, $3) ON CONFLICT (recipient) DO UPDATE SET "
+                "device_id = excluded.device_id, updated_at = excluded.updated_at",
+                row["recipient"],
+                device_id,
+                now,
+            )
+            await self._message_event(conn, EventType.MESSAGE_SENT, row, now)
+            return str(row["recipient"])
+
+        return await self._tx(op)
+
+    async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool:
+        async def op(conn: Conn) -> bool:
+            # FOR UPDATE: whether it was already counted as sent must be read from the row
+            # this transaction then changes, not from an older snapshot.
+            row = await conn.fetchrow(
+                "SELECT attempt, sent_at FROM messages WHERE id = $1 AND device_id = $2 "
+                "AND status IN ('QUEUED', 'SENT') FOR UPDATE",
+                message_id,
+                device_id,
+            )
+            if row is None:
+                return False
+            # A delivery report may overtake the sent report; it implies sent.
+            updated = await conn.fetchrow(
+                "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
+                f"sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 "
+                f"RETURNING {_MESSAGE_COLUMNS}",
+                now,
+                message_id,
+            )
+            assert updated is not None  # locked above
+            await _end_attempt(conn, message_id, row["attempt"], "sent", now)
+            if row["sent_at"] is None:
+                await _count_sent(conn, device_id, now)
+            await self._message_event(conn, EventType.MESSAGE_DELIVERED, updated, now)
+            return True
+
+        return await self._tx(op)
+
+    async def mark_failed(
+        self,
+        message_id: str,
+        device_id: str,
+        attempt: int,
+        *,
+        error_code: str,
+        error: str,
+        retryable: bool,
+        now: datetime,
+        retry_at: datetime | None,
+        max_attempts: int,
+    ) -> Status | None:
+        async def op(conn: Conn) -> Status | None:
+            row = await conn.fetchrow(
+                "SELECT status, attempt FROM messages WHERE id = $1 AND device_id = $2 FOR UPDATE",
+                message_id,
+                device_id,
+            )
+            if row is None:
+                return None
+            status = Status(row["status"])
+            current = row["attempt"]
+            if status is Status.PENDING and current != attempt:
+                return None  # a stale decline of an older offer
+            if status not in (Status.PENDING, Status.QUEUED, Status.SENT):
+                return None  # already final: status never goes backwards
+            # Once transmitted (SENT) a retry could deliver twice: a failure is final.
+            again = retryable and status is not Status.SENT and current < max_attempts
+            final: Row | None = None
+            if again:
+                await conn.execute(
+                    "UPDATE messages SET status = 'PENDING', device_id = NULL, "
+                    "lease_until = NULL, queued_at = NULL, next_attempt_at = $1, "
+                    "error_code = $2, error = $3, updated_at = $4 WHERE id = $5",
+                    retry_at,
+                    error_code,
+                    error,
+                    now,
+                    message_id,
+                )
+            else:
+                final = await conn.fetchrow(
+                    "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = $1, "
+                    f"error = $2, failed_at = $3, updated_at = $3 WHERE id = $4 "
+                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    error_code,
+                    error,
+                    now,
+                    message_id,
+                )
+            await _end_attempt(
+                conn,
+                message_id,
+                current,
+                "failed_retryable" if retryable else "failed",
+                now,
+                error_code,
+                error,
+            )
+            if not again:
+                assert final is not None  # locked above
+                await self._message_event(conn, EventType.MESSAGE_FAILED, final, now)
+            return Status.PENDING if again else Status.FAILED
+
+        return await self._tx(op)
+
+    async def cancel_message(self, message_id: str, now: datetime) -> Message | None:
+        async def op(conn: Conn) -> Message | None:
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = 'CANCELLED', cancelled_at = $1, "
+                "lease_until = NULL, updated_at = $1 WHERE id = $2 AND status = 'PENDING' "
+                f"RETURNING {_MESSAGE_COLUMNS}",
+                now,
+                message_id,
+            )
+            if row is not None:
+                await _end_attempt(conn, message_id, row["attempt"], "cancelled", now)
+                await self._message_event(conn, EventType.MESSAGE_CANCELLED, row, now)
+                return _message(row)
+            found = await conn.fetchrow(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+            )
+            return _message(found) if found else None
+
+        return await self._tx(op)
+
+    # -- idempotency ------------------------------------------------------------------
+
+    async def idempotency_claim(
+        self, owner: str, key: str, request_hash: str, now: datetime, abandoned_before: datetime
+    ) -> IdempotencyRecord | None:
+        async def op(conn: Conn) -> IdempotencyRecord | None:
+            # ON CONFLICT waits for a racing claim of the same key to commit and locks the
+            # row even when its WHERE says no, so the SELECT below sees that row as it is.
+            claimed = await conn.fetchval(
+                "INSERT INTO idempotency_keys (owner, key, request_hash, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (owner, key) DO UPDATE SET "
+                "request_hash = excluded.request_hash, created_at = excluded.created_at "
+                "WHERE idempotency_keys.status_code IS NULL "
+                "AND idempotency_keys.created_at < $5 RETURNING 1",
+                owner,
+                key,
+                request_hash,
+                now,
+                abandoned_before,
+            )
+            if claimed is not None:
+                return None
+            row = await conn.fetchrow(
+                "SELECT request_hash, status_code, response FROM idempotency_keys "
+                "WHERE owner = $1 AND key = $2",
+                owner,
+                key,
+            )
+            assert row is not None
+            return IdempotencyRecord(row[0], row[1], row[2])
+
+        return await self._tx(op)
+
+    async def idempotency_complete(
+        self, owner: str, key: str, status_code: int, response: str
+    ) -> None:
+        await self._exec(
+            "UPDATE idempotency_keys SET status_code = $1, response = $2 "
+            "WHERE owner = $3 AND key = $4",
+            status_code,
+            response,
+            owner,
+            key,
+        )
+
+    async def idempotency_release(self, owner: str, key: str) -> None:
+        await self._exec(
+            "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND status_code IS NULL",
+            owner,
+            key,
+        )
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM idempotency_keys WHERE created_at < $1", before)
+
+    # -- templates --------------------------------------------------------------------
+
+    async def create_template(self, template: Template) -> None:
+        t = template
+        try:
+            await self._exec(
+                "INSERT INTO templates (id, name, body, category, active, usage_count, "
+                "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                t.id,
+                t.name,
+                t.body,
+                t.category,
+                t.active,
+                t.usage_count,
+                t.created_at,
+                t.updated_at,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a template named {t.name!r} exists") from None
+
+    async def get_template(self, template_id: str) -> Template | None:
+        row = await self._fetchrow("SELECT * FROM templates WHERE id = $1", template_id)
+        return _template(row) if row else None
+
+    async def list_templates(
+        self, *, category: str | None = None, active: bool | None = None
+    ) -> list[Template]:
+        where: list[str] = []
+        params: list[Any] = []
+        if category is not None:
+            params.append(category)
+            where.append(f"category = ${len(params)}")
+        if active is not None:
+            params.append(active)
+            where.append(f"active = ${len(params)}")
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._fetch(f"SELECT * FROM templates {clause} ORDER BY name", *params)
+        return [_template(r) for r in rows]
+
+    async def update_template(
+        self, template_id: str, now: datetime, **fields: Any
+    ) -> Template | None:
+        unknown = set(fields) - {"name", "body", "category", "active"}
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not fields:
+            return await self.get_template(template_id)
+        values = {k: (bool(v) if k == "active" else v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=3))
+        try:
+            row = await self._tx(
+                lambda conn: conn.fetchrow(
+                    f"UPDATE templates SET {assignments}, updated_at = $2 WHERE id = $1 "
+                    "RETURNING *",
+                    template_id,
+                    now,
+                    *values.values(),
+                )
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a template named {fields.get('name')!r} exists") from None
+        return _template(row) if row else None
+
+    async def delete_template(self, template_id: str) -> bool:
+        return await self._exec("DELETE FROM templates WHERE id = $1", template_id) == 1
+
+    async def count_template_use(self, template_id: str, n: int = 1) -> None:
+        await self._exec(
+            "UPDATE templates SET usage_count = usage_count + $1 WHERE id = $2", n, template_id
+        )
+
+    # -- one-time passwords -------------------------------------------------------------
+
+    async def create_otp(self, otp: Otp, message: Message) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE otp_codes SET superseded_at = $1 WHERE recipient = $2 "
+                "AND superseded_at IS NULL AND verified_at IS NULL",
+                otp.created_at,
+                otp.recipient,
+            )
+            await self._insert_message(conn, message, None)
+            await conn.execute(
+                "INSERT INTO otp_codes (id, recipient, code_hash, message_id, attempts, "
+                "max_attempts, created_at, expires_at) VALUES ($1, $2, $3, $4, 0, $5, $6, $7)",
+                otp.id,
+                otp.recipient,
+                otp.code_hash,
+                otp.message_id,
+                otp.max_attempts,
+                otp.created_at,
+                otp.expires_at,
+            )
+
+        await self._tx(op)
+
+    async def otp_sends_since(self, recipient: str, since: datetime) -> list[datetime]:
+        rows = await self._fetch(
+            "SELECT created_at FROM otp_codes WHERE recipient = $1 AND created_at >= $2 "
+            "ORDER BY created_at DESC",
+            recipient,
+            since,
+        )
+        return [r[0] for r in rows]
+
+    async def get_otp(self, otp_id: str) -> Otp | None:
+        row = await self._fetchrow("SELECT * FROM otp_codes WHERE id = $1", otp_id)
+        return _otp(row) if row else None
+
+    async def latest_otp(self, recipient: str) -> Otp | None:
+        row = await self._fetchrow(
+            "SELECT * FROM otp_codes WHERE recipient = $1 AND superseded_at IS NULL "
+            "ORDER BY created_at DESC LIMIT 1",
+            recipient,
+        )
+        return _otp(row) if row else None
+
+    async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
+        async def op(conn: Conn) -> Otp | None:
+            # One conditional UPDATE: two guesses racing on two nodes each count, at most
+            # max_attempts of them are ever counted, and only one can verify the code.
+            row = await conn.fetchrow(
+                "UPDATE otp_codes SET attempts = attempts + 1, "
+                "verified_at = CASE WHEN $1 THEN $2::timestamptz ELSE NULL END "
+                "WHERE id = $3 AND verified_at IS NULL AND superseded_at IS NULL "
+                "AND expires_at > $2 AND attempts < max_attempts RETURNING *",
+                correct,
+                now,
+                otp_id,
+            )
+            if row is None:
+                return None
+            otp = _otp(row)
+            if otp.verified_at is not None:
+                await self._event(conn, EventType.OTP_VERIFIED, otp.id, otp_data(otp), now)
+            return otp
+
+        return await self._tx(op)
+
+    async def purge_otps(self, before: datetime) -> int:
+        return await self._exec("DELETE FROM otp_codes WHERE expires_at < $1", before)
+
+    async def hub_secret(self, name: str, candidate: str) -> str:
+        async def op(conn: Conn) -> str:
+            await conn.execute(
+                "INSERT INTO hub_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                name,
+                candidate,
+            )
+            # A new statement, a new snapshot: it sees a racing node's committed secret.
+            value = await conn.fetchval("SELECT value FROM hub_secrets WHERE name = $1", name)
+            return str(value)
+
+        return await self._tx(op)
+
+    # -- opt-out ----------------------------------------------------------------------
+
+    async def add_opt_out(self, entry: OptOut) -> bool:
+        n = await self._exec(
+            "INSERT INTO opt_outs (number, source, reason, created_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (number) DO NOTHING",
+            entry.number,
+            entry.source,
+            entry.reason,
+            entry.created_at,
+        )
+        return n == 1
+
+    async def remove_opt_out(self, number: str) -> bool:
+        return await self._exec("DELETE FROM opt_outs WHERE number = $1", number) == 1
+
+    async def list_opt_outs(self, *, after: str | None, limit: int) -> list[OptOut]:
+        rows = await self._fetch(
+            "SELECT * FROM opt_outs WHERE number > $1 ORDER BY number LIMIT $2",
+            after or "",
+            limit,
+        )
+        return [OptOut(r["number"], r["source"], r["reason"], r["created_at"]) for r in rows]
+
+    async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO batches (id, name, total, rejected, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                batch.id,
+                batch.name,
+                batch.total,
+                batch.rejected,
+                batch.created_at,
+            )
+            if messages:
+                # COPY: up to 10,000 rows in one round trip, inside the same transaction.
+                await conn.copy_records_to_table(
+                    "messages",
+                    records=[_message_record(m) for m in messages],
+                    columns=list(_MESSAGE_FIELDS),
+                    schema_name=self.schema,
+                )
+
+        await self._tx(op)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        row = await self._fetchrow("SELECT * FROM batches WHERE id = $1", batch_id)
+        if row is None:
+            return None
+        counts = await self._fetch(
+            "SELECT status, count(*) FROM messages WHERE batch_id = $1 GROUP BY status",
+            batch_id,
+        )
+        return Batch(
+            id=row["id"],
+            name=row["name"],
+            total=row["total"],
+            rejected=row["rejected"],
+            created_at=row["created_at"],
+            by_status={r[0]: r[1] for r in counts},
+        )
+
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        async def op(conn: Conn) -> Stats:
+            # One snapshot for every count (REPEATABLE READ; read only, so it never waits).
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                in_range = "created_at >= $1 AND created_at < $2"
+                by_status: dict[str, int] = {
+                    r[0]: r[1]
+                    for r in await conn.fetch(
+                        f"SELECT status, count(*) FROM messages WHERE {in_range} GROUP BY status",
+                        since,
+                        until,
+                    )
+                }
+                by_day: dict[str, dict[str, int]] = {}
+                for day, status, n in await conn.fetch(
+                    "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), status, "
+                    f"count(*) FROM messages WHERE {in_range} GROUP BY 1, 2",
+                    since,
+                    until,
+                ):
+                    by_day.setdefault(day, {})[status] = n
+                by_device: dict[str, dict[str, int]] = {}
+                for device, status, n in await conn.fetch(
+                    f"SELECT device_id, status, count(*) FROM messages WHERE {in_range} "
+                    "AND device_id IS NOT NULL AND status != 'PENDING' GROUP BY 1, 2",
+                    since,
+                    until,
+                ):
+                    by_device.setdefault(device, {})[status] = n
+                reasons: dict[str, int] = {
+                    r[0]: r[1]
+                    for r in await conn.fetch(
+                        "SELECT coalesce(error_code, 'unknown'), count(*) FROM messages "
+                        f"WHERE {in_range} AND status = 'FAILED' GROUP BY 1",
+                        since,
+                        until,
+                    )
+                }
+                inbound = await conn.fetchval(
+                    f"SELECT count(*) FROM inbound_messages WHERE {in_range}", since, until
+                )
+                otp = await conn.fetchrow(
+                    f"SELECT count(*), count(verified_at) FROM otp_codes WHERE {in_range}",
+                    since,
+                    until,
+                )
+                assert otp is not None
+                return Stats(by_status, by_day, by_device, reasons, inbound, otp[0], otp[1])
+
+        async with self._p().acquire() as conn:
+            return await op(conn)
+
+    async def expire_messages(self, now: datetime) -> list[str]:
+        # SKIP LOCKED: a row another node is expiring, offering or cancelling right now is
+        # left alone (the next sweep sees it), and two sweeps never wait on each other's
+        # row sets, so they cannot deadlock.
+        async def op(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                "UPDATE messages SET status = 'FAILED', error_code = 'expired', "
+                "device_id = NULL, error = 'no phone sent the message before it expired', "
+                "failed_at = $1, updated_at = $1 WHERE id IN ("
+                "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
+                "AND (lease_until IS NULL OR lease_until <= $1) "
+                "ORDER BY id FOR UPDATE SKIP LOCKED) "
+                f"AND status = 'PENDING' RETURNING {_MESSAGE_COLUMNS}",
+                now,
+            )
+            for r in rows:
+                await self._message_event(conn, EventType.MESSAGE_FAILED, r, now)
+            return [r["id"] for r in rows]
+
+        return await self._tx(op)
+
+    async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT recipient, device_id FROM recipient_affinity ORDER BY updated_at DESC LIMIT $1",
+            limit,
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    # -- inbound --------------------------------------------------------------------
+
+    async def store_inbound(self, inbound: Inbound) -> bool:
+        i = inbound
+        i.id = i.id or new_id()
+
+        async def op(conn: Conn) -> bool:
+            status = await conn.execute(
+                "INSERT INTO inbound_messages (id, device_id, local_id, sender, body, "
+                "sim_slot, received_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (device_id, local_id) DO NOTHING",
+                i.id,
+                i.device_id,
+                i.local_id,
+                i.sender,
+                i.body,
+                i.sim_slot,
+                i.received_at,
+                i.created_at,
+            )
+            if _count(status) != 1:
+                return False
+            await self._event(conn, EventType.SMS_RECEIVED, i.id, inbound_data(i), i.created_at)
+            return True
+
+        return await self._tx(op)
+
+    async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
+        clause, params = _page_where(
+            [("sender", flt.sender), ("device_id", flt.device_id)], flt.since, flt.after
+        )
+        rows = await self._fetch(
+            f"SELECT * FROM inbound_messages {clause} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}",
+            *params,
+            flt.limit,
+        )
+        return [_inbound(r) for r in rows]
+
+    # -- events and webhooks ----------------------------------------------------------
+    # The emitters run inside the transaction that changed the state, so the event
+    # commits or rolls back with it.
+
+    async def _event(
+        self,
+        conn: Conn,
+        type_: EventType,
+        subject: str,
+        data: dict[str, Any],
+        now: datetime,
+        callback_url: str | None = None,
+    ) -> None:
+        targets = self._subs.targets(type_, callback_url)
+        if targets:
+            await _insert_event(conn, make_event(type_, subject, data, now), targets)
+
+    async def _message_event(self, conn: Conn, type_: EventType, row: Row, now: datetime) -> None:
+        """``row``: the message as this transaction left it (its RETURNING row), so no
+        extra read, and its callback_url is seen whichever node stored the message."""
+        if not self._subs.targets(type_, row["callback_url"]):
+            return
+        msg = _message(row)
+        await self._event(conn, type_, msg.id, message_data(msg), now, msg.callback_url)
+
+    async def _webhooks_changed(self, conn: Conn) -> None:
+        # Delivered to every listening node when (and only if) this transaction commits.
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, self.schema or "")
+
+    async def create_webhook(self, hook: Webhook) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO webhooks (id, url, events, description, enabled, secret, "
+                "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                hook.id,
+                hook.url,
+                " ".join(sorted(hook.events)),
+                hook.description,
+                hook.enabled,
+                hook.secret,
+                hook.created_at,
+                hook.updated_at,
+            )
+            await self._webhooks_changed(conn)
+
+        await self._tx(op)
+        self._subs.set(hook.id, hook.url, hook.events, hook.enabled)
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        row = await self._fetchrow("SELECT * FROM webhooks WHERE id = $1", webhook_id)
+        return _webhook(row) if row else None
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return [_webhook(r) for r in await self._fetch("SELECT * FROM webhooks ORDER BY id")]
+
+    async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
+        allowed = {"url", "events", "description", "enabled"}
+        if unknown := set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+
+        async def op(conn: Conn) -> Webhook | None:
+            row = await conn.fetchrow("SELECT * FROM webhooks WHERE id = $1 FOR UPDATE", webhook_id)
+            if row is None:
+                return None
+            old = _webhook(row)
+            values = dict(fields)
+            if "events" in values:
+                values["events"] = " ".join(sorted(values["events"]))
+            if "enabled" in values:
+                values["enabled"] = bool(values["enabled"])
+                if values["enabled"] and not old.enabled:
+                    # Back on: a clean record, and what waited for it goes out now.
+                    values.update(failing_since=None, disabled_at=None, disabled_reason=None)
+                    await conn.execute(
+                        "UPDATE webhook_deliveries SET next_attempt_at = $1 "
+                        "WHERE webhook_id = $2 AND status = 'pending'",
+                        now,
+                        webhook_id,
+                    )
+            values["updated_at"] = now
+            # Column names come from the allow-list above and fixed names.
+            sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=2))
+            new = await conn.fetchrow(
+                f"UPDATE webhooks SET {sets} WHERE id = $1 RETURNING *",
+                webhook_id,
+                *values.values(),
+            )
+            assert new is not None  # locked above
+            await self._webhooks_changed(conn)
+            return _webhook(new)
+
+        hook = await self._tx(op)
+        if hook is not None:
+            self._subs.set(hook.id, hook.url, hook.events, hook.enabled)
+        return hook
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str, secret: str, previous_until: datetime, now: datetime
+    ) -> Webhook | None:
+        row = await self._tx(
+            lambda conn: conn.fetchrow(
+                "UPDATE webhooks SET previous_secret = secret, previous_secret_until = $1, "
+                "secret = $2, updated_at = $3 WHERE id = $4 RETURNING *",
+                previous_until,
+                secret,
+                now,
+                webhook_id,
+            )
+        )
+        return _webhook(row) if row else None
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        async def op(conn: Conn) -> int:
+            n = _count(await conn.execute("DELETE FROM webhooks WHERE id = $1", webhook_id))
+            await self._webhooks_changed(conn)
+            return n
+
+        n = await self._tx(op)
+        self._subs.remove(webhook_id)
+        return n == 1
+
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        async def op(conn: Conn) -> list[Delivery]:
+            # Workers on several nodes claim at once: FOR UPDATE SKIP LOCKED gives each
+            # delivery to one of them, and the lease written in the same transaction keeps
+            # it (and, through the "oldest pending" rule, its subject's later events) from
+            # the others until the lease runs out.
+            rows = await conn.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                "JOIN events e ON e.id = d.event_id "
+                "LEFT JOIN webhooks w ON w.id = d.webhook_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= $1 "
+                "AND (d.webhook_id IS NULL OR w.enabled) "
+                "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p "
+                "  WHERE p.status = 'pending' AND p.target = d.target "
+                "  AND p.subject = d.subject AND p.seq < d.seq) "
+                "ORDER BY d.next_attempt_at, d.seq LIMIT $2 FOR UPDATE OF d SKIP LOCKED",
+                now,
+                limit,
+            )
+            if rows:
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = ANY($2::text[])",
+                    lease_until,
+                    [r["id"] for r in rows],
+                )
+            return [_delivery(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        attempt: DeliveryAttempt,
+        *,
+        succeeded: bool,
+        retry_at: datetime | None,
+        default_max_attempts: int,
+        disable_after: float,
+    ) -> tuple[DeliveryStatus, bool] | None:
+        at = attempt.at
+
+        async def op(conn: Conn) -> tuple[DeliveryStatus, bool] | None:
+            row = await conn.fetchrow(
+                "SELECT attempts, max_attempts, webhook_id FROM webhook_deliveries "
+                "WHERE id = $1 FOR UPDATE",
+                delivery_id,
+            )
+            if row is None:
+                return None
+            n = row["attempts"] + 1
+            status = next_delivery_status(
+                succeeded, retry_at, n, row["max_attempts"] or default_max_attempts
+            )
+            await conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, "
+                "duration_ms) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (delivery_id, attempt) DO UPDATE SET at = excluded.at, "
+                "status_code = excluded.status_code, error = excluded.error, "
+                "duration_ms = excluded.duration_ms",
+                delivery_id,
+                n,
+                at,
+                attempt.status_code,
+                attempt.error,
+                attempt.duration_ms,
+            )
+            await conn.execute(
+                "UPDATE webhook_deliveries SET attempts = $1, status = $2, next_attempt_at = $3, "
+                "last_status_code = $4, last_error = $5, updated_at = $6 WHERE id = $7",
+                n,
+                status.value,
+                retry_at if status is DeliveryStatus.PENDING else None,
+                attempt.status_code,
+                attempt.error,
+                at,
+                delivery_id,
+            )
+            hook_id = row["webhook_id"]
+            if hook_id is None:
+                return status, False
+            if succeeded:
+                await conn.execute(
+                    "UPDATE webhooks SET failing_since = NULL "
+                    "WHERE id = $1 AND failing_since IS NOT NULL",
+                    hook_id,
+                )
+                return status, False
+            hook = await conn.fetchrow(
+                "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 "
+                "RETURNING failing_since, enabled",
+                at,
+                hook_id,
+            )
+            if hook is None or not hook["enabled"]:
+                return status, False
+            failing_for = (at - hook["failing_since"]).total_seconds()
+            if failing_for < disable_after:
+                return status, False
+            await conn.execute(
+                "UPDATE webhooks SET enabled = FALSE, disabled_at = $1, disabled_reason = $2, "
+                "updated_at = $1 WHERE id = $3",
+                at,
+                disabled_reason(iso(hook["failing_since"])),
+                hook_id,
+            )
+            await self._webhooks_changed(conn)
+            return status, True
+
+        result = await self._tx(op)
+        if result is not None and result[1]:
+            await self._reload_subscriptions()
+        return result
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        rows = await self._deliveries("WHERE d.id = $1", [delivery_id])
+        return rows[0] if rows else None
+
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]:
+        params: list[Any] = [webhook_id]
+        where = ["d.webhook_id = $1"]
+        if status is not None:
+            params.append(status.value)
+            where.append(f"d.status = ${len(params)}")
+        if after is not None:
+            params.extend(after)
+            where.append(f"(d.created_at, d.id) < (${len(params) - 1}, ${len(params)})")
+        params.append(limit)
+        return await self._deliveries(
+            "WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(params)}",
+            params,
+        )
+
+    async def _deliveries(self, tail: str, params: list[Any]) -> list[Delivery]:
+        async with self._p().acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"JOIN events e ON e.id = d.event_id {tail}",
+                *params,
+            )
+            found = [_delivery(r) for r in rows]
+            by_id = {d.id: d for d in found}
+            if by_id:
+                for a in await conn.fetch(
+                    "SELECT * FROM webhook_attempts WHERE delivery_id = ANY($1::text[]) "
+                    "ORDER BY attempt",
+                    list(by_id),
+                ):
+                    by_id[a["delivery_id"]].history.append(
+                        DeliveryAttempt(
+                            attempt=a["attempt"],
+                            at=a["at"],
+                            status_code=a["status_code"],
+                            error=a["error"],
+                            duration_ms=a["duration_ms"],
+                        )
+                    )
+        return found
+
+    async def replay_delivery(self, delivery_id: str, now: datetime) -> Delivery | None:
+        n = await self._exec(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, "
+            "max_attempts = attempts + 1, updated_at = $1 WHERE id = $2",
+            now,
+            delivery_id,
+        )
+        if not n:
+            return None
+        return await self.get_delivery(delivery_id)
+
+    async def purge_deliveries(self, before: datetime) -> int:
+        async def op(conn: Conn) -> int:
+            n = _count(
+                await conn.execute(
+                    "DELETE FROM webhook_deliveries WHERE status != 'pending' AND updated_at < $1",
+                    before,
+                )
+            )
+            await conn.execute(
+                "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id)",
+                before,
+            )
+            return n
+
+        return await self._tx(op)
+
+
+async def _insert_event(conn: Conn, event: Event, targets: list[Target]) -> None:
+    await conn.execute(
+        "INSERT INTO events (id, type, subject, created_at, payload) VALUES ($1, $2, $3, $4, $5)",
+        event.id,
+        event.type,
+        event.subject,
+        event.created_at,
+        event.payload,
+    )
+    await conn.executemany(
+        "INSERT INTO webhook_deliveries (id, event_id, target, webhook_id, subject, url, "
+        "next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)",
+        [
+            (new_id(), event.id, t.key, t.webhook_id, event.subject, t.url, event.created_at)
+            for t in targets
+        ],
+    )
+
+
+def _device_event_types(*, online: bool = False, offline: bool = False) -> list[EventType]:
+    types = [EventType.DEVICE_ONLINE] if online else []
+    types += [EventType.DEVICE_OFFLINE] if offline else []
+    types.append(EventType.DEVICE_BATTERY_LOW)
+    return types
+
+
+async def _end_attempt(
+    conn: Conn,
+    message_id: str,
+    attempt: int,
+    outcome: str,
+    now: datetime,
+    error_code: str | None = None,
+    error: str | None = None,
+) -> None:
+    await conn.execute(
+        "UPDATE message_attempts SET ended_at = $1, outcome = $2, error_code = $3, error = $4 "
+        "WHERE message_id = $5 AND attempt = $6 AND ended_at IS NULL",
+        now,
+        outcome,
+        error_code,
+        error,
+        message_id,
+        attempt,
+    )
+
+
+async def _count_sent(conn: Conn, device_id: str, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE devices SET sent_day = $1, "
+        "sent_today = CASE WHEN sent_day = $1 THEN sent_today + 1 ELSE 1 END WHERE id = $2",
+        _day(now),
+        device_id,
+    )
+
+
+def _page_where(
+    equals: list[tuple[str, str | None]],
+    since: datetime | None,
+    after: tuple[datetime, str] | None,
+) -> tuple[str, list[Any]]:
+    """WHERE clause for a newest-first keyset page: equality filters, a lower time bound,
+    and the (created_at, id) cursor of the previous page."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in equals:
+        if value is not None:
+            params.append(value)
+            where.append(f"{column} = ${len(params)}")
+    if since is not None:
+        params.append(since)
+        where.append(f"created_at >= ${len(params)}")
+    if after is not None:
+        params.extend(after)
+        where.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")
+    return ("WHERE " + " AND ".join(where)) if where else "", params
