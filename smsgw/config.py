@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=1600, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     sqlite_synchronous: str = "FULL"
+    # PostgreSQL connection pool per hub node (SMSGW_DB_POOL_SIZE is the maximum).
+    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_min_size: int = Field(default=1, ge=0)
     # FCM wake-up (smsgw/wakeup.py): the service-account JSON; unset = wake-up off. The
     # seed's FIREBASE_SERVICE_ACCOUNT_PATH is accepted too; SMSGW_ wins when both are set.
     firebase_credentials: str | None = Field(

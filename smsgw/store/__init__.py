@@ -55,4 +55,10 @@ def create_store(settings: Settings) -> Store:
         from smsgw.store.sqlite import SqliteStore
 
         return SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        from smsgw.store.postgres import PostgresStore
+
+        return PostgresStore(
+            url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_size
+        )
     raise ValueError(f"unsupported SMSGW_DATABASE_URL scheme: {url.split(':', 1)[0]!r}")
