@@ -89,6 +89,22 @@ class Backoff:
         self.failures = 0
 
 
+def drain_delay(reason: str, maximum: float, rng: random.Random | None = None) -> float:
+    """The delay in a 4005 close reason (``draining; reconnect_in=2.35``), at most
+    ``maximum``; a random one up to ``maximum`` when the reason carries none."""
+    for part in reason.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "reconnect_in":
+            try:
+                delay = float(value)
+            except ValueError:
+                break
+            if math.isfinite(delay) and delay >= 0:
+                return min(delay, maximum)
+            break
+    return (rng or random).uniform(0, maximum)
+
+
 def ws_url_for(server_url: str) -> str:
     """``http://host:port[/prefix]`` → ``ws://host:port[/prefix]/ws/device``."""
     parts = urlsplit(server_url)
@@ -150,6 +166,7 @@ class PhoneClient:
         self.close_code: int | None = None
         self.http_status: int | None = None  # set when the hub refused the upgrade
         self.stopped_reason: str | None = None
+        self._drain_delay: float | None = None  # suggested by a 4005 close (draining)
 
         self._ws: ClientConnection | None = None
         self._open = False  # welcome received on the current socket
@@ -194,6 +211,10 @@ class PhoneClient:
     async def stop(self) -> None:
         """Close the session cleanly (1001 going away) and end ``run``."""
         self._stop_with("stopped")
+                if self._drain_delay is not None:
+                    # The hub node is draining: come back after the delay it chose for us
+                    # (spread across its phones), reaching another node through the LB.
+                    delay, self._drain_delay = self._drain_delay, None
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -304,6 +325,8 @@ class PhoneClient:
     def _welcomed(self, action: Welcomed) -> None:
         self.device_id = action.device_id
         self.welcomes += 1
+        if self.close_code == CloseCode.DRAINING:
+            self._drain_delay = drain_delay(ws.close_reason or "", self.backoff.maximum)
         self._open = True
         self._spawn(self._heartbeat(action.heartbeat_interval), self._session_tasks)
         self.connected.set()

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     recipient_hourly_limit: int | None = Field(default=30, ge=1)  # anti SMS pumping
     retry_backoff: float = Field(default=5.0, ge=0)
     outbox_interval: float = Field(default=1.0, gt=0)
+    # Several nodes (docs/deploy.md): Redis carries phone ownership, presence and commands
+    # between nodes; unset = one node with an in-process registry.
+    redis_url: str | None = None
+    redis_prefix: str = "smsgw:"  # key and channel prefix (several clusters on one Redis)
+    node_id: str | None = None  # random at each start when unset
+    ownership_ttl: float = Field(default=15.0, gt=0)  # a dead node's phones free up after this
+    presence_interval: float = Field(default=5.0, gt=0)  # ownership refresh and state sweep
+    # SIGTERM: finish offers for up to drain_timeout seconds, then ask the phones to
+    # reconnect (elsewhere) after a random delay of up to drain_spread seconds.
+    drain_timeout: float = Field(default=8.0, ge=0)
+    drain_spread: float = Field(default=5.0, ge=0)
     enrollment_code_ttl: float = Field(default=600.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_batch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

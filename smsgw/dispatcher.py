@@ -255,16 +255,18 @@ class Dispatcher:
 
     # -- offering ---------------------------------------------------------------------
 
-    def _pick(self, msg: Message, *, allow_retry: bool) -> LiveDevice | None:
+    def _pick(self, msg: Message, *, allow_retry: bool, local: bool = False) -> LiveDevice | None:
         tried = self._tried.get(msg.id, ())
         if msg.pinned_device_id is not None:
             live = self.registry.get(msg.pinned_device_id)
             if live is None or not eligible(live):
                 return None
+            if local and not self.registry.is_local(live):
+                return None
             if not allow_retry and live.device_id in tried:
                 return None
             return live
-        lives = self.registry.all()
+        lives = self.registry.local() if local else self.registry.all()
         best = pick(lives, affinity=msg.last_device, exclude=tried)
         if best is None and allow_retry and tried:
             best = pick(lives, affinity=msg.last_device)
@@ -382,6 +384,14 @@ class Dispatcher:
             and not offer.future.done()
         ):
             offer.future.set_result(Outcome.ACCEPTED)
+        self.registry.accepted(message_id, device_id, attempt, owner)
+
+    def offer_failed(self, message_id: str, device_id: str, attempt: int) -> None:
+        """The node holding the phone could not pass the offer on (the phone left it, or
+        is at its in-flight limit there): fail over now rather than at the timeout."""
+        offer = self._offers.get(message_id)
+        if offer is not None and offer.device_id == device_id and offer.attempt == attempt:
+            _resolve(offer.future, Outcome.DISCONNECTED)
 
     def reported(
         self,
@@ -397,6 +407,7 @@ class Dispatcher:
         None when the report changed nothing, e.g. a stale duplicate)."""
         if status is None:
             return
+        self.registry.reported(message_id, device_id, status, error_code, error, recipient, attempt)
         if status is Status.SENT and recipient is not None:
             self._affinity.put(recipient, device_id)
         live = self.registry.get(device_id)
@@ -467,7 +478,10 @@ class Dispatcher:
         if time.monotonic() >= self._next_expiry:
             self._next_expiry = time.monotonic() + self.settings.outbox_interval
             await self._expire(now)
-        capacity = sum(free_slots(live) for live in self.registry.all())
+        # Each node's outbox fills only the phones whose sockets it holds: several nodes
+        # never compete for one phone's slots, and background traffic needs no hop
+        # between nodes (docs/architecture.md, "Several nodes").
+        capacity = sum(free_slots(live) for live in self.registry.local())
         if capacity == 0:
             self._stranded()
             return 0
@@ -478,7 +492,7 @@ class Dispatcher:
         for msg in due:
             if msg.id in self._active:
                 continue
-            live = self._pick(msg, allow_retry=True)
+            live = self._pick(msg, allow_retry=True, local=True)
             if live is None:
                 stranded.append(msg)
                 continue

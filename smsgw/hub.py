@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Hub:
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None
     otp_secret: str = ""  # HMAC key for OTP codes, created once and kept in the database
+    # SIGTERM: no new phone sockets, /ready says 503 (drain() below).
+    draining: bool = False
     # The opt-out list, mirrored in memory so a send needs no read. This node is the only
     # writer (API and inbound STOP go through opt_out/opt_in below).
     opted_out: set[str] = field(default_factory=set)
@@ -53,7 +56,16 @@ class Hub:
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
         store = store or create_store(settings)
-        registry = LocalRegistry()
+        registry: Registry = LocalRegistry()
+        if settings.redis_url:
+            # Several nodes: imported only then, so one node loads nothing of it.
+            from smsgw.broker.redis import RedisBroker
+            from smsgw.cluster import ClusterRegistry
+
+            broker = RedisBroker(
+                settings.redis_url, prefix=settings.redis_prefix, node_id=settings.node_id
+            )
+            registry = ClusterRegistry(broker, settings)
         return cls(
             settings=settings,
             store=store,
@@ -71,6 +83,7 @@ class Hub:
         await self.dispatcher.start()
         await self.waker.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
+        await self.registry.start(self.dispatcher)
 
     async def _close_idle(self) -> None:
         """Close sockets silent for 2.5 heartbeat intervals. One sweep for all phones is
@@ -88,7 +101,7 @@ class Hub:
             await asyncio.gather(self._watchdog, return_exceptions=True)
         await self.dispatcher.stop()
         await self.waker.stop()
-        for live in list(self.registry.all()):
+        for live in list(self.registry.local()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
         await self.store.close()
 
@@ -100,6 +113,39 @@ class Hub:
         banner = (
             "\n  No admin key existed, so one was created. It is shown only this once:\n"
             f"\n      {secret}\n\n  Keep it safe; create scoped keys with it (smsgw keys create).\n"
+        )
+        await self.registry.stop()
+
+    async def drain(self, rng: random.Random | None = None) -> None:
+        """Graceful shutdown of this node before the server stops (SIGTERM): refuse new
+        phone sockets, route no new offers to this node's phones, let their offers and
+        owned messages finish for up to ``drain_timeout`` seconds, then close each phone
+        with 4005 and a random delay (up to ``drain_spread`` s) after which it reconnects,
+        through the load balancer, to another node. Offers still unanswered then fail
+        over (the dispatcher releases them to PENDING); messages a phone owns stay its
+        own and are reported to whichever node it reaches next."""
+        if self.draining:
+            return
+        self.draining = True
+        rng = rng or random.Random()
+        self.registry.start_draining()
+        deadline = time.monotonic() + self.settings.drain_timeout
+        # Polled: slots free from many places, and this runs once, for a few seconds.
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110
+            live.holding for live in self.registry.local()
+        ):
+            await asyncio.sleep(0.05)
+        lives = list(self.registry.local())
+        log.info("draining: asking %d phone(s) to reconnect elsewhere", len(lives))
+        await asyncio.gather(
+            *(
+                live.session.close(
+                    CloseCode.DRAINING,
+                    f"draining; reconnect_in={rng.uniform(0, self.settings.drain_spread):.2f}",
+                )
+                for live in lives
+            ),
+            return_exceptions=True,
         )
         print(banner, flush=True)
         return secret

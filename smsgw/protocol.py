@@ -41,6 +41,7 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_VERSION = 4002  # unknown major version: stop, upgrade the agent
     PROTOCOL_ERROR = 4003  # no/invalid hello, or too many bad frames
     HEARTBEAT_TIMEOUT = 4004  # silent for 2.5 heartbeat intervals: reconnect
+    DRAINING = 4005  # this hub node is shutting down: reconnect (elsewhere) after the delay
 
 
 class State(enum.Enum):

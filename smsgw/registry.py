@@ -11,10 +11,14 @@ import abc
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from smsgw.clock import today, utcnow
 from smsgw.session import Session
-from smsgw.store import Device
+from smsgw.store import Device, Status
+
+if TYPE_CHECKING:
+    from smsgw.dispatcher import Dispatcher
 
 
 @dataclass(slots=True, eq=False)
@@ -42,6 +46,8 @@ class LiveDevice:
     last_used: float = 0.0
     # Messages on offer to this phone or owned by it and not yet reported on.
     holding: set[str] = field(default_factory=set)
+    # Ownership epoch of this session in a cluster (smsgw/cluster.py); 0 on one node.
+    epoch: int = 0
 
     @classmethod
     def from_device(
@@ -94,6 +100,11 @@ class LiveDevice:
 
 
 class Registry(abc.ABC):
+    async def start(self, dispatcher: Dispatcher) -> None:  # noqa: B027 (optional hook)
+        """Begin serving; a cross-node registry starts listening to other nodes."""
+
+    async def stop(self) -> None: ...  # noqa: B027 (optional hook)
+
     @abc.abstractmethod
     async def attach(self, live: LiveDevice) -> LiveDevice | None:
         """Make ``live`` the device's session; returns the session it replaced."""
@@ -108,6 +119,39 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def all(self) -> Collection[LiveDevice]:
         """A live view, not a copy: iterate it without awaiting in between."""
+
+    def local(self) -> Collection[LiveDevice]:
+        """The phones whose sockets this node holds (all of them on one node)."""
+        return self.all()
+
+    def is_local(self, live: LiveDevice) -> bool:
+        return True
+
+    def start_draining(self) -> None:
+        """This node is shutting down: route no new work to its phones."""
+        for live in self.local():
+            live.enabled = False
+
+    async def changed(self, live: LiveDevice) -> None:  # noqa: B027 (optional hook)
+        """An admin changed ``live``'s settings (name, enabled, quota) on this node."""
+
+    # The dispatcher tells the registry what phones answered, after acting on it itself:
+    # a cross-node registry passes answers to offers made by other nodes back to them.
+
+    def accepted(self, message_id: str, device_id: str, attempt: int, owner: bool) -> None:  # noqa: B027 (optional hook)
+        """A phone of this node accepted an offer (``owner``: it won the message)."""
+
+    def reported(  # noqa: B027 (optional hook)
+        self,
+        message_id: str,
+        device_id: str,
+        status: Status,
+        error_code: str | None,
+        error: str | None,
+        recipient: str | None,
+        attempt: int | None,
+    ) -> None:
+        """A phone of this node's report changed a message to ``status``."""
 
 
 class LocalRegistry(Registry):

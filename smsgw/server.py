@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 from starlette.applications import Starlette
 
 from smsgw.app import create_app
 from smsgw.config import Settings
+from smsgw.hub import Hub
 
 
 def uvicorn_config(
@@ -33,8 +35,28 @@ def uvicorn_config(
     return uvicorn.Config(app or create_app(settings), **options)  # type: ignore[arg-type]
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with the hub's drain before uvicorn's own shutdown.
+
+    On SIGTERM uvicorn closes every WebSocket with 1012 at once and only then runs the
+    lifespan shutdown, too late to let offers finish or to spread the phones' reconnects.
+    So the drain runs first, while the node still serves HTTP (refusing new sockets)."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self.hub.drain()
+        except Exception:
+            logging.getLogger("smsgw").exception("drain failed; shutting down anyway")
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.Server(uvicorn_config(settings)).run()
+    app = create_app(settings)
+    DrainingServer(uvicorn_config(settings, app), app.state.hub).run()

@@ -34,6 +34,10 @@ class WebSocketTransport(Transport):
 
 async def device_socket(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
+    if hub.draining:
+        # Shutting down: the phone retries, and the load balancer sends it elsewhere.
+        await ws.send_denial_response(error_response(503, "draining", "this hub node is draining"))
+        return
     secret = presented_secret(ws)
     device_id = await hub.auth.resolve_device_id(secret) if secret else None
     if device_id is None:

@@ -170,6 +170,7 @@ async def patch_device(call: Call) -> DeviceOut:
                 if device.daily_quota is not None
                 else call.hub.settings.default_daily_quota
             )
+        await call.hub.registry.changed(live)  # the node holding its socket, if not us
     call.hub.dispatcher.wake()
     return _out(call, device)
 

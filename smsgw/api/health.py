@@ -31,6 +31,8 @@ async def health(call: Call) -> HealthOut:
     responses={200: HealthOut, 503: ErrorOut},
 )
 async def ready(call: Call) -> HealthOut:
+    if call.hub.draining:  # load balancers stop sending new work here
+        raise ApiError(503, "not_ready", "this hub node is draining")
     try:
         await call.hub.store.ping()
     except Exception as exc:

@@ -1,0 +1,143 @@
+"""Two hub nodes in this process sharing one SQLite file and a real Redis: a dispatch on one
+node reaches a phone on the other, every node lists every phone, a newer connection on
+another node fences the old one, admin actions reach the node holding the socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from smsgw.protocol import CloseCode
+from tests.harness import Farm, HubServer, wait_for
+from tests.redisenv import RedisEnv, redis_env  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, redis_env: RedisEnv) -> AsyncIterator[list[HubServer]]:  # noqa: F811
+    db = tmp_path / "hub.db"
+    started = [
+        await HubServer(db, presence_interval=0.2, **redis_env.settings(f"n{i}")).start()
+        for i in range(2)
+    ]
+    yield started
+    for node in started:
+        await node.stop()
+
+
+async def test_dispatch_on_one_node_reaches_a_phone_on_the_other(nodes: list[HubServer]) -> None:
+    a, b = nodes
+    farm = Farm(lambda: b.url)
+    try:
+        phone = await farm.add(deliver=False)
+        await wait_for(lambda: a.hub.registry.get(phone.device_id) is not None, 5, "presence")
+        async with a.client() as c:
+            r = await c.post("/sms/dispatch", json={"to": "+12025550100", "message": "hi"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["status"] == "SENT" and body["device_id"] == phone.device_id
+            assert phone.transmitted_ids == [body["message_id"]]
+            devices = (await c.get("/devices/")).json()["items"]
+            assert [(d["id"], d["online"]) for d in devices] == [(phone.device_id, True)]
+            assert devices[0]["battery"] == 80 and devices[0]["sent_today"] == 1
+    finally:
+        await farm.close()
+
+
+async def test_failover_crosses_nodes(nodes: list[HubServer]) -> None:
+    a, b = nodes
+    farm_a, farm_b = Farm(lambda: a.url), Farm(lambda: b.url)
+    try:
+        # The local phone is the better one (signal 4) but never answers.
+        mute = await farm_a.add(never_accept=True, signal=4)
+        good = await farm_b.add(deliver=False, signal=1)
+        await wait_for(lambda: a.hub.registry.get(good.device_id) is not None, 5, "presence")
+        async with a.client() as c:
+            r = await c.post("/sms/dispatch", json={"to": "+12025550101", "message": "x"})
+            body = r.json()
+            assert body["status"] == "SENT" and body["device_id"] == good.device_id
+            assert body["attempts"] == 2
+            assert mute.transmitted_ids == []
+    finally:
+        await farm_a.close()
+        await farm_b.close()
+
+
+async def test_outbox_of_the_owning_node_sends_what_another_node_stored(
+    nodes: list[HubServer],
+) -> None:
+    a, b = nodes
+    farm = Farm(lambda: b.url)
+    try:
+        async with a.client() as c:
+            ids = [
+                (
+                    await c.post(
+                        "/sms/dispatch",
+                        json={"to": f"+120255501{i:02d}", "message": "q", "wait": False},
+                    )
+                ).json()["message_id"]
+                for i in range(12)
+            ]
+        phone = await farm.add(deliver=False)
+        await wait_for(lambda: sorted(phone.transmitted_ids) == sorted(ids), 10, "drain")
+    finally:
+        await farm.close()
+
+
+async def test_a_newer_session_on_another_node_fences_the_old_one(
+    nodes: list[HubServer],
+) -> None:
+    a, b = nodes
+    farm_a, farm_b = Farm(lambda: a.url), Farm(lambda: b.url)
+    try:
+        old = await farm_b.add()
+        await wait_for(lambda: a.hub.registry.get(old.device_id) is not None, 5, "presence")
+        # The same device (same token) connects to node a: b must let go.
+        new_client = farm_a._client(old.token, old.backend, old.store)
+        task = asyncio.create_task(new_client.run())
+        try:
+            await wait_for(lambda: old.client.stopped_reason == "replaced", 5, "fence")
+            assert old.client.close_code == CloseCode.REPLACED
+            await wait_for(lambda: a.hub.registry.is_local(a.hub.registry.get(old.device_id)))
+            await wait_for(
+                lambda: (
+                    (live := b.hub.registry.get(old.device_id)) is not None
+                    and not b.hub.registry.is_local(live)
+                ),
+                5,
+                "b sees it on a",
+            )
+            async with b.client() as c:
+                r = await c.post("/sms/dispatch", json={"to": "+12025550102", "message": "y"})
+                assert r.json()["status"] == "SENT"
+                assert r.json()["device_id"] == old.device_id
+        finally:
+            await new_client.stop()
+            await task
+    finally:
+        await farm_a.close()
+        await farm_b.close()
+
+
+async def test_admin_actions_reach_the_node_holding_the_socket(nodes: list[HubServer]) -> None:
+    a, b = nodes
+    farm = Farm(lambda: b.url)
+    try:
+        phone = await farm.add()
+        await wait_for(lambda: a.hub.registry.get(phone.device_id) is not None, 5, "presence")
+        async with a.client() as c:
+            r = await c.patch(f"/devices/{phone.device_id}", json={"enabled": False})
+            assert r.status_code == 200
+            await wait_for(
+                lambda: not b.hub.registry.get(phone.device_id).enabled, 5, "disabled on b"
+            )
+            r = await c.post("/sms/dispatch", json={"to": "+12025550103", "message": "z"})
+            assert r.status_code == 202  # nobody may send it now
+            assert (await c.delete(f"/devices/{phone.device_id}")).status_code == 204
+        await wait_for(lambda: phone.client.stopped_reason == "revoked", 5, "revoked")
+        await wait_for(lambda: a.hub.registry.get(phone.device_id) is None, 5, "gone on a")
+    finally:
+        await farm.close()
