@@ -27,6 +27,7 @@ from android_client.simulated import SimulatedBackend, SimulatedConfig
 from smsgw.app import create_app
 from smsgw.config import Settings
 from smsgw.server import uvicorn_config
+from tests.pgtest import hub_database_url  # SQLite file, or a schema (SMSGW_TEST_STORE)
 
 ADMIN_KEY = "sk_000000000000_test-admin-key"
 
@@ -84,7 +85,7 @@ class HubServer:
         sock = free_socket()
         self.port = sock.getsockname()[1]
         self.settings = Settings(
-            database_url=f"sqlite:///{self.db_path}",
+            database_url=await hub_database_url(self.db_path),
             host="127.0.0.1",
             port=self.port,
             **{**TEST_SETTINGS, **self.overrides},
@@ -135,7 +136,7 @@ class HubProcess:
         for key, value in {**TEST_SETTINGS, **self.overrides}.items():
             env[f"SMSGW_{key.upper()}"] = str(value)
         env.update(
-            SMSGW_DATABASE_URL=f"sqlite:///{self.db_path}",
+            SMSGW_DATABASE_URL=await hub_database_url(self.db_path),
             SMSGW_HOST="127.0.0.1",
             SMSGW_PORT=str(self.port),
         )
