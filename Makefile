@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9000
 
-.PHONY: run install install-test install-bench check test migrate bench bench-full clean
+.PHONY: run install install-test install-bench check test test-postgres migrate bench bench-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,18 @@ check: install-test
 	$(BIN)/ruff format --check smsgw android_client tests bench
 	$(BIN)/mypy
 
+# The whole suite on SQLite, then again with every hub on PostgreSQL (tests/pgtest.py):
+# always under CI=true, elsewhere when SMSGW_TEST_POSTGRES_URL names a server.
 test: check
 	$(BIN)/pytest
+	@if [ "$$CI" = true ] || [ -n "$$SMSGW_TEST_POSTGRES_URL" ]; then \
+		$(MAKE) --no-print-directory test-postgres; \
+	else \
+		echo "PostgreSQL pass skipped: set SMSGW_TEST_POSTGRES_URL=postgresql://user@host/db"; \
+	fi
+
+test-postgres: install-test
+	SMSGW_TEST_STORE=postgres $(BIN)/pytest
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run
