@@ -9,6 +9,9 @@ from smsgw.store.base import (
     Attempt,
     Batch,
     Conflict,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
     Device,
     IdempotencyRecord,
     Inbound,
@@ -21,6 +24,7 @@ from smsgw.store.base import (
     Status,
     Store,
     Template,
+    Webhook,
 )
 
 __all__ = [
@@ -29,6 +33,9 @@ __all__ = [
     "Attempt",
     "Batch",
     "Conflict",
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryStatus",
     "Device",
     "IdempotencyRecord",
     "Inbound",
@@ -41,6 +48,7 @@ __all__ = [
     "Status",
     "Store",
     "Template",
+    "Webhook",
     "create_store",
 ]
 

@@ -103,6 +103,7 @@ class Message:
     sensitive: bool = False  # an OTP: the API never shows the body
     template_id: str | None = None
     batch_id: str | None = None
+    callback_url: str | None = None  # this message's status events also go here
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
@@ -174,6 +175,76 @@ class Stats:
     inbound: int
     otp_sent: int
     otp_verified: int
+
+
+@dataclass(slots=True)
+class Webhook:
+    id: str
+    url: str
+    events: frozenset[str]
+    description: str | None
+    enabled: bool
+    secret: str
+    created_at: datetime
+    updated_at: datetime
+    # During a rotation the old secret still signs (a second v1=) until this time.
+    previous_secret: str | None = None
+    previous_secret_until: datetime | None = None
+    failing_since: datetime | None = None  # first failure since the last success
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None  # set when the hub disabled it, not the user
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (or being attempted)
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # every attempt failed: kept for inspection and replay
+
+
+def next_delivery_status(
+    succeeded: bool, retry_at: datetime | None, attempts: int, max_attempts: int
+) -> DeliveryStatus:
+    """After attempt number ``attempts``: the rule every store applies."""
+    if succeeded:
+        return DeliveryStatus.SUCCEEDED
+    if retry_at is not None and attempts < max_attempts:
+        return DeliveryStatus.PENDING
+    return DeliveryStatus.DEAD
+
+
+def disabled_reason(failing_since: Any) -> str:
+    since = failing_since.isoformat() if isinstance(failing_since, datetime) else failing_since
+    return f"disabled by the hub: every delivery failed since {since}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One event on its way to one target (a webhook, or a message's callback_url)."""
+
+    id: str
+    event_id: str
+    event_type: str
+    webhook_id: str | None  # None: the message's callback_url
+    url: str
+    status: DeliveryStatus
+    attempts: int
+    max_attempts: int | None  # None: the hub's setting
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    payload: str
+    history: list[DeliveryAttempt] = field(default_factory=list)
 
 
 class Conflict(Exception):
@@ -295,7 +366,11 @@ class Store(abc.ABC):
         signal: int,
         network: str | None,
         now: datetime,
-    ) -> None: ...
+        offline: bool = False,
+    ) -> None:
+        """Store a phone's last reported state; ``offline``: its connection just ended
+        (raises ``device.offline``). Crossing below the battery line raises
+        ``device.battery_low``."""
 
     @abc.abstractmethod
     async def device_online(
@@ -535,3 +610,80 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_inbound(self, flt: InboundFilter) -> list[Inbound]: ...
+
+    # -- webhooks -------------------------------------------------------------------
+    # Events are written by the state-changing methods above, in their own transaction,
+    # one delivery per subscribed target (see smsgw/events.py). Nothing is written for an
+    # event nobody subscribes to.
+
+    @abc.abstractmethod
+    async def create_webhook(self, hook: Webhook) -> None: ...
+
+    @abc.abstractmethod
+    async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
+
+    @abc.abstractmethod
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    @abc.abstractmethod
+    async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
+        """Set url/events/description/enabled. Enabling clears the failure record and
+        makes the endpoint's pending deliveries due at once."""
+
+    @abc.abstractmethod
+    async def rotate_webhook_secret(
+        self, webhook_id: str, secret: str, previous_until: datetime, now: datetime
+    ) -> Webhook | None:
+        """The new secret signs from now on; the current one also signs until
+        ``previous_until``."""
+
+    @abc.abstractmethod
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Remove it with its deliveries."""
+
+    @abc.abstractmethod
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        """Due pending deliveries of enabled endpoints (and callbacks), leased until
+        ``lease_until`` so no other worker takes them; per target and subject only the
+        oldest pending one, so one message's events arrive in order."""
+
+    @abc.abstractmethod
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        attempt: DeliveryAttempt,
+        *,
+        succeeded: bool,
+        retry_at: datetime | None,
+        default_max_attempts: int,
+        disable_after: float,
+    ) -> tuple[DeliveryStatus, bool] | None:
+        """Record an attempt. Failed with attempts left and ``retry_at`` -> pending again;
+        otherwise dead. A webhook failing without a success for ``disable_after`` seconds
+        is disabled. Returns the delivery's new status and whether the webhook was just
+        disabled; None if the delivery is gone."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """With its attempt history."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]:
+        """Newest first, with attempt histories; ``after`` is the keyset cursor."""
+
+    @abc.abstractmethod
+    async def replay_delivery(self, delivery_id: str, now: datetime) -> Delivery | None:
+        """Send it once more, now (a dead delivery gets one more attempt)."""
+
+    @abc.abstractmethod
+    async def purge_deliveries(self, before: datetime) -> int:
+        """Forget finished deliveries last changed before ``before`` (and their events)."""

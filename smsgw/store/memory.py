@@ -14,11 +14,26 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from smsgw.clock import new_id
+from smsgw.events import (
+    Event,
+    EventType,
+    Subscriptions,
+    battery_crossed_low,
+    device_data,
+    inbound_data,
+    make_event,
+    message_data,
+    otp_data,
+)
 from smsgw.store.base import (
     ApiKey,
     Attempt,
     Batch,
     Conflict,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
     Device,
     IdempotencyRecord,
     Inbound,
@@ -31,6 +46,9 @@ from smsgw.store.base import (
     Status,
     Store,
     Template,
+    Webhook,
+    disabled_reason,
+    next_delivery_status,
 )
 
 
@@ -62,6 +80,11 @@ class MemoryStore(Store):
         self.secrets: dict[str, str] = {}
         self.opt_outs: dict[str, OptOut] = {}
         self.batches: dict[str, Batch] = {}
+        self.subs = Subscriptions()
+        self.webhooks: dict[str, Webhook] = {}
+        self.events: dict[str, Event] = {}
+        # Insertion order is creation order (the per-subject ordering rule relies on it).
+        self.deliveries: dict[str, tuple[Delivery, str, str]] = {}  # id -> (d, target, subject)
 
     async def open(self) -> None:
         pass
@@ -192,11 +215,14 @@ class MemoryStore(Store):
         signal: int,
         network: str | None,
         now: datetime,
+        offline: bool = False,
     ) -> None:
         device = self.devices.get(device_id)
         if device is not None:
+            before = device.battery
             device.battery, device.charging, device.signal = battery, charging, signal
             device.network, device.last_seen_at = network, now
+            self._device_events(device, before, now, offline=offline)
 
     async def device_online(
         self,
@@ -215,10 +241,12 @@ class MemoryStore(Store):
         if device is None:
             return None
         if device is not None:
+            before = device.battery
             device.sims, device.app_version = copy.deepcopy(sims), app_version
             device.fcm_token = fcm_token or device.fcm_token
             device.battery, device.charging, device.signal = battery, charging, signal
             device.network, device.last_seen_at, device.updated_at = network, now, now
+            self._device_events(device, before, now, online=True)
         return replace(device), await self.owned_unfinished(device_id)
 
     async def delete_device(self, device_id: str, now: datetime) -> bool:
@@ -237,6 +265,7 @@ class MemoryStore(Store):
             if m.pinned_device_id == device_id and m.status is Status.PENDING:
                 m.status, m.error_code, m.failed_at = Status.FAILED, "device_removed", now
                 m.error = "the device this message was sent through was removed"
+                self._message_event(EventType.MESSAGE_FAILED, m, now)
         return True
 
     # -- messages -------------------------------------------------------------------
@@ -253,6 +282,7 @@ class MemoryStore(Store):
         if offer_to is not None:
             message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
             self.attempts[message.id] = [Attempt(1, offer_to, message.created_at)]
+        self.subs.callbacks = self.subs.callbacks or bool(message.callback_url)
         self.messages[message.id] = replace(
             message, attempts=[], last_device=None, metadata=copy.deepcopy(message.metadata)
         )
@@ -359,6 +389,8 @@ class MemoryStore(Store):
         else:
             m.next_attempt_at = retry_at
         self._end_attempt(message_id, attempt, outcome, now)
+        if m.status is Status.FAILED:
+            self._message_event(EventType.MESSAGE_FAILED, m, now)
         return m.status
 
     async def accept(self, message_id: str, device_id: str, attempt: int, now: datetime) -> bool:
@@ -370,6 +402,7 @@ class MemoryStore(Store):
             for a in self.attempts.get(message_id, []):
                 if a.attempt == attempt:
                     a.accepted_at = now
+            self._message_event(EventType.MESSAGE_QUEUED, m, now)
             return True
         return m.status in (Status.QUEUED, Status.SENT, Status.DELIVERED)
 
@@ -388,6 +421,7 @@ class MemoryStore(Store):
         self._end_attempt(message_id, m.attempt, "sent", now)
         self._count_sent(device_id, now)
         self.affinity[m.recipient] = (device_id, now)
+        self._message_event(EventType.MESSAGE_SENT, m, now)
         return m.recipient
 
     async def mark_delivered(self, message_id: str, device_id: str, now: datetime) -> bool:
@@ -399,6 +433,7 @@ class MemoryStore(Store):
             self._count_sent(device_id, now)
         m.status, m.delivered_at, m.updated_at = Status.DELIVERED, now, now
         self._end_attempt(message_id, m.attempt, "sent", now)
+        self._message_event(EventType.MESSAGE_DELIVERED, m, now)
         return True
 
     async def mark_failed(
@@ -440,6 +475,8 @@ class MemoryStore(Store):
             error_code,
             error,
         )
+        if m.status is Status.FAILED:
+            self._message_event(EventType.MESSAGE_FAILED, m, now)
         return m.status
 
     async def cancel_message(self, message_id: str, now: datetime) -> Message | None:
@@ -454,6 +491,7 @@ class MemoryStore(Store):
                 now,
             )
             self._end_attempt(message_id, m.attempt, "cancelled", now)
+            self._message_event(EventType.MESSAGE_CANCELLED, m, now)
         return replace(m)
 
     async def idempotency_claim(
@@ -583,6 +621,7 @@ class MemoryStore(Store):
         o.attempts += 1
         if correct:
             o.verified_at = now
+            self._event(EventType.OTP_VERIFIED, o.id, otp_data(o), now)
         return replace(o)
 
     async def purge_otps(self, before: datetime) -> int:
@@ -660,6 +699,7 @@ class MemoryStore(Store):
                 m.error = "no phone sent the message before it expired"
                 m.device_id = None
                 expired.append(m.id)
+                self._message_event(EventType.MESSAGE_FAILED, m, now)
         return expired
 
     async def recent_affinities(self, limit: int) -> list[tuple[str, str]]:
@@ -672,7 +712,9 @@ class MemoryStore(Store):
         key = (inbound.device_id, inbound.local_id)
         if key in self.inbound:
             return False
+        inbound.id = inbound.id or new_id()
         self.inbound[key] = replace(inbound)
+        self._event(EventType.SMS_RECEIVED, inbound.id, inbound_data(inbound), inbound.created_at)
         return True
 
     async def list_inbound(self, flt: InboundFilter) -> list[Inbound]:
@@ -683,3 +725,210 @@ class MemoryStore(Store):
             and (flt.device_id is None or i.device_id == flt.device_id)
         ]
         return [replace(i) for i in _page(rows, flt.since, flt.after, flt.limit)]
+
+    # -- events and webhooks ----------------------------------------------------------
+
+    def _event(
+        self,
+        type_: EventType,
+        subject: str,
+        data: dict[str, Any],
+        now: datetime,
+        callback_url: str | None = None,
+    ) -> None:
+        targets = self.subs.targets(type_, callback_url)
+        if not targets:
+            return
+        event = make_event(type_, subject, data, now)
+        self.events[event.id] = event
+        for t in targets:
+            d = Delivery(
+                id=new_id(),
+                event_id=event.id,
+                event_type=event.type,
+                webhook_id=t.webhook_id,
+                url=t.url,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                max_attempts=None,
+                next_attempt_at=now,
+                last_status_code=None,
+                last_error=None,
+                created_at=now,
+                updated_at=now,
+                payload=event.payload,
+            )
+            self.deliveries[d.id] = (d, t.key, subject)
+
+    def _message_event(self, type_: EventType, m: Message, now: datetime) -> None:
+        if self.subs.wanted(type_):
+            self._event(type_, m.id, message_data(m), now, m.callback_url)
+
+    def _device_events(
+        self,
+        device: Device,
+        battery_before: int | None,
+        now: datetime,
+        *,
+        online: bool = False,
+        offline: bool = False,
+    ) -> None:
+        if online:
+            self._event(EventType.DEVICE_ONLINE, device.id, device_data(device, online=True), now)
+        if offline:
+            data = device_data(device, online=False)
+            self._event(EventType.DEVICE_OFFLINE, device.id, data, now)
+        if device.battery is not None and battery_crossed_low(
+            battery_before, device.battery, bool(device.charging)
+        ):
+            data = device_data(device, online=not offline)
+            self._event(EventType.DEVICE_BATTERY_LOW, device.id, data, now)
+
+    async def create_webhook(self, hook: Webhook) -> None:
+        self.webhooks[hook.id] = replace(hook)
+        self.subs.set(hook.id, hook.url, hook.events, hook.enabled)
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        hook = self.webhooks.get(webhook_id)
+        return replace(hook) if hook else None
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return [replace(h) for _, h in sorted(self.webhooks.items())]
+
+    async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
+        if unknown := set(fields) - {"url", "events", "description", "enabled"}:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        hook = self.webhooks.get(webhook_id)
+        if hook is None:
+            return None
+        if fields.get("enabled") and not hook.enabled:
+            hook.failing_since = hook.disabled_at = hook.disabled_reason = None
+            for d, _, _ in self.deliveries.values():
+                if d.webhook_id == webhook_id and d.status is DeliveryStatus.PENDING:
+                    d.next_attempt_at = now
+        for name, value in fields.items():
+            setattr(hook, name, frozenset(value) if name == "events" else value)
+        hook.updated_at = now
+        self.subs.set(hook.id, hook.url, hook.events, hook.enabled)
+        return replace(hook)
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str, secret: str, previous_until: datetime, now: datetime
+    ) -> Webhook | None:
+        hook = self.webhooks.get(webhook_id)
+        if hook is None:
+            return None
+        hook.previous_secret, hook.previous_secret_until = hook.secret, previous_until
+        hook.secret, hook.updated_at = secret, now
+        return replace(hook)
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        if self.webhooks.pop(webhook_id, None) is None:
+            return False
+        self.subs.remove(webhook_id)
+        self.deliveries = {
+            k: v for k, v in self.deliveries.items() if v[0].webhook_id != webhook_id
+        }
+        return True
+
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        blocked: set[tuple[str, str]] = set()  # (target, subject) with an older pending one
+        claimed: list[Delivery] = []
+        for d, target, subject in self.deliveries.values():
+            if d.status is not DeliveryStatus.PENDING:
+                continue
+            key = (target, subject)
+            if key in blocked:
+                continue
+            blocked.add(key)
+            hook = self.webhooks.get(d.webhook_id) if d.webhook_id else None
+            if d.webhook_id is not None and (hook is None or not hook.enabled):
+                continue
+            if d.next_attempt_at is not None and d.next_attempt_at <= now:
+                claimed.append(d)
+        claimed.sort(key=lambda d: d.next_attempt_at or now)
+        claimed = claimed[:limit]
+        for d in claimed:
+            d.next_attempt_at = lease_until
+        return [replace(d, history=[]) for d in claimed]
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        attempt: DeliveryAttempt,
+        *,
+        succeeded: bool,
+        retry_at: datetime | None,
+        default_max_attempts: int,
+        disable_after: float,
+    ) -> tuple[DeliveryStatus, bool] | None:
+        entry = self.deliveries.get(delivery_id)
+        if entry is None:
+            return None
+        d = entry[0]
+        d.attempts += 1
+        d.status = next_delivery_status(
+            succeeded, retry_at, d.attempts, d.max_attempts or default_max_attempts
+        )
+        d.history = [*(h for h in d.history if h.attempt != d.attempts), attempt]
+        d.next_attempt_at = retry_at if d.status is DeliveryStatus.PENDING else None
+        d.last_status_code, d.last_error, d.updated_at = (
+            attempt.status_code,
+            attempt.error,
+            attempt.at,
+        )
+        hook = self.webhooks.get(d.webhook_id) if d.webhook_id else None
+        if hook is None:
+            return d.status, False
+        if succeeded:
+            hook.failing_since = None
+            return d.status, False
+        hook.failing_since = hook.failing_since or attempt.at
+        if not hook.enabled or (attempt.at - hook.failing_since).total_seconds() < disable_after:
+            return d.status, False
+        hook.enabled, hook.disabled_at, hook.updated_at = False, attempt.at, attempt.at
+        hook.disabled_reason = disabled_reason(hook.failing_since)
+        self.subs.set(hook.id, hook.url, hook.events, False)
+        return d.status, True
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        entry = self.deliveries.get(delivery_id)
+        return replace(entry[0], history=list(entry[0].history)) if entry else None
+
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]:
+        rows = [
+            d
+            for d, _, _ in self.deliveries.values()
+            if d.webhook_id == webhook_id and (status is None or d.status is status)
+        ]
+        return [replace(d, history=list(d.history)) for d in _page(rows, None, after, limit)]
+
+    async def replay_delivery(self, delivery_id: str, now: datetime) -> Delivery | None:
+        entry = self.deliveries.get(delivery_id)
+        if entry is None:
+            return None
+        d = entry[0]
+        d.status, d.next_attempt_at, d.updated_at = DeliveryStatus.PENDING, now, now
+        d.max_attempts = d.attempts + 1
+        return await self.get_delivery(delivery_id)
+
+    async def purge_deliveries(self, before: datetime) -> int:
+        old = [
+            k
+            for k, (d, _, _) in self.deliveries.items()
+            if d.status is not DeliveryStatus.PENDING and d.updated_at < before
+        ]
+        for k in old:
+            del self.deliveries[k]
+        live = {d.event_id for d, _, _ in self.deliveries.values()}
+        self.events = {k: e for k, e in self.events.items() if k in live or e.created_at >= before}
+        return len(old)

@@ -23,11 +23,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from smsgw.clock import iso, new_id, parse_iso
+from smsgw.events import (
+    Event,
+    EventType,
+    Subscriptions,
+    Target,
+    battery_crossed_low,
+    device_data,
+    inbound_data,
+    make_event,
+    message_data,
+    otp_data,
+)
 from smsgw.store.base import (
     ApiKey,
     Attempt,
     Batch,
     Conflict,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
     Device,
     IdempotencyRecord,
     Inbound,
@@ -40,6 +55,9 @@ from smsgw.store.base import (
     Status,
     Store,
     Template,
+    Webhook,
+    disabled_reason,
+    next_delivery_status,
 )
 from smsgw.store.migrations import load_migrations
 
@@ -52,7 +70,7 @@ _MESSAGE_COLUMNS = (
     "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
     "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
     "sent_at, delivered_at, failed_at, expires_at, priority, send_at, cancelled_at, "
-    "custom_id, metadata, encoding, sensitive, template_id, batch_id"
+    "custom_id, metadata, encoding, sensitive, template_id, batch_id, callback_url"
 )
 
 
@@ -97,6 +115,7 @@ def _message(row: sqlite3.Row) -> Message:
         sensitive=bool(row["sensitive"]),
         template_id=row["template_id"],
         batch_id=row["batch_id"],
+        callback_url=row["callback_url"],
     )
 
 
@@ -174,6 +193,50 @@ def _inbound(row: sqlite3.Row) -> Inbound:
         sim_slot=row["sim_slot"],
         received_at=_req_dt(row["received_at"]),
         created_at=_req_dt(row["created_at"]),
+    )
+
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.event_id, e.type AS event_type, d.webhook_id, d.url, d.status, d.attempts, "
+    "d.max_attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
+    "d.updated_at, e.payload"
+)
+
+
+def _webhook(row: sqlite3.Row) -> Webhook:
+    return Webhook(
+        id=row["id"],
+        url=row["url"],
+        events=frozenset(row["events"].split()),
+        description=row["description"],
+        enabled=bool(row["enabled"]),
+        secret=row["secret"],
+        created_at=_req_dt(row["created_at"]),
+        updated_at=_req_dt(row["updated_at"]),
+        previous_secret=row["previous_secret"],
+        previous_secret_until=_dt(row["previous_secret_until"]),
+        failing_since=_dt(row["failing_since"]),
+        disabled_at=_dt(row["disabled_at"]),
+        disabled_reason=row["disabled_reason"],
+    )
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        webhook_id=row["webhook_id"],
+        url=row["url"],
+        status=DeliveryStatus(row["status"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=_req_dt(row["created_at"]),
+        updated_at=_req_dt(row["updated_at"]),
+        payload=row["payload"],
     )
 
 
@@ -268,6 +331,7 @@ class SqliteStore(Store):
         self._writer: _Writer | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_db: sqlite3.Connection | None = None
+        self._subs = Subscriptions()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -287,12 +351,29 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate_sync)
+        await asyncio.to_thread(self._load_subscriptions)
         self._writer = _Writer(self._connect)
         self._writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="smsgw-sqlite-reader")
         self._reader_db = await asyncio.get_running_loop().run_in_executor(
             self._reader, self._connect
         )
+
+    def _load_subscriptions(self) -> None:
+        db = self._connect()
+        try:
+            hooks = db.execute("SELECT id, url, events, enabled FROM webhooks").fetchall()
+            self._subs.load(
+                (h["id"], h["url"], h["events"].split(), bool(h["enabled"])) for h in hooks
+            )
+            self._subs.callbacks = (
+                db.execute(
+                    "SELECT 1 FROM messages WHERE callback_url IS NOT NULL LIMIT 1"
+                ).fetchone()
+                is not None
+            )
+        finally:
+            db.close()
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, each in its own transaction; returns what was applied."""
@@ -557,15 +638,46 @@ class SqliteStore(Store):
         signal: int,
         network: str | None,
         now: datetime,
+        offline: bool = False,
     ) -> None:
         def op(db: sqlite3.Connection) -> None:
+            before = db.execute("SELECT battery FROM devices WHERE id = ?", (device_id,)).fetchone()
             db.execute(
                 "UPDATE devices SET battery = ?, charging = ?, signal = ?, network = ?, "
                 "last_seen_at = ? WHERE id = ?",
                 (battery, int(charging), signal, network, iso(now), device_id),
             )
+            if before is not None:
+                self._device_events(db, device_id, before["battery"], now, offline=offline)
 
         return await self._write(op)
+
+    def _device_events(
+        self,
+        db: sqlite3.Connection,
+        device_id: str,
+        battery_before: int | None,
+        now: datetime,
+        *,
+        online: bool = False,
+        offline: bool = False,
+    ) -> None:
+        types = [EventType.DEVICE_ONLINE] if online else []
+        types += [EventType.DEVICE_OFFLINE] if offline else []
+        types.append(EventType.DEVICE_BATTERY_LOW)
+        if not any(self._subs.wanted(t) for t in types):
+            return
+        row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            return
+        device = _device(row)
+        if device.battery is None or not battery_crossed_low(
+            battery_before, device.battery, bool(device.charging)
+        ):
+            types.remove(EventType.DEVICE_BATTERY_LOW)
+        for t in types:
+            data = device_data(device, online=t is not EventType.DEVICE_OFFLINE)
+            self._event(db, t, device_id, data, now)
 
     async def device_online(
         self,
@@ -583,6 +695,7 @@ class SqliteStore(Store):
         stamp = iso(now)
 
         def op(db: sqlite3.Connection) -> tuple[Device, list[Message]] | None:
+            before = db.execute("SELECT battery FROM devices WHERE id = ?", (device_id,)).fetchone()
             db.execute(
                 "UPDATE devices SET sims = ?, app_version = ?, fcm_token = COALESCE(?, fcm_token), "
                 "battery = ?, charging = ?, signal = ?, network = ?, last_seen_at = ?, "
@@ -610,6 +723,8 @@ class SqliteStore(Store):
             ).fetchone()
             if device is None:
                 return None
+            if before is not None:
+                self._device_events(db, device_id, before["battery"], now, online=True)
             return _device(device), [_message(r) for r in rows]
 
         return await self._write(op)
@@ -638,12 +753,15 @@ class SqliteStore(Store):
                 (stamp, device_id),
             )
             # A message pinned to a removed phone can never leave: fail it visibly.
-            db.execute(
+            failed = db.execute(
                 "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
                 "error = 'the device this message was sent through was removed', "
-                "failed_at = ?, updated_at = ? WHERE pinned_device_id = ? AND status = 'PENDING'",
+                "failed_at = ?, updated_at = ? WHERE pinned_device_id = ? AND status = 'PENDING' "
+                "RETURNING id",
                 (stamp, stamp, device_id),
-            )
+            ).fetchall()
+            for r in failed:
+                self._message_event(db, EventType.MESSAGE_FAILED, r["id"], now)
             return True
 
         return await self._write(op)
@@ -661,10 +779,11 @@ class SqliteStore(Store):
             message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
         await self._write(lambda db: self._insert_message(db, message, offer_to))
 
-    @staticmethod
-    def _insert_message(db: sqlite3.Connection, m: Message, offer_to: str | None) -> None:
+    def _insert_message(self, db: sqlite3.Connection, m: Message, offer_to: str | None) -> None:
+        if m.callback_url:
+            self._subs.callbacks = True
         db.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 29)})",
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 30)})",
             (
                 m.id,
                 m.recipient,
@@ -695,6 +814,7 @@ class SqliteStore(Store):
                 int(m.sensitive),
                 m.template_id,
                 m.batch_id,
+                m.callback_url,
             ),
         )
         if offer_to is not None:
@@ -840,6 +960,8 @@ class SqliteStore(Store):
             if cur.rowcount != 1:
                 return None
             self._end_attempt(db, message_id, attempt, outcome, stamp)
+            if exhausted:
+                self._message_event(db, EventType.MESSAGE_FAILED, message_id, now)
             return Status.FAILED if exhausted else Status.PENDING
 
         return await self._write(op)
@@ -876,6 +998,7 @@ class SqliteStore(Store):
                     "WHERE message_id = ? AND attempt = ?",
                     (stamp, message_id, attempt),
                 )
+                self._message_event(db, EventType.MESSAGE_QUEUED, message_id, now)
                 return True
             row = (
                 db.execute(
@@ -909,6 +1032,7 @@ class SqliteStore(Store):
                 "device_id = excluded.device_id, updated_at = excluded.updated_at",
                 (row["recipient"], device_id, stamp),
             )
+            self._message_event(db, EventType.MESSAGE_SENT, message_id, now)
             return str(row["recipient"])
 
         return await self._write(op)
@@ -941,6 +1065,7 @@ class SqliteStore(Store):
             self._end_attempt(db, message_id, row["attempt"], "sent", stamp)
             if row["was_unsent"]:
                 self._count_sent(db, device_id, now)
+            self._message_event(db, EventType.MESSAGE_DELIVERED, message_id, now)
             return True
 
         return await self._write(op)
@@ -999,6 +1124,8 @@ class SqliteStore(Store):
                 error_code,
                 error,
             )
+            if not again:
+                self._message_event(db, EventType.MESSAGE_FAILED, message_id, now)
             return Status.PENDING if again else Status.FAILED
 
         return await self._write(op)
@@ -1016,6 +1143,7 @@ class SqliteStore(Store):
             cur.close()
             if row is not None:
                 self._end_attempt(db, message_id, row["attempt"], "cancelled", stamp)
+                self._message_event(db, EventType.MESSAGE_CANCELLED, message_id, now)
             found = db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
@@ -1216,7 +1344,12 @@ class SqliteStore(Store):
             )
             row = cur.fetchone()
             cur.close()
-            return _otp(row) if row else None
+            if row is None:
+                return None
+            otp = _otp(row)
+            if otp.verified_at is not None:
+                self._event(db, EventType.OTP_VERIFIED, otp.id, otp_data(otp), now)
+            return otp
 
         return await self._write(op)
 
@@ -1352,6 +1485,8 @@ class SqliteStore(Store):
             )
             rows = cur.fetchall()
             cur.close()
+            for r in rows:
+                self._message_event(db, EventType.MESSAGE_FAILED, r[0], now)
             return [r[0] for r in rows]
 
         return await self._write(op)
@@ -1367,6 +1502,7 @@ class SqliteStore(Store):
 
     async def store_inbound(self, inbound: Inbound) -> bool:
         i = inbound
+        i.id = i.id or new_id()
 
         def op(db: sqlite3.Connection) -> bool:
             cur = db.execute(
@@ -1374,7 +1510,7 @@ class SqliteStore(Store):
                 "received_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id, local_id) DO NOTHING",
                 (
-                    i.id or new_id(),
+                    i.id,
                     i.device_id,
                     i.local_id,
                     i.sender,
@@ -1384,7 +1520,10 @@ class SqliteStore(Store):
                     iso(i.created_at),
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._event(db, EventType.SMS_RECEIVED, i.id, inbound_data(i), i.created_at)
+            return True
 
         return await self._write(op)
 
@@ -1397,6 +1536,318 @@ class SqliteStore(Store):
             (*params, flt.limit),
         )
         return [_inbound(r) for r in rows]
+
+    # -- events and webhooks ----------------------------------------------------------
+    # The emitters run inside the write that changed the state (writer thread), so the
+    # event commits or rolls back with it.
+
+    def _event(
+        self,
+        db: sqlite3.Connection,
+        type_: EventType,
+        subject: str,
+        data: dict[str, Any],
+        now: datetime,
+        callback_url: str | None = None,
+    ) -> None:
+        targets = self._subs.targets(type_, callback_url)
+        if targets:
+            self._insert_event(db, make_event(type_, subject, data, now), targets)
+
+    def _message_event(
+        self, db: sqlite3.Connection, type_: EventType, message_id: str, now: datetime
+    ) -> None:
+        if not self._subs.wanted(type_):
+            return
+        row = db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if row is not None:
+            msg = _message(row)
+            self._event(db, type_, msg.id, message_data(msg), now, msg.callback_url)
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, event: Event, targets: list[Target]) -> None:
+        stamp = iso(event.created_at)
+        db.execute(
+            "INSERT INTO events (id, type, subject, created_at, payload) VALUES (?, ?, ?, ?, ?)",
+            (event.id, event.type, event.subject, stamp, event.payload),
+        )
+        db.executemany(
+            "INSERT INTO webhook_deliveries (id, event_id, target, webhook_id, subject, url, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (new_id(), event.id, t.key, t.webhook_id, event.subject, t.url, stamp, stamp, stamp)
+                for t in targets
+            ],
+        )
+
+    async def create_webhook(self, hook: Webhook) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO webhooks (id, url, events, description, enabled, secret, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hook.id,
+                    hook.url,
+                    " ".join(sorted(hook.events)),
+                    hook.description,
+                    int(hook.enabled),
+                    hook.secret,
+                    iso(hook.created_at),
+                    iso(hook.updated_at),
+                ),
+            )
+            self._subs.set(hook.id, hook.url, hook.events, hook.enabled)
+
+        await self._write(op)
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        row = await self._one("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
+        return _webhook(row) if row else None
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return [_webhook(r) for r in await self._all("SELECT * FROM webhooks ORDER BY id")]
+
+    async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
+        allowed = {"url", "events", "description", "enabled"}
+        if unknown := set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        stamp = iso(now)
+
+        def op(db: sqlite3.Connection) -> Webhook | None:
+            row = db.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+            if row is None:
+                return None
+            old = _webhook(row)
+            values = dict(fields)
+            if "events" in values:
+                values["events"] = " ".join(sorted(values["events"]))
+            if "enabled" in values:
+                values["enabled"] = int(values["enabled"])
+                if values["enabled"] and not old.enabled:
+                    # Back on: a clean record, and what waited for it goes out now.
+                    values.update(failing_since=None, disabled_at=None, disabled_reason=None)
+                    db.execute(
+                        "UPDATE webhook_deliveries SET next_attempt_at = ? "
+                        "WHERE webhook_id = ? AND status = 'pending'",
+                        (stamp, webhook_id),
+                    )
+            values["updated_at"] = stamp
+            sets = ", ".join(f"{k} = ?" for k in values)
+            db.execute(f"UPDATE webhooks SET {sets} WHERE id = ?", (*values.values(), webhook_id))
+            new = _webhook(
+                db.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+            )
+            self._subs.set(new.id, new.url, new.events, new.enabled)
+            return new
+
+        return await self._write(op)
+
+    async def rotate_webhook_secret(
+        self, webhook_id: str, secret: str, previous_until: datetime, now: datetime
+    ) -> Webhook | None:
+        def op(db: sqlite3.Connection) -> Webhook | None:
+            cur = db.execute(
+                "UPDATE webhooks SET previous_secret = secret, previous_secret_until = ?, "
+                "secret = ?, updated_at = ? WHERE id = ? RETURNING *",
+                (iso(previous_until), secret, iso(now), webhook_id),
+            )
+            row = cur.fetchone()
+            cur.close()
+            return _webhook(row) if row else None
+
+        return await self._write(op)
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+            self._subs.remove(webhook_id)
+            return cur.rowcount == 1
+
+        return await self._write(op)
+
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Delivery]:
+        def op(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                "JOIN events e ON e.id = d.event_id "
+                "LEFT JOIN webhooks w ON w.id = d.webhook_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= ? "
+                "AND (d.webhook_id IS NULL OR w.enabled = 1) "
+                "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p "
+                "  WHERE p.status = 'pending' AND p.target = d.target "
+                "  AND p.subject = d.subject AND p.seq < d.seq) "
+                "ORDER BY d.next_attempt_at, d.seq LIMIT ?",
+                (iso(now), limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ?",
+                [(iso(lease_until), r["id"]) for r in rows],
+            )
+            return [_delivery(r) for r in rows]
+
+        return await self._write(op)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        attempt: DeliveryAttempt,
+        *,
+        succeeded: bool,
+        retry_at: datetime | None,
+        default_max_attempts: int,
+        disable_after: float,
+    ) -> tuple[DeliveryStatus, bool] | None:
+        stamp = iso(attempt.at)
+
+        def op(db: sqlite3.Connection) -> tuple[DeliveryStatus, bool] | None:
+            row = db.execute(
+                "SELECT attempts, max_attempts, webhook_id FROM webhook_deliveries WHERE id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            n = row["attempts"] + 1
+            status = next_delivery_status(
+                succeeded, retry_at, n, row["max_attempts"] or default_max_attempts
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status_code, "
+                "error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (delivery_id, n, stamp, attempt.status_code, attempt.error, attempt.duration_ms),
+            )
+            db.execute(
+                "UPDATE webhook_deliveries SET attempts = ?, status = ?, next_attempt_at = ?, "
+                "last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                (
+                    n,
+                    status.value,
+                    iso(retry_at) if status is DeliveryStatus.PENDING else None,
+                    attempt.status_code,
+                    attempt.error,
+                    stamp,
+                    delivery_id,
+                ),
+            )
+            hook_id = row["webhook_id"]
+            if hook_id is None:
+                return status, False
+            if succeeded:
+                db.execute(
+                    "UPDATE webhooks SET failing_since = NULL "
+                    "WHERE id = ? AND failing_since IS NOT NULL",
+                    (hook_id,),
+                )
+                return status, False
+            cur = db.execute(
+                "UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ? "
+                "RETURNING failing_since, enabled, url, events",
+                (stamp, hook_id),
+            )
+            hook = cur.fetchone()
+            cur.close()
+            if hook is None or not hook["enabled"]:
+                return status, False
+            failing_for = (attempt.at - _req_dt(hook["failing_since"])).total_seconds()
+            if failing_for < disable_after:
+                return status, False
+            db.execute(
+                "UPDATE webhooks SET enabled = 0, disabled_at = ?, disabled_reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                (stamp, disabled_reason(hook["failing_since"]), stamp, hook_id),
+            )
+            self._subs.set(hook_id, hook["url"], hook["events"].split(), False)
+            return status, True
+
+        return await self._write(op)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        rows = await self._deliveries("WHERE d.id = ?", (delivery_id,))
+        return rows[0] if rows else None
+
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Delivery]:
+        where = ["d.webhook_id = ?"]
+        params: list[Any] = [webhook_id]
+        if status is not None:
+            where.append("d.status = ?")
+            params.append(status.value)
+        if after is not None:
+            stamp = iso(after[0])
+            where.append("(d.created_at < ? OR (d.created_at = ? AND d.id < ?))")
+            params.extend([stamp, stamp, after[1]])
+        return await self._deliveries(
+            "WHERE " + " AND ".join(where) + " ORDER BY d.created_at DESC, d.id DESC LIMIT ?",
+            (*params, limit),
+        )
+
+    async def _deliveries(self, tail: str, params: Iterable[Any]) -> list[Delivery]:
+        args = tuple(params)
+
+        def op(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"JOIN events e ON e.id = d.event_id {tail}",
+                args,
+            ).fetchall()
+            found = [_delivery(r) for r in rows]
+            by_id = {d.id: d for d in found}
+            if by_id:
+                marks = ", ".join("?" * len(by_id))
+                for a in db.execute(
+                    f"SELECT * FROM webhook_attempts WHERE delivery_id IN ({marks}) "
+                    "ORDER BY attempt",
+                    tuple(by_id),
+                ):
+                    by_id[a["delivery_id"]].history.append(
+                        DeliveryAttempt(
+                            attempt=a["attempt"],
+                            at=_req_dt(a["at"]),
+                            status_code=a["status_code"],
+                            error=a["error"],
+                            duration_ms=a["duration_ms"],
+                        )
+                    )
+            return found
+
+        return await self._read(op)
+
+    async def replay_delivery(self, delivery_id: str, now: datetime) -> Delivery | None:
+        def op(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, "
+                "max_attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (iso(now), iso(now), delivery_id),
+            )
+            return cur.rowcount
+
+        if not await self._write(op):
+            return None
+        return await self.get_delivery(delivery_id)
+
+    async def purge_deliveries(self, before: datetime) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "DELETE FROM webhook_deliveries WHERE status != 'pending' AND updated_at < ?",
+                (iso(before),),
+            )
+            db.execute(
+                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id)",
+                (iso(before),),
+            )
+            return cur.rowcount
+
+        return await self._write(op)
 
 
 def _page_where(

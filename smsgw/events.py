@@ -1,0 +1,184 @@
+"""Outbound events: their types, their JSON envelope, and who subscribes to them.
+
+The stores write an event (and one delivery per subscriber) in the same transaction as
+the state change that caused it, so a crash can never lose one. This module is the pure
+part they share: which targets want an event, and what its payload looks like. It does
+no I/O; the delivery worker (``webhook_worker.py``) sends what the stores wrote.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from smsgw.clock import iso, new_id
+
+# A phone reporting less than this (and not charging) raises ``device.battery_low``
+# once, when it crosses the line.
+BATTERY_LOW_PERCENT = 15
+
+# The target key of a message's own ``callback_url`` (webhook deliveries use the id).
+CALLBACK = "callback"
+
+
+class EventType(enum.StrEnum):
+    MESSAGE_QUEUED = "message.queued"  # a phone accepted it and owns it
+    MESSAGE_SENT = "message.sent"
+    MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_FAILED = "message.failed"  # final: no more attempts
+    MESSAGE_CANCELLED = "message.cancelled"
+    SMS_RECEIVED = "sms.received"
+    DEVICE_ONLINE = "device.online"
+    DEVICE_OFFLINE = "device.offline"
+    DEVICE_BATTERY_LOW = "device.battery_low"
+    OTP_VERIFIED = "otp.verified"
+
+
+ALL_EVENTS = frozenset(EventType)
+MESSAGE_EVENTS = frozenset(t for t in EventType if t.startswith("message."))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    type: str
+    created_at: datetime
+    subject: str  # what it is about (message, device, inbound or OTP id): per-subject order
+    payload: str  # the exact JSON body sent, the same bytes on every retry
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str  # webhook id, or CALLBACK
+    webhook_id: str | None
+    url: str
+
+
+def make_event(type_: EventType, subject: str, data: dict[str, Any], now: datetime) -> Event:
+    event_id = new_id()
+    envelope = {"id": event_id, "type": type_.value, "created_at": iso(now), "data": data}
+    payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    return Event(event_id, type_.value, now, subject, payload)
+
+
+class Subscriptions:
+    """The enabled webhooks by event type, kept by a store next to its database so the
+    transaction that changes a message knows at once whom to tell (and writes nothing
+    when nobody listens). Updated by the same writer that changes the webhooks table."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, tuple[str, frozenset[str]]] = {}  # id -> (url, events)
+        self._by_type: dict[str, list[Target]] = {}
+        # Whether any stored message may carry a callback_url: until one does, a message
+        # transition needs no read to find out.
+        self.callbacks = False
+        self._lock = threading.Lock()
+
+    def load(self, hooks: Iterable[tuple[str, str, Iterable[str], bool]]) -> None:
+        with self._lock:
+            self._hooks = {h: (url, frozenset(ev)) for h, url, ev, on in hooks if on}
+            self._rebuild()
+
+    def set(self, webhook_id: str, url: str, events: Iterable[str], enabled: bool) -> None:
+        with self._lock:
+            if enabled:
+                self._hooks[webhook_id] = (url, frozenset(events))
+            else:
+                self._hooks.pop(webhook_id, None)
+            self._rebuild()
+
+    def remove(self, webhook_id: str) -> None:
+        self.set(webhook_id, "", (), False)
+
+    def _rebuild(self) -> None:
+        by_type: dict[str, list[Target]] = {}
+        for hook_id, (url, events) in sorted(self._hooks.items()):
+            for t in ALL_EVENTS if "*" in events else events:
+                by_type.setdefault(t, []).append(Target(hook_id, hook_id, url))
+        self._by_type = by_type
+
+    def wanted(self, type_: EventType) -> bool:
+        """Could anyone want this event? False means: write nothing, read nothing."""
+        return bool(self._by_type.get(type_)) or (self.callbacks and type_ in MESSAGE_EVENTS)
+
+    def targets(self, type_: EventType, callback_url: str | None = None) -> list[Target]:
+        found = list(self._by_type.get(type_, ()))
+        if callback_url and type_ in MESSAGE_EVENTS:
+            found.append(Target(CALLBACK, None, callback_url))
+        return found
+
+
+# -- payloads ------------------------------------------------------------------------
+# Plain dicts built from store rows; the message body is never included (OTP codes, and
+# receivers have it already).
+
+
+def message_data(m: Any) -> dict[str, Any]:
+    return {
+        "message_id": m.id,
+        "to": m.recipient,
+        "status": m.status.value,
+        "device_id": m.device_id,
+        "sim_slot": m.sim_slot,
+        "segments": m.parts,
+        "encoding": m.encoding,
+        "attempt": m.attempt,
+        "error_code": m.error_code,
+        "error": m.error,
+        "custom_id": m.custom_id,
+        "metadata": m.metadata,
+        "batch_id": m.batch_id,
+        "template_id": m.template_id,
+        "created_at": iso(m.created_at),
+        "queued_at": iso(m.queued_at),
+        "sent_at": iso(m.sent_at),
+        "delivered_at": iso(m.delivered_at),
+        "failed_at": iso(m.failed_at),
+        "cancelled_at": iso(m.cancelled_at),
+    }
+
+
+def device_data(d: Any, *, online: bool) -> dict[str, Any]:
+    return {
+        "device_id": d.id,
+        "name": d.name,
+        "online": online,
+        "battery": d.battery,
+        "charging": d.charging,
+        "signal": d.signal,
+        "network": d.network,
+        "last_seen_at": iso(d.last_seen_at),
+    }
+
+
+def battery_crossed_low(before: int | None, after: int, charging: bool) -> bool:
+    """True only on the report that takes the battery below the line (not every one)."""
+    if charging or after >= BATTERY_LOW_PERCENT:
+        return False
+    return before is None or before >= BATTERY_LOW_PERCENT
+
+
+def inbound_data(i: Any) -> dict[str, Any]:
+    return {
+        "inbound_id": i.id,
+        "device_id": i.device_id,
+        "from": i.sender,
+        "message": i.body,
+        "sim_slot": i.sim_slot,
+        "received_at": iso(i.received_at),
+    }
+
+
+def otp_data(o: Any) -> dict[str, Any]:
+    return {
+        "otp_id": o.id,
+        "to": o.recipient,
+        "message_id": o.message_id,
+        "attempts": o.attempts,
+        "verified_at": iso(o.verified_at),
+    }
