@@ -24,6 +24,7 @@ from smsgw.api import (  # noqa: F401
     phone,
     stats,
     templates,
+    webhooks,
 )
 from smsgw.api.device_ws import device_socket
 from smsgw.api.openapi import build_openapi

@@ -65,6 +65,17 @@ class Settings(BaseSettings):
         ),
     )
     fcm_wake_interval: float = Field(default=30.0, gt=0)  # seconds between wakes of one phone
+    # Webhooks: ~10 attempts over about a day (seconds between attempts, jittered ±20%).
+    webhook_retry_schedule: list[float] = Field(
+        default=[30, 120, 600, 1800, 3600, 7200, 14400, 21600, 36000], min_length=1
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(default=4, ge=1)  # requests in flight per endpoint
+    webhook_disable_after: float = Field(default=3 * 86400.0, gt=0)  # failing this long
+    webhook_secret_grace: float = Field(default=86400.0, ge=0)  # old secret signs this long
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
+    webhook_retention: float = Field(default=7 * 86400.0, gt=0)  # finished deliveries kept
+    callback_secret: str | None = None  # signs callback_url requests; generated when unset
 
     @property
     def sqlite_path(self) -> str:

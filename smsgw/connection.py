@@ -18,6 +18,7 @@ from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
 from smsgw.clock import iso, new_id, utcnow
+from smsgw.events import battery_crossed_low
 from smsgw.numbers import InvalidNumber, parse_recipient
 from smsgw.optout import keyword
 from smsgw.protocol import (
@@ -107,6 +108,7 @@ class DeviceConnection(Session):
                 signal=live.signal,
                 network=live.network,
                 now=utcnow(),
+                offline=True,
             )
 
     async def close(self, code: CloseCode, reason: str) -> None:
@@ -293,6 +295,9 @@ class DeviceConnection(Session):
         # every phone (10,000 phones at 30 s would be 333 writes a second for nothing).
         now = time.monotonic()
         persist = now - self._persisted_at >= STATUS_PERSIST_INTERVAL
+        live = self.live
+        if live is not None and battery_crossed_low(live.battery, frame.battery, frame.charging):
+            persist = True  # device.battery_low is raised by the store write: now, not later
         if persist:
             self._persisted_at = now
         await record_status(

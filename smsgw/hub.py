@@ -21,6 +21,7 @@ from smsgw.ratelimit import Limits
 from smsgw.registry import LocalRegistry, Registry
 from smsgw.store import OptOut, Store, create_store
 from smsgw.wakeup import Waker
+from smsgw.webhook_worker import WebhookWorker
 
 if TYPE_CHECKING:
     from smsgw.connection import DeviceConnection
@@ -40,12 +41,14 @@ class Hub:
     # Every open device connection, helloed or not, for the idle watchdog.
     connections: set[DeviceConnection] = field(default_factory=set)
     _watchdog: asyncio.Task[None] | None = None
-    otp_secret: str = ""  # HMAC key for OTP codes, created once and kept in the database
     # SIGTERM: no new phone sockets, /ready says 503 (drain() below).
     draining: bool = False
+    otp_secret: str = ""  # HMAC key for OTP codes, created once and kept in the database
     # The opt-out list, mirrored in memory so a send needs no read. This node is the only
     # writer (API and inbound STOP go through opt_out/opt_in below).
     opted_out: set[str] = field(default_factory=set)
+    webhooks: WebhookWorker | None = None  # delivers the event outbox (started with the hub)
+    callback_secret: str = ""  # signs requests to per-message callback_url
     # FCM wake-up of offline phones; created from the others in __post_init__.
     waker: Waker = field(init=False)
 
@@ -80,10 +83,15 @@ class Hub:
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         await self._load_opt_outs()
+        await self.registry.start(self.dispatcher)
         await self.dispatcher.start()
+        self.callback_secret = self.settings.callback_secret or await self.store.hub_secret(
+            "callback", secrets.token_hex(32)
+        )
+        self.webhooks = WebhookWorker(self.store, self.settings, self.callback_secret)
+        await self.webhooks.start()
         await self.waker.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
-        await self.registry.start(self.dispatcher)
 
     async def _close_idle(self) -> None:
         """Close sockets silent for 2.5 heartbeat intervals. One sweep for all phones is
@@ -103,17 +111,9 @@ class Hub:
         await self.waker.stop()
         for live in list(self.registry.local()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.store.close()
-
-    async def ensure_admin_key(self) -> str | None:
-        """First start without any admin key: create one and print it, once."""
-        if self.settings.admin_key or await self.store.has_admin_key():
-            return None
-        secret, _ = await issue_api_key(self.store, "initial admin", frozenset({"admin"}), utcnow())
-        banner = (
-            "\n  No admin key existed, so one was created. It is shown only this once:\n"
-            f"\n      {secret}\n\n  Keep it safe; create scoped keys with it (smsgw keys create).\n"
-        )
         await self.registry.stop()
 
     async def drain(self, rng: random.Random | None = None) -> None:
@@ -146,6 +146,16 @@ class Hub:
                 for live in lives
             ),
             return_exceptions=True,
+        )
+
+    async def ensure_admin_key(self) -> str | None:
+        """First start without any admin key: create one and print it, once."""
+        if self.settings.admin_key or await self.store.has_admin_key():
+            return None
+        secret, _ = await issue_api_key(self.store, "initial admin", frozenset({"admin"}), utcnow())
+        banner = (
+            "\n  No admin key existed, so one was created. It is shown only this once:\n"
+            f"\n      {secret}\n\n  Keep it safe; create scoped keys with it (smsgw keys create).\n"
         )
         print(banner, flush=True)
         return secret

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from smsgw.api import api
 from smsgw.api.framework import Call, parse_model, read_body
 from smsgw.api.messages import prepare
-from smsgw.api.models import DispatchIn, ErrorOut, Strict
+from smsgw.api.models import DispatchIn, ErrorOut, HttpUrl, Strict
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError, validation_details
@@ -48,6 +48,7 @@ class BatchOptions(Strict):
     expires_at: AwareDatetime | None = None
     priority: int = Field(default=0, ge=-100, le=100)
     metadata: dict[str, Any] | None = None
+    callback_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _text_source(self) -> BatchOptions:

@@ -163,6 +163,7 @@ async def prepare(
         custom_id=body.custom_id,
         metadata=body.metadata,
         batch_id=batch_id,
+        callback_url=body.callback_url,
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -62,6 +63,16 @@ def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_http_url)]
+
+
 Recipient = Annotated[
     str,
     Field(
@@ -99,6 +110,11 @@ class DispatchIn(Strict):
     custom_id: str | None = Field(default=None, min_length=1, max_length=100)
     metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)] = Field(
         default=None, description="free JSON object, stored and returned (at most 4 KiB)"
+    )
+    callback_url: HttpUrl | None = Field(
+        default=None,
+        description="this message's status events are also POSTed here, signed with the "
+        "hub's callback secret (GET /webhooks/callback-secret)",
     )
 
     @model_validator(mode="after")
@@ -179,6 +195,7 @@ class MessageOut(BaseModel):
     priority: int
     custom_id: str | None
     metadata: dict[str, Any] | None
+    callback_url: str | None = None
     attempts: list[AttemptOut] | None = None
 
     @classmethod
@@ -206,6 +223,7 @@ class MessageOut(BaseModel):
             priority=m.priority,
             custom_id=m.custom_id,
             metadata=m.metadata,
+            callback_url=m.callback_url,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
 
@@ -557,3 +575,103 @@ class OptOutPage(BaseModel):
 class OptOutQuery(Strict):
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=64)
+
+
+# -- webhooks ------------------------------------------------------------------------
+
+EventName = Literal[
+    "*",
+    "message.queued",
+    "message.sent",
+    "message.delivered",
+    "message.failed",
+    "message.cancelled",
+    "sms.received",
+    "device.online",
+    "device.offline",
+    "device.battery_low",
+    "otp.verified",
+]
+
+
+class WebhookIn(Strict):
+    url: HttpUrl
+    events: list[EventName] = Field(min_length=1, max_length=20, description='"*": every event')
+    description: str | None = Field(default=None, max_length=500)
+    enabled: bool = True
+
+
+class WebhookPatch(Strict):
+    url: HttpUrl | None = None
+    events: list[EventName] | None = Field(default=None, min_length=1, max_length=20)
+    description: str | None = Field(default=None, max_length=500)
+    enabled: bool | None = None
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    failing_since: datetime | None
+    disabled_at: datetime | None = Field(description="set when the hub disabled it")
+    disabled_reason: str | None
+    previous_secret_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="signing secret: shown only now")
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+
+
+class RotateIn(Strict):
+    grace_seconds: float | None = Field(
+        default=None, ge=0, le=30 * 86400, description="how long the old secret still signs"
+    )
+
+
+class SecretOut(BaseModel):
+    secret: str
+    previous_secret_expires_at: datetime | None = None
+
+
+class DeliveryAttemptOut(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event_id: str
+    event_type: str
+    webhook_id: str | None
+    url: str
+    status: Literal["pending", "succeeded", "dead"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    payload: dict[str, Any]
+    history: list[DeliveryAttemptOut]
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class DeliveryQuery(Strict):
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200)
+    status: Literal["pending", "succeeded", "dead"] | None = None
