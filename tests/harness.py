@@ -114,10 +114,12 @@ class HubServer:
 
 
 class HubProcess:
-    """The hub as a separate ``python -m smsgw serve`` process, for kill -9 tests."""
+    """The hub as a separate ``python -m smsgw serve`` process, for kill -9 tests.
+    ``log_path``: where its output goes (kept for a failing multi-node test)."""
 
-    def __init__(self, db_path: Path, **overrides: Any) -> None:
+    def __init__(self, db_path: Path, log_path: Path | None = None, **overrides: Any) -> None:
         self.db_path = db_path
+        self.log_path = log_path
         self.overrides = overrides
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -140,12 +142,15 @@ class HubProcess:
             SMSGW_HOST="127.0.0.1",
             SMSGW_PORT=str(self.port),
         )
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smsgw", "serve"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log or subprocess.DEVNULL,
+            stderr=log or subprocess.DEVNULL,
         )
+        if log is not None:
+            log.close()  # the child has its own copy
 
         async def up() -> bool:
             try:
