@@ -124,7 +124,8 @@ class PhoneClient:
     tests and tools: ``connected`` (set while a welcomed session is open), ``done`` (set
     when ``run`` returns), ``device_id``, ``welcomes``, ``close_code`` (of the last
     session) and ``stopped_reason`` (``replaced``, ``revoked``, ``protocol_version``,
-    ``protocol_error``, ``stopped`` or ``killed``).
+    ``protocol_error``, ``stopped`` or ``killed``). ``sleep()`` / ``wake()`` doze the phone
+    (socket closed, no reconnect) and wake it, as an FCM wake would; ``asleep``, ``wakes``.
     """
 
     def __init__(
@@ -165,13 +166,18 @@ class PhoneClient:
         self.welcomes = 0
         self.close_code: int | None = None
         self.http_status: int | None = None  # set when the hub refused the upgrade
-        self.stopped_reason: str | None = None
         self._drain_delay: float | None = None  # suggested by a 4005 close (draining)
+        self.stopped_reason: str | None = None
 
         self._ws: ClientConnection | None = None
         self._open = False  # welcome received on the current socket
         self._stopping = False
         self._wake = asyncio.Event()  # interrupts backoff sleeps on stop
+        # Dozing (``sleep()``): no socket until ``wake()``, as an Android phone in Doze
+        # until a high-priority FCM message arrives. ``wakes`` counts the wakes that woke it.
+        self.asleep = False
+        self.wakes = 0
+        self._roused = asyncio.Event()
         self._running = False
         self._session_tasks: set[asyncio.Task[None]] = set()  # die with the socket
         self._transmit_tasks: set[asyncio.Task[None]] = set()  # outlive reconnects
@@ -190,6 +196,9 @@ class PhoneClient:
         try:
             await self.backend.flush_inbound()
             while not self._stopping:
+                if self.asleep:
+                    await self._doze()
+                    continue
                 welcomed_before = self.welcomes
                 stop_reason = await self._connect_once()
                 if stop_reason is not None:
@@ -197,9 +206,15 @@ class PhoneClient:
                     break
                 if self._stopping:
                     break
+                if self.asleep:
+                    continue  # closed by sleep(): no reconnect until wake()
                 if self.welcomes > welcomed_before:
                     self.backoff.reset()
                 delay = self.backoff.next_delay()
+                if self._drain_delay is not None:
+                    # The hub node is draining: come back after the delay it chose for us
+                    # (spread across its phones), reaching another node through the LB.
+                    delay, self._drain_delay = self._drain_delay, None
                 log.info("%s: reconnecting in %.2fs", self._label, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -211,10 +226,6 @@ class PhoneClient:
     async def stop(self) -> None:
         """Close the session cleanly (1001 going away) and end ``run``."""
         self._stop_with("stopped")
-                if self._drain_delay is not None:
-                    # The hub node is draining: come back after the delay it chose for us
-                    # (spread across its phones), reaching another node through the LB.
-                    delay, self._drain_delay = self._drain_delay, None
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -234,6 +245,33 @@ class PhoneClient:
             self._stopping = True
             self.stopped_reason = reason
         self._wake.set()
+        self._roused.set()
+
+    async def sleep(self) -> None:
+        """Doze: close the socket (1000) and stay offline until ``wake()``. Accepted
+        commands stay in the store and reports wait for the next session, as on a phone
+        whose app Android suspended."""
+        self.asleep = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(CloseCode.NORMAL, "dozing")
+
+    def wake(self) -> bool:
+        """A wake arrived (FCM ``{"type": "wake"}``): reconnect now if dozing. Returns
+        whether the phone was asleep."""
+        if not self.asleep:
+            return False
+        self.asleep = False
+        self.wakes += 1
+        self.backoff.reset()
+        self._roused.set()
+        return True
+
+    async def _doze(self) -> None:
+        while self.asleep and not self._stopping:
+            self._roused.clear()
+            await self._roused.wait()
 
     async def _wait_done(self) -> None:
         if self._running:
@@ -287,6 +325,8 @@ class PhoneClient:
         self._notify(ConnectionEvent("closed", ws.close_reason or "", close_code=self.close_code))
         if self.close_code is None:
             return None
+        if self.close_code == CloseCode.DRAINING:
+            self._drain_delay = drain_delay(ws.close_reason or "", self.backoff.maximum)
         return STOP_CODES.get(self.close_code)
 
     async def _session(self, ws: ClientConnection) -> None:
@@ -325,8 +365,6 @@ class PhoneClient:
     def _welcomed(self, action: Welcomed) -> None:
         self.device_id = action.device_id
         self.welcomes += 1
-        if self.close_code == CloseCode.DRAINING:
-            self._drain_delay = drain_delay(ws.close_reason or "", self.backoff.maximum)
         self._open = True
         self._spawn(self._heartbeat(action.heartbeat_interval), self._session_tasks)
         self.connected.set()

@@ -34,6 +34,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,8 +58,6 @@ COLLAPSE_KEY = "smsgw-wake"  # several undelivered wakes reach the phone as one
 HTTP_TIMEOUT = 10.0
 # Most checks per second: a busy outbox pokes on every round, one check covers them all.
 CHECK_GAP = 0.5
-# How long the device list (tokens, quotas) is reused between checks, at most.
-DEVICE_CACHE_SECONDS = 5.0
 # Most due messages read per check (the decision only needs to know "how many phones").
 BACKLOG_LIMIT = 10_000
 
@@ -254,6 +253,12 @@ class FcmClient:
             name=f"smsgw-wakeup-{next(_app_names)}",
         )
         self._ttl = timedelta(seconds=ttl_seconds)
+        # firebase-admin 7.x deprecates ``Message.token`` in favour of installation ids
+        # (``fid``), but what an app gets from FirebaseMessaging.getToken() and registers
+        # here is a registration token, which the v1 API's ``token`` field still takes.
+        warnings.filterwarnings(
+            "ignore", message="Message.token is deprecated", category=DeprecationWarning
+        )
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="smsgw-fcm")
 
     async def send_wake(self, token: str) -> str:
@@ -275,13 +280,15 @@ class FcmClient:
         )
         return str(messaging.send(message, app=self._app))
 
-    def close(self) -> None:
+    async def close(self) -> None:
         import firebase_admin
 
         # A send in progress finishes in its thread (at most HTTP_TIMEOUT and
         # firebase-admin's own retries); nobody waits for it.
         self._pool.shutdown(wait=False, cancel_futures=True)
-        firebase_admin.delete_app(self._app)
+        # delete_app closes the messaging service, whose close() calls asyncio.run() for its
+        # httpx client: that cannot run on the event loop's thread.
+        await asyncio.to_thread(firebase_admin.delete_app, self._app)
 
 
 # -- the Waker ----------------------------------------------------------------------------
@@ -317,8 +324,6 @@ class Waker:
         self._woken_at: dict[str, float] = {}  # device -> monotonic time of its last wake
         self._unanswered: dict[str, int] = {}  # device -> wakes sent while it stayed offline
         self._sending: dict[str, asyncio.Task[None]] = {}
-        self._devices: list[Device] = []
-        self._devices_at = -math.inf
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -357,7 +362,7 @@ class Waker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         if self.fcm is not None:
-            self.fcm.close()
+            await self.fcm.close()
             self.fcm = None
 
     def poke(self, messages: Iterable[Message] = ()) -> None:
@@ -392,8 +397,15 @@ class Waker:
         now = time.monotonic()
         known, self._known = self._known, {}
         settings = self.settings
+        self._woken_at = {d: t for d, t in self._woken_at.items() if now - t < self.interval}
+        # The outbox pokes on every round while no phone has a free slot, work or not: one
+        # cheap probe first, the device list only when something is due.
+        if not known and not await self.store.due_messages(utcnow(), 1):
+            return []
         sleepers: list[Sleeper] = []
-        for device in await self._device_list(now):
+        # Read afresh each time (no cache): a phone that just went offline or a token just
+        # set must count now, not a few seconds later.
+        for device in await self.store.list_devices():
             if self.registry.get(device.id) is not None:
                 self._unanswered.pop(device.id, None)  # it came back: it answers wakes
                 continue
@@ -404,7 +416,6 @@ class Waker:
             )
             if s is not None:
                 sleepers.append(s)
-        self._woken_at = {d: t for d, t in self._woken_at.items() if now - t < self.interval}
         if not sleepers:
             return []
         online_usable = sum(
@@ -432,12 +443,6 @@ class Waker:
         for s in chosen:
             self._start_wake(s)
         return [s.device_id for s in chosen]
-
-    async def _device_list(self, now: float) -> list[Device]:
-        if now - self._devices_at > min(DEVICE_CACHE_SECONDS, self.interval):
-            self._devices = [d for d in await self.store.list_devices() if d.fcm_token]
-            self._devices_at = now
-        return self._devices
 
     def _start_wake(self, sleeper: Sleeper) -> None:
         # The interval counts from the decision, so retries of one wake are not new wakes.
@@ -489,7 +494,6 @@ class Waker:
         if device is None or device.fcm_token != token:
             return  # removed, or the phone registered a new token meanwhile: keep that one
         await self.store.update_device(device_id, utcnow(), fcm_token=None)
-        self._devices_at = -math.inf  # re-read the device list at the next check
         self._unanswered.pop(device_id, None)
         log.warning(
             "device %s: FCM rejected its token (%s: %s); dropped it. The phone registers a "
