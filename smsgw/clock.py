@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import time
 from datetime import UTC, datetime
@@ -37,6 +38,13 @@ def parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+# Ids must be unique, not secret: a PRNG seeded from the OS (and reseeded in a forked
+# child, so two processes never share a sequence) costs a tenth of os.urandom, whose
+# syscall also hands the GIL to the database writer thread in the middle of a request.
+_id_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _id_random.seed(os.urandom(32)))
+
+
 def new_id() -> str:
     """A UUIDv7-style id: 48 bits of milliseconds, then random bits.
 
@@ -44,7 +52,7 @@ def new_id() -> str:
     string directly is several times cheaper than ``str(uuid.uuid4())``.
     """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _id_random.getrandbits(76)
     value = (ms << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
     value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
     h = f"{value:032x}"
