@@ -85,6 +85,7 @@ class WebhookWorker:
             timeout=self.settings.webhook_timeout,
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         )
+        self.store.on_events = self.wake
         self._task = asyncio.create_task(self._loop(), name="smsgw-webhooks")
 
     async def stop(self) -> None:

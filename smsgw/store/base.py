@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -280,6 +281,10 @@ class InboundFilter:
 
 class Store(abc.ABC):
     """Async storage. Implementations: ``SqliteStore`` (embedded default)."""
+
+    # Called on the event loop after a write that queued webhook deliveries has
+    # committed (the webhook worker sets it): a hint to look now, not at the next poll.
+    on_events: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -741,6 +741,8 @@ class MemoryStore(Store):
             return
         event = make_event(type_, subject, data, now)
         self.events[event.id] = event
+        if self.on_events is not None:
+            self.on_events()
         for t in targets:
             d = Delivery(
                 id=new_id(),

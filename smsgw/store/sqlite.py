@@ -332,6 +332,7 @@ class SqliteStore(Store):
         self._reader: ThreadPoolExecutor | None = None
         self._reader_db: sqlite3.Connection | None = None
         self._subs = Subscriptions()
+        self._events_written = False
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -427,7 +428,15 @@ class SqliteStore(Store):
         self._writer.jobs.put((fn, fut))
         # Once queued the write happens even if the caller is cancelled; its result is
         # then dropped (_deliver skips futures that are already done).
-        return await fut
+        try:
+            return await fut
+        finally:
+            # Set by the writer before the commit that resolved ``fut``: the rows are
+            # visible now.
+            if self._events_written:
+                self._events_written = False
+                if self.on_events is not None:
+                    self.on_events()
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         reader, db = self._reader, self._reader_db
@@ -1553,6 +1562,7 @@ class SqliteStore(Store):
         targets = self._subs.targets(type_, callback_url)
         if targets:
             self._insert_event(db, make_event(type_, subject, data, now), targets)
+            self._events_written = True
 
     def _message_event(
         self, db: sqlite3.Connection, type_: EventType, message_id: str, now: datetime

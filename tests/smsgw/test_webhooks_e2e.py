@@ -384,3 +384,18 @@ async def test_unknown_ids_scopes_and_bad_callback_urls(
     r = await wapi.get(f"/webhooks/{hook['id']}/deliveries", params={"cursor": "garbage"})
     assert r.status_code == 422
     assert "secret" not in (await wapi.get(f"/webhooks/{hook['id']}")).json()
+
+
+async def test_an_event_goes_out_at_once_not_at_the_next_poll(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    hub = await HubServer(tmp_path / "hub.db", **{**FAST, "webhook_poll_interval": 60}).start()
+    try:
+        async with hub.client() as api:
+            await subscribe(api, receiver, "message.cancelled")
+            await asyncio.sleep(0.2)  # the worker's first round has passed
+            await cancelled_messages(api, 1)
+            # The store's commit wakes the worker; a poll would take a minute.
+            await wait_for(lambda: bool(receiver.received), timeout=5, what="the event")
+    finally:
+        await hub.stop()
