@@ -87,6 +87,7 @@ DEADLOCK_RETRIES = 5
 # subscription cache follows at once; the periodic reload covers a lost listener.
 NOTIFY_CHANNEL = "smsgw_webhooks"
 SUBSCRIPTIONS_RELOAD = 10.0
+PING_TIMEOUT = 5.0
 
 _MESSAGE_FIELDS = (
     "id",
@@ -487,7 +488,8 @@ class PostgresStore(Store):
                 pool.terminate()
 
     async def ping(self) -> None:
-        await self._p().fetchval("SELECT 1")
+        # Bounded: readiness must say "no" promptly, not hang on a dead server.
+        await asyncio.wait_for(self._p().fetchval("SELECT 1"), PING_TIMEOUT)
 
     def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -519,8 +521,14 @@ class PostgresStore(Store):
 
         task = asyncio.ensure_future(run())
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._write_done)
         return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        # A write whose caller was cancelled has nobody to raise to: log, don't lose it.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("store write failed: %r", exc)
 
     async def _exec(self, sql: str, *args: Any) -> int:
         """One write statement in its own transaction; the number of rows it changed."""
