@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -88,6 +89,11 @@ DEADLOCK_RETRIES = 5
 NOTIFY_CHANNEL = "smsgw_webhooks"
 SUBSCRIPTIONS_RELOAD = 10.0
 PING_TIMEOUT = 5.0
+
+# Set by a transaction that queued webhook deliveries (read after its commit).
+_events_written: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "smsgw_pg_events_written", default=False
+)
 
 _MESSAGE_FIELDS = (
     "id",
@@ -510,9 +516,15 @@ class PostgresStore(Store):
 
         async def run() -> T:
             for attempt in range(DEADLOCK_RETRIES):
+                _events_written.set(False)  # this task's own context: no cross-talk
                 try:
-                    async with pool.acquire() as conn, conn.transaction():
-                        return await fn(conn)
+                    async with pool.acquire() as conn:
+                        async with conn.transaction():
+                            result = await fn(conn)
+                        # Committed: the deliveries are visible, wake the local worker.
+                        if _events_written.get() and self.on_events is not None:
+                            self.on_events()
+                        return result
                 except asyncpg.DeadlockDetectedError:
                     if attempt == DEADLOCK_RETRIES - 1:
                         raise
@@ -1598,6 +1610,7 @@ class PostgresStore(Store):
         targets = self._subs.targets(type_, callback_url)
         if targets:
             await _insert_event(conn, make_event(type_, subject, data, now), targets)
+            _events_written.set(True)
 
     async def _message_event(self, conn: Conn, type_: EventType, row: Row, now: datetime) -> None:
         """``row``: the message as this transaction left it (its RETURNING row), so no
