@@ -17,7 +17,7 @@ async def _with_store(settings: Settings, action: str, args: argparse.Namespace)
     await store.open()  # opening applies pending migrations
     try:
         if action == "migrate":
-            print(f"database at {settings.database_url} is up to date")
+            print(f"database at {settings.database_url_redacted} is up to date")
         elif action == "create":
             scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
             try:

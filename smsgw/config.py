@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -78,8 +80,21 @@ class Settings(BaseSettings):
     callback_secret: str | None = None  # signs callback_url requests; generated when unset
 
     @property
+    def database_url_redacted(self) -> str:
+        """The database URL safe to print: any password replaced by ``***``."""
+        return redact_url(self.database_url)
+
+    @property
     def sqlite_path(self) -> str:
         prefix = "sqlite:///"
         if not self.database_url.startswith(prefix):
             raise ValueError(f"not a sqlite URL: {self.database_url}")
         return self.database_url[len(prefix) :]
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

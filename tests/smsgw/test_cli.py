@@ -90,3 +90,13 @@ async def test_env_admin_key_means_no_key_is_created(
     assert "sk_" not in capsys.readouterr().out
     assert await hub.store.list_api_keys() == []
     await hub.stop()
+
+
+def test_database_urls_are_printed_without_their_password() -> None:
+    from smsgw.config import redact_url
+
+    assert redact_url("postgresql://smsgw:s3cr%40t@db:5432/smsgw?schema=a") == (
+        "postgresql://smsgw:***@db:5432/smsgw?schema=a"
+    )
+    assert redact_url("postgresql://smsgw@db/smsgw") == "postgresql://smsgw@db/smsgw"
+    assert redact_url("sqlite:///./smsgw.db") == "sqlite:///./smsgw.db"
