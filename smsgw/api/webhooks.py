@@ -84,10 +84,14 @@ def delivery_out(d: Delivery) -> DeliveryOut:
     )
 
 
+def _missing(call: Call, what: str) -> ApiError:
+    return ApiError(404, f"{what}_not_found", f"no {what} {call.path(what + '_id')}")
+
+
 async def _hook_or_404(call: Call) -> Webhook:
     hook = await call.hub.store.get_webhook(call.path("webhook_id"))
     if hook is None:
-        raise ApiError(404, "webhook_not_found", f"no webhook {call.path('webhook_id')}")
+        raise _missing(call, "webhook")
     return hook
 
 
@@ -172,7 +176,7 @@ async def patch_webhook(call: Call) -> WebhookOut:
         fields["events"] = frozenset(fields["events"])
     hook = await call.hub.store.update_webhook(call.path("webhook_id"), utcnow(), **fields)
     if hook is None:
-        raise ApiError(404, "webhook_not_found", f"no webhook {call.path('webhook_id')}")
+        raise _missing(call, "webhook")
     if call.hub.webhooks is not None:
         call.hub.webhooks.wake()
     return webhook_out(hook)
@@ -188,7 +192,7 @@ async def patch_webhook(call: Call) -> WebhookOut:
 )
 async def delete_webhook(call: Call) -> Reply:
     if not await call.hub.store.delete_webhook(call.path("webhook_id")):
-        raise ApiError(404, "webhook_not_found", f"no webhook {call.path('webhook_id')}")
+        raise _missing(call, "webhook")
     return Reply(None, 204)
 
 
@@ -212,7 +216,7 @@ async def rotate_secret(call: Call) -> SecretOut:
         call.path("webhook_id"), new_webhook_secret(), until, now
     )
     if hook is None:
-        raise ApiError(404, "webhook_not_found", f"no webhook {call.path('webhook_id')}")
+        raise _missing(call, "webhook")
     return SecretOut(secret=hook.secret, previous_secret_expires_at=until)
 
 
@@ -251,7 +255,7 @@ async def list_deliveries(call: Call) -> DeliveryPage:
 async def get_delivery(call: Call) -> DeliveryOut:
     d = await call.hub.store.get_delivery(call.path("delivery_id"))
     if d is None:
-        raise ApiError(404, "delivery_not_found", f"no delivery {call.path('delivery_id')}")
+        raise _missing(call, "delivery")
     return delivery_out(d)
 
 
@@ -266,7 +270,7 @@ async def get_delivery(call: Call) -> DeliveryOut:
 async def replay_delivery(call: Call) -> Reply:
     d = await call.hub.store.replay_delivery(call.path("delivery_id"), utcnow())
     if d is None:
-        raise ApiError(404, "delivery_not_found", f"no delivery {call.path('delivery_id')}")
+        raise _missing(call, "delivery")
     if call.hub.webhooks is not None:
         call.hub.webhooks.wake()
     return Reply(delivery_out(d), 202)

@@ -47,6 +47,25 @@ def attempt(n: int, code: int | None = 500) -> DeliveryAttempt:
     return DeliveryAttempt(n, utcnow(), code, None if code == 204 else "HTTP 500", 3)
 
 
+async def fail(
+    store: Store,
+    delivery_id: str,
+    what: DeliveryAttempt,
+    *,
+    max_attempts: int,
+    disable_after: float = 3600,
+) -> tuple[DeliveryStatus, bool] | None:
+    """A failed attempt, with a retry time (the store decides whether it is the last)."""
+    return await store.finish_delivery(
+        delivery_id,
+        what,
+        succeeded=False,
+        retry_at=utcnow(),
+        default_max_attempts=max_attempts,
+        disable_after=disable_after,
+    )
+
+
 async def deliver_one_message(store: Store, device: str) -> str:
     msg = await add_message(store)
     now = utcnow()
@@ -189,26 +208,12 @@ async def test_retry_then_dead_then_replay(store: Store) -> None:
     [d] = await store.claim_deliveries(now, now + timedelta(seconds=60), 10)
     # Leased: a second worker does not get it.
     assert await store.claim_deliveries(utcnow(), now + timedelta(seconds=60), 10) == []
-    status = await store.finish_delivery(
-        d.id,
-        attempt(1),
-        succeeded=False,
-        retry_at=utcnow(),
-        default_max_attempts=2,
-        disable_after=3600,
-    )
+    status = await fail(store, d.id, attempt(1), max_attempts=2)
     assert status == (DeliveryStatus.PENDING, False)
     now = utcnow()
     [again] = await store.claim_deliveries(now, now + timedelta(seconds=60), 10)
     assert again.id == d.id and again.attempts == 1 and again.payload == d.payload
-    status = await store.finish_delivery(
-        d.id,
-        attempt(2),
-        succeeded=False,
-        retry_at=utcnow(),
-        default_max_attempts=2,
-        disable_after=3600,
-    )
+    status = await fail(store, d.id, attempt(2), max_attempts=2)
     assert status == (DeliveryStatus.DEAD, False)
     dead = await store.list_deliveries(hook.id, status=DeliveryStatus.DEAD, after=None, limit=5)
     assert [x.id for x in dead] == [d.id]
@@ -220,14 +225,7 @@ async def test_retry_then_dead_then_replay(store: Store) -> None:
     [third] = await store.claim_deliveries(now, now + timedelta(seconds=60), 10)
     assert third.id == d.id
     # A replay is one more attempt: failing again makes it dead again, not retried.
-    status = await store.finish_delivery(
-        d.id,
-        attempt(3),
-        succeeded=False,
-        retry_at=utcnow(),
-        default_max_attempts=2,
-        disable_after=3600,
-    )
+    status = await fail(store, d.id, attempt(3), max_attempts=2)
     assert status == (DeliveryStatus.DEAD, False)
     assert await store.replay_delivery("nope", utcnow()) is None
     assert await store.purge_deliveries(utcnow() + timedelta(seconds=1)) == 1
@@ -242,24 +240,10 @@ async def test_an_endpoint_failing_long_enough_is_disabled_and_re_enabled(
         await store.cancel_message((await add_message(store)).id, utcnow())
     now = utcnow()
     first, second = await store.claim_deliveries(now, now + timedelta(seconds=60), 10)
-    result = await store.finish_delivery(
-        first.id,
-        attempt(1),
-        succeeded=False,
-        retry_at=utcnow(),
-        default_max_attempts=5,
-        disable_after=0.05,
-    )
+    result = await fail(store, first.id, attempt(1), max_attempts=5, disable_after=0.05)
     assert result == (DeliveryStatus.PENDING, False)
     later = DeliveryAttempt(1, utcnow() + timedelta(seconds=1), 500, "HTTP 500", 1)
-    result = await store.finish_delivery(
-        second.id,
-        later,
-        succeeded=False,
-        retry_at=utcnow(),
-        default_max_attempts=5,
-        disable_after=0.05,
-    )
+    result = await fail(store, second.id, later, max_attempts=5, disable_after=0.05)
     assert result == (DeliveryStatus.PENDING, True)
     off = await store.get_webhook(hook.id)
     assert off is not None and not off.enabled and off.disabled_reason
