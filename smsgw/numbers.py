@@ -16,7 +16,7 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
@@ -83,8 +83,17 @@ class NumberInfo:
     country: str | None  # ISO 3166-1 alpha-2 region, e.g. "US"; None if unknown / non-geographic
     country_code: int  # calling code, e.g. 1
     number_type: str  # "mobile", "fixed_line_or_mobile", "toll_free", ..., "unknown"
-    national: str  # "(415) 555-2671"
-    international: str  # "+1 415-555-2671"
+    # The parsed number; the display formats are made from it only when asked for (a send
+    # needs just the E.164 form, and formatting costs as much as validating).
+    number: phonenumbers.PhoneNumber = field(repr=False, compare=False)
+
+    @property
+    def national(self) -> str:  # "(415) 555-2671"
+        return str(phonenumbers.format_number(self.number, PhoneNumberFormat.NATIONAL))
+
+    @property
+    def international(self) -> str:  # "+1 415-555-2671"
+        return str(phonenumbers.format_number(self.number, PhoneNumberFormat.INTERNATIONAL))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +179,7 @@ def _parse_cached(raw: str, region: str | None) -> NumberInfo | _Failure:
                 first = _Failure(INVALID_NUMBER, _parse_error(exc))
             continue
         if phonenumbers.is_valid_number(number):
-            return _info(number)
+            return _info(number, valid=True)
         if not isinstance(first, phonenumbers.PhoneNumber):
             first = number
     assert first is not None
@@ -188,8 +197,9 @@ def _parse_error(exc: NumberParseException) -> str:
     return messages.get(exc.error_type, "not a phone number")
 
 
-def _info(number: phonenumbers.PhoneNumber) -> NumberInfo:
-    valid = phonenumbers.is_valid_number(number)
+def _info(number: phonenumbers.PhoneNumber, valid: bool | None = None) -> NumberInfo:
+    if valid is None:
+        valid = phonenumbers.is_valid_number(number)
     country_code = int(number.country_code or 0)
     country: str | None
     if valid:
@@ -205,6 +215,5 @@ def _info(number: phonenumbers.PhoneNumber) -> NumberInfo:
         country=country,
         country_code=country_code,
         number_type=_type_name(phonenumbers.number_type(number)),
-        national=phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL),
-        international=phonenumbers.format_number(number, PhoneNumberFormat.INTERNATIONAL),
+        number=number,
     )

@@ -51,9 +51,9 @@ def test_number_info_fields() -> None:
         country="US",
         country_code=1,
         number_type="fixed_line_or_mobile",
-        national="(415) 555-2671",
-        international="+1 415-555-2671",
+        number=info.number,
     )
+    assert (info.national, info.international) == ("(415) 555-2671", "+1 415-555-2671")
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.e164 = "+1"  # type: ignore[misc]
 
