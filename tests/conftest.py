@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.harness import Farm, HubServer
-from tests.pgtest import harness_store
+from tests.nginx import nginx_binary
+from tests.pgtest import harness_store, in_ci, postgres_url
 
 # Skipped in the SMSGW_TEST_STORE=postgres pass: they exercise SQLite itself (its files,
 # its migrations, URLs they build), which the default pass already covers.
@@ -20,6 +21,17 @@ SQLITE_ONLY = {
         "SQLite migration files (PostgreSQL: tests/smsgw/store/test_postgres.py)"
     ),
 }
+
+
+def pytest_report_header() -> list[str]:
+    """What the multi-node tests run on (tests/smsgw/test_multinode.py)."""
+    binary = nginx_binary()
+    if binary is not None:
+        balancer = f"nginx at {binary} with deploy/nginx.conf"
+    else:
+        balancer = "missing nginx: a failure (CI=true)" if in_ci() else "tests/lb.py (no nginx)"
+    database = "PostgreSQL" if postgres_url() or harness_store() == "postgres" else "SQLite"
+    return [f"multi-node tests: {balancer}; {database} shared by the nodes"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -115,11 +115,20 @@ class HubServer:
 
 class HubProcess:
     """The hub as a separate ``python -m smsgw serve`` process, for kill -9 tests.
-    ``log_path``: where its output goes (kept for a failing multi-node test)."""
+    ``log_path``: where its output goes (kept for a failing multi-node test);
+    ``database_url``: a database of the caller's choosing instead of ``db_path``'s."""
 
-    def __init__(self, db_path: Path, log_path: Path | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        log_path: Path | None = None,
+        *,
+        database_url: str | None = None,
+        **overrides: Any,
+    ) -> None:
         self.db_path = db_path
         self.log_path = log_path
+        self.database_url = database_url
         self.overrides = overrides
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -138,7 +147,7 @@ class HubProcess:
         for key, value in {**TEST_SETTINGS, **self.overrides}.items():
             env[f"SMSGW_{key.upper()}"] = str(value)
         env.update(
-            SMSGW_DATABASE_URL=await hub_database_url(self.db_path),
+            SMSGW_DATABASE_URL=self.database_url or await hub_database_url(self.db_path),
             SMSGW_HOST="127.0.0.1",
             SMSGW_PORT=str(self.port),
         )
