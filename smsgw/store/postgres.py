@@ -48,9 +48,9 @@ from smsgw.events import (
     message_data,
     otp_data,
 )
+from smsgw.store import rows as records
 from smsgw.store.base import (
     ApiKey,
-    Attempt,
     Batch,
     Conflict,
     Delivery,
@@ -73,6 +73,7 @@ from smsgw.store.base import (
     next_delivery_status,
 )
 from smsgw.store.migrations import load_migrations
+from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, MESSAGE_FIELDS, POSTGRES
 
 T = TypeVar("T")
 # A pooled connection is a proxy; both run the same queries.
@@ -94,40 +95,6 @@ PING_TIMEOUT = 5.0
 _events_written: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "smsgw_pg_events_written", default=False
 )
-
-_MESSAGE_FIELDS = (
-    "id",
-    "recipient",
-    "body",
-    "status",
-    "device_id",
-    "pinned_device_id",
-    "sim_slot",
-    "parts",
-    "attempt",
-    "lease_until",
-    "next_attempt_at",
-    "error_code",
-    "error",
-    "created_at",
-    "updated_at",
-    "queued_at",
-    "sent_at",
-    "delivered_at",
-    "failed_at",
-    "expires_at",
-    "priority",
-    "send_at",
-    "cancelled_at",
-    "custom_id",
-    "metadata",
-    "encoding",
-    "sensitive",
-    "template_id",
-    "batch_id",
-    "callback_url",
-)
-_MESSAGE_COLUMNS = ", ".join(_MESSAGE_FIELDS)
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -164,43 +131,8 @@ def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value is not None else None
 
 
-def _message(row: Row) -> Message:
-    return Message(
-        id=row["id"],
-        recipient=row["recipient"],
-        body=row["body"],
-        status=Status(row["status"]),
-        device_id=row["device_id"],
-        pinned_device_id=row["pinned_device_id"],
-        sim_slot=row["sim_slot"],
-        parts=row["parts"],
-        attempt=row["attempt"],
-        lease_until=row["lease_until"],
-        next_attempt_at=row["next_attempt_at"],
-        error_code=row["error_code"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        queued_at=row["queued_at"],
-        sent_at=row["sent_at"],
-        delivered_at=row["delivered_at"],
-        failed_at=row["failed_at"],
-        expires_at=row["expires_at"],
-        priority=row["priority"],
-        send_at=row["send_at"],
-        cancelled_at=row["cancelled_at"],
-        custom_id=row["custom_id"],
-        metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
-        encoding=row["encoding"],
-        sensitive=row["sensitive"],
-        template_id=row["template_id"],
-        batch_id=row["batch_id"],
-        callback_url=row["callback_url"],
-    )
-
-
 def _message_record(m: Message) -> tuple[Any, ...]:
-    """The values of ``_MESSAGE_FIELDS``, in order (for INSERT and COPY)."""
+    """The values of ``MESSAGE_FIELDS``, in order (for INSERT and COPY)."""
     return (
         m.id,
         m.recipient,
@@ -232,127 +164,6 @@ def _message_record(m: Message) -> tuple[Any, ...]:
         m.template_id,
         m.batch_id,
         m.callback_url,
-    )
-
-
-def _template(row: Row) -> Template:
-    return Template(
-        id=row["id"],
-        name=row["name"],
-        body=row["body"],
-        category=row["category"],
-        active=row["active"],
-        usage_count=row["usage_count"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _otp(row: Row) -> Otp:
-    return Otp(
-        id=row["id"],
-        recipient=row["recipient"],
-        code_hash=row["code_hash"],
-        message_id=row["message_id"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        verified_at=row["verified_at"],
-        superseded_at=row["superseded_at"],
-    )
-
-
-def _device(row: Row) -> Device:
-    return Device(
-        id=row["id"],
-        name=row["name"],
-        hardware_id=row["hardware_id"],
-        sims=json.loads(row["sims"]),
-        fcm_token=row["fcm_token"],
-        enabled=row["enabled"],
-        daily_quota=row["daily_quota"],
-        sent_today=row["sent_today"],
-        sent_day=row["sent_day"],
-        battery=row["battery"],
-        charging=row["charging"],
-        signal=row["signal"],
-        network=row["network"],
-        app_version=row["app_version"],
-        last_seen_at=row["last_seen_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _api_key(row: Row) -> ApiKey:
-    return ApiKey(
-        id=row["id"],
-        name=row["name"],
-        prefix=row["prefix"],
-        scopes=frozenset(row["scopes"].split()),
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-        rate_limit_rpm=row["rate_limit_rpm"],
-        daily_message_limit=row["daily_message_limit"],
-    )
-
-
-def _inbound(row: Row) -> Inbound:
-    return Inbound(
-        id=row["id"],
-        device_id=row["device_id"],
-        local_id=row["local_id"],
-        sender=row["sender"],
-        body=row["body"],
-        sim_slot=row["sim_slot"],
-        received_at=row["received_at"],
-        created_at=row["created_at"],
-    )
-
-
-_DELIVERY_COLUMNS = (
-    "d.id, d.event_id, e.type AS event_type, d.webhook_id, d.url, d.status, d.attempts, "
-    "d.max_attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
-    "d.updated_at, e.payload"
-)
-
-
-def _webhook(row: Row) -> Webhook:
-    return Webhook(
-        id=row["id"],
-        url=row["url"],
-        events=frozenset(row["events"].split()),
-        description=row["description"],
-        enabled=row["enabled"],
-        secret=row["secret"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        previous_secret=row["previous_secret"],
-        previous_secret_until=row["previous_secret_until"],
-        failing_since=row["failing_since"],
-        disabled_at=row["disabled_at"],
-        disabled_reason=row["disabled_reason"],
-    )
-
-
-def _delivery(row: Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        webhook_id=row["webhook_id"],
-        url=row["url"],
-        status=DeliveryStatus(row["status"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_status_code=row["last_status_code"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        payload=row["payload"],
     )
 
 
@@ -570,11 +381,11 @@ class PostgresStore(Store):
         row = await self._fetchrow(
             "SELECT * FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL", prefix
         )
-        return (_api_key(row), row["key_hash"]) if row else None
+        return (records.api_key(row, POSTGRES), row["key_hash"]) if row else None
 
     async def list_api_keys(self) -> list[ApiKey]:
         rows = await self._fetch("SELECT * FROM api_keys ORDER BY created_at, id")
-        return [_api_key(r) for r in rows]
+        return [records.api_key(r, POSTGRES) for r in rows]
 
     async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
         n = await self._exec(
@@ -646,7 +457,7 @@ class PostgresStore(Store):
                 )
                 if _count(status) != 1:
                     raise _Abort()  # rolls the device write back too
-            return _device(row), bool(row["created"])
+            return records.device(row, POSTGRES), bool(row["created"])
 
         try:
             return await self._tx(op)
@@ -657,19 +468,19 @@ class PostgresStore(Store):
         row = await self._fetchrow(
             "SELECT * FROM devices WHERE token_prefix = $1 AND revoked_at IS NULL", prefix
         )
-        return (_device(row), row["token_hash"]) if row else None
+        return (records.device(row, POSTGRES), row["token_hash"]) if row else None
 
     async def get_device(self, device_id: str) -> Device | None:
         row = await self._fetchrow(
             "SELECT * FROM devices WHERE id = $1 AND revoked_at IS NULL", device_id
         )
-        return _device(row) if row else None
+        return records.device(row, POSTGRES) if row else None
 
     async def list_devices(self) -> list[Device]:
         rows = await self._fetch(
             "SELECT * FROM devices WHERE revoked_at IS NULL ORDER BY created_at, id"
         )
-        return [_device(r) for r in rows]
+        return [records.device(r, POSTGRES) for r in rows]
 
     _UPDATABLE = frozenset({"name", "enabled", "daily_quota", "fcm_token", "sims", "app_version"})
 
@@ -694,7 +505,7 @@ class PostgresStore(Store):
                 *values.values(),
             )
         )
-        return _device(row) if row else None
+        return records.device(row, POSTGRES) if row else None
 
     async def record_device_status(
         self,
@@ -744,7 +555,7 @@ class PostgresStore(Store):
         types: list[EventType],
         now: datetime,
     ) -> None:
-        device = _device(row)
+        device = records.device(row, POSTGRES)
         types = list(types)
         if device.battery is None or not battery_crossed_low(
             battery_before, device.battery, bool(device.charging)
@@ -789,13 +600,13 @@ class PostgresStore(Store):
             if device is None or device["revoked_at"] is not None:
                 return None
             rows = await conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages "
                 "WHERE device_id = $1 AND status = 'QUEUED'",
                 device_id,
             )
             if before is not None:
                 await self._device_events(conn, device, before[0], types, now)
-            return _device(device), [_message(r) for r in rows]
+            return records.device(device, POSTGRES), [records.message(r, POSTGRES) for r in rows]
 
         return await self._tx(op)
 
@@ -815,7 +626,7 @@ class PostgresStore(Store):
                 "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
                 "error = 'the device this message was sent through was removed', "
                 "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
-                f"AND status = 'PENDING' RETURNING {_MESSAGE_COLUMNS}",
+                f"AND status = 'PENDING' RETURNING {MESSAGE_COLUMNS}",
                 now,
                 device_id,
             )
@@ -845,8 +656,8 @@ class PostgresStore(Store):
     # -- messages -------------------------------------------------------------------
 
     _INSERT_MESSAGE = (
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-        f"({', '.join(f'${i}' for i in range(1, len(_MESSAGE_FIELDS) + 1))})"
+        f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES "
+        f"({', '.join(f'${i}' for i in range(1, len(MESSAGE_FIELDS) + 1))})"
     )
 
     async def create_message(
@@ -877,29 +688,17 @@ class PostgresStore(Store):
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         row = await self._fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
         )
         if row is None:
             return None
-        msg = _message(row)
+        msg = records.message(row, POSTGRES)
         if with_attempts:
             rows = await self._fetch(
                 "SELECT * FROM message_attempts WHERE message_id = $1 ORDER BY attempt",
                 message_id,
             )
-            msg.attempts = [
-                Attempt(
-                    attempt=r["attempt"],
-                    device_id=r["device_id"],
-                    offered_at=r["offered_at"],
-                    accepted_at=r["accepted_at"],
-                    ended_at=r["ended_at"],
-                    outcome=r["outcome"],
-                    error_code=r["error_code"],
-                    error=r["error"],
-                )
-                for r in rows
-            ]
+            msg.attempts = [records.attempt(r, POSTGRES) for r in rows]
         return msg
 
     async def list_messages(self, flt: MessageFilter) -> list[Message]:
@@ -913,16 +712,16 @@ class PostgresStore(Store):
             flt.after,
         )
         rows = await self._fetch(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages {clause} "
             f"ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}",
             *params,
             flt.limit,
         )
-        return [_message(r) for r in rows]
+        return [records.message(r, POSTGRES) for r in rows]
 
     async def due_messages(self, now: datetime, limit: int) -> list[Message]:
         rows = await self._fetch(
-            f"SELECT {_MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
+            f"SELECT {MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
             "WHERE a.recipient = messages.recipient) AS last_device "
             "FROM messages WHERE status = 'PENDING' "
             "AND (lease_until IS NULL OR lease_until <= $1) "
@@ -933,17 +732,17 @@ class PostgresStore(Store):
         )
         messages = []
         for r in rows:
-            msg = _message(r)
+            msg = records.message(r, POSTGRES)
             msg.last_device = r["last_device"]
             messages.append(msg)
         return messages
 
     async def owned_unfinished(self, device_id: str) -> list[Message]:
         rows = await self._fetch(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE device_id = $1 AND status = 'QUEUED'",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE device_id = $1 AND status = 'QUEUED'",
             device_id,
         )
-        return [_message(r) for r in rows]
+        return [records.message(r, POSTGRES) for r in rows]
 
     async def offer(
         self,
@@ -998,7 +797,7 @@ class PostgresStore(Store):
                     "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
                     "error_code = 'max_attempts', error = $1, failed_at = $2, updated_at = $2 "
                     "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5 "
-                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    f"RETURNING {MESSAGE_COLUMNS}",
                     f"no phone took the message after {attempt} attempts (last: {outcome})",
                     now,
                     message_id,
@@ -1010,7 +809,7 @@ class PostgresStore(Store):
                     "UPDATE messages SET device_id = NULL, lease_until = NULL, "
                     "next_attempt_at = $1, updated_at = $2 "
                     "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5 "
-                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    f"RETURNING {MESSAGE_COLUMNS}",
                     retry_at,
                     now,
                     message_id,
@@ -1031,7 +830,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $1, "
                 "updated_at = $1 WHERE id = $2 AND status = 'PENDING' AND attempt = $3 "
-                f"AND device_id = $4 RETURNING {_MESSAGE_COLUMNS}",
+                f"AND device_id = $4 RETURNING {MESSAGE_COLUMNS}",
                 now,
                 message_id,
                 attempt,
@@ -1064,7 +863,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
                 "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
-                f"RETURNING {_MESSAGE_COLUMNS}",
+                f"RETURNING {MESSAGE_COLUMNS}",
                 now,
                 message_id,
                 device_id,
@@ -1102,7 +901,7 @@ class PostgresStore(Store):
             updated = await conn.fetchrow(
                 "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
                 f"sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 "
-                f"RETURNING {_MESSAGE_COLUMNS}",
+                f"RETURNING {MESSAGE_COLUMNS}",
                 now,
                 message_id,
             )
@@ -1160,7 +959,7 @@ class PostgresStore(Store):
                 final = await conn.fetchrow(
                     "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = $1, "
                     f"error = $2, failed_at = $3, updated_at = $3 WHERE id = $4 "
-                    f"RETURNING {_MESSAGE_COLUMNS}",
+                    f"RETURNING {MESSAGE_COLUMNS}",
                     error_code,
                     error,
                     now,
@@ -1187,18 +986,18 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE messages SET status = 'CANCELLED', cancelled_at = $1, "
                 "lease_until = NULL, updated_at = $1 WHERE id = $2 AND status = 'PENDING' "
-                f"RETURNING {_MESSAGE_COLUMNS}",
+                f"RETURNING {MESSAGE_COLUMNS}",
                 now,
                 message_id,
             )
             if row is not None:
                 await _end_attempt(conn, message_id, row["attempt"], "cancelled", now)
                 await self._message_event(conn, EventType.MESSAGE_CANCELLED, row, now)
-                return _message(row)
+                return records.message(row, POSTGRES)
             found = await conn.fetchrow(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
             )
-            return _message(found) if found else None
+            return records.message(found, POSTGRES) if found else None
 
         return await self._tx(op)
 
@@ -1279,7 +1078,7 @@ class PostgresStore(Store):
 
     async def get_template(self, template_id: str) -> Template | None:
         row = await self._fetchrow("SELECT * FROM templates WHERE id = $1", template_id)
-        return _template(row) if row else None
+        return records.template(row, POSTGRES) if row else None
 
     async def list_templates(
         self, *, category: str | None = None, active: bool | None = None
@@ -1294,7 +1093,7 @@ class PostgresStore(Store):
             where.append(f"active = ${len(params)}")
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         rows = await self._fetch(f"SELECT * FROM templates {clause} ORDER BY name", *params)
-        return [_template(r) for r in rows]
+        return [records.template(r, POSTGRES) for r in rows]
 
     async def update_template(
         self, template_id: str, now: datetime, **fields: Any
@@ -1318,7 +1117,7 @@ class PostgresStore(Store):
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a template named {fields.get('name')!r} exists") from None
-        return _template(row) if row else None
+        return records.template(row, POSTGRES) if row else None
 
     async def delete_template(self, template_id: str) -> bool:
         return await self._exec("DELETE FROM templates WHERE id = $1", template_id) == 1
@@ -1364,7 +1163,7 @@ class PostgresStore(Store):
 
     async def get_otp(self, otp_id: str) -> Otp | None:
         row = await self._fetchrow("SELECT * FROM otp_codes WHERE id = $1", otp_id)
-        return _otp(row) if row else None
+        return records.otp(row, POSTGRES) if row else None
 
     async def latest_otp(self, recipient: str) -> Otp | None:
         row = await self._fetchrow(
@@ -1372,7 +1171,7 @@ class PostgresStore(Store):
             "ORDER BY created_at DESC LIMIT 1",
             recipient,
         )
-        return _otp(row) if row else None
+        return records.otp(row, POSTGRES) if row else None
 
     async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
         async def op(conn: Conn) -> Otp | None:
@@ -1389,7 +1188,7 @@ class PostgresStore(Store):
             )
             if row is None:
                 return None
-            otp = _otp(row)
+            otp = records.otp(row, POSTGRES)
             if otp.verified_at is not None:
                 await self._event(conn, EventType.OTP_VERIFIED, otp.id, otp_data(otp), now)
             return otp
@@ -1434,7 +1233,7 @@ class PostgresStore(Store):
             after or "",
             limit,
         )
-        return [OptOut(r["number"], r["source"], r["reason"], r["created_at"]) for r in rows]
+        return [records.opt_out(r, POSTGRES) for r in rows]
 
     async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
         async def op(conn: Conn) -> None:
@@ -1452,7 +1251,7 @@ class PostgresStore(Store):
                 await conn.copy_records_to_table(
                     "messages",
                     records=[_message_record(m) for m in messages],
-                    columns=list(_MESSAGE_FIELDS),
+                    columns=list(MESSAGE_FIELDS),
                     schema_name=self.schema,
                 )
 
@@ -1466,14 +1265,7 @@ class PostgresStore(Store):
             "SELECT status, count(*) FROM messages WHERE batch_id = $1 GROUP BY status",
             batch_id,
         )
-        return Batch(
-            id=row["id"],
-            name=row["name"],
-            total=row["total"],
-            rejected=row["rejected"],
-            created_at=row["created_at"],
-            by_status={r[0]: r[1] for r in counts},
-        )
+        return records.batch(row, {r[0]: r[1] for r in counts}, POSTGRES)
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         async def op(conn: Conn) -> Stats:
@@ -1539,7 +1331,7 @@ class PostgresStore(Store):
                 "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
                 "AND (lease_until IS NULL OR lease_until <= $1) "
                 "ORDER BY id FOR UPDATE SKIP LOCKED) "
-                f"AND status = 'PENDING' RETURNING {_MESSAGE_COLUMNS}",
+                f"AND status = 'PENDING' RETURNING {MESSAGE_COLUMNS}",
                 now,
             )
             for r in rows:
@@ -1592,7 +1384,7 @@ class PostgresStore(Store):
             *params,
             flt.limit,
         )
-        return [_inbound(r) for r in rows]
+        return [records.inbound(r, POSTGRES) for r in rows]
 
     # -- events and webhooks ----------------------------------------------------------
     # The emitters run inside the transaction that changed the state, so the event
@@ -1617,7 +1409,7 @@ class PostgresStore(Store):
         extra read, and its callback_url is seen whichever node stored the message."""
         if not self._subs.targets(type_, row["callback_url"]):
             return
-        msg = _message(row)
+        msg = records.message(row, POSTGRES)
         await self._event(conn, type_, msg.id, message_data(msg), now, msg.callback_url)
 
     async def _webhooks_changed(self, conn: Conn) -> None:
@@ -1645,10 +1437,13 @@ class PostgresStore(Store):
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
         row = await self._fetchrow("SELECT * FROM webhooks WHERE id = $1", webhook_id)
-        return _webhook(row) if row else None
+        return records.webhook(row, POSTGRES) if row else None
 
     async def list_webhooks(self) -> list[Webhook]:
-        return [_webhook(r) for r in await self._fetch("SELECT * FROM webhooks ORDER BY id")]
+        return [
+            records.webhook(r, POSTGRES)
+            for r in await self._fetch("SELECT * FROM webhooks ORDER BY id")
+        ]
 
     async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
         allowed = {"url", "events", "description", "enabled"}
@@ -1659,7 +1454,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow("SELECT * FROM webhooks WHERE id = $1 FOR UPDATE", webhook_id)
             if row is None:
                 return None
-            old = _webhook(row)
+            old = records.webhook(row, POSTGRES)
             values = dict(fields)
             if "events" in values:
                 values["events"] = " ".join(sorted(values["events"]))
@@ -1684,7 +1479,7 @@ class PostgresStore(Store):
             )
             assert new is not None  # locked above
             await self._webhooks_changed(conn)
-            return _webhook(new)
+            return records.webhook(new, POSTGRES)
 
         hook = await self._tx(op)
         if hook is not None:
@@ -1704,7 +1499,7 @@ class PostgresStore(Store):
                 webhook_id,
             )
         )
-        return _webhook(row) if row else None
+        return records.webhook(row, POSTGRES) if row else None
 
     async def delete_webhook(self, webhook_id: str) -> bool:
         async def op(conn: Conn) -> int:
@@ -1725,7 +1520,7 @@ class PostgresStore(Store):
             # it (and, through the "oldest pending" rule, its subject's later events) from
             # the others until the lease runs out.
             rows = await conn.fetch(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d "
                 "JOIN events e ON e.id = d.event_id "
                 "LEFT JOIN webhooks w ON w.id = d.webhook_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at <= $1 "
@@ -1743,7 +1538,7 @@ class PostgresStore(Store):
                     lease_until,
                     [r["id"] for r in rows],
                 )
-            return [_delivery(r) for r in rows]
+            return [records.delivery(r, POSTGRES) for r in rows]
 
         return await self._tx(op)
 
@@ -1862,27 +1657,19 @@ class PostgresStore(Store):
     async def _deliveries(self, tail: str, params: list[Any]) -> list[Delivery]:
         async with self._p().acquire() as conn:
             rows = await conn.fetch(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d "
                 f"JOIN events e ON e.id = d.event_id {tail}",
                 *params,
             )
-            found = [_delivery(r) for r in rows]
+            found = [records.delivery(r, POSTGRES) for r in rows]
             by_id = {d.id: d for d in found}
             if by_id:
-                for a in await conn.fetch(
+                attempts = await conn.fetch(
                     "SELECT * FROM webhook_attempts WHERE delivery_id = ANY($1::text[]) "
                     "ORDER BY attempt",
                     list(by_id),
-                ):
-                    by_id[a["delivery_id"]].history.append(
-                        DeliveryAttempt(
-                            attempt=a["attempt"],
-                            at=a["at"],
-                            status_code=a["status_code"],
-                            error=a["error"],
-                            duration_ms=a["duration_ms"],
-                        )
-                    )
+                )
+                records.add_history(by_id, attempts, POSTGRES)
         return found
 
     async def replay_delivery(self, delivery_id: str, now: datetime) -> Delivery | None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smsgw.clock import iso, new_id, parse_iso
+from smsgw.clock import iso, new_id
 from smsgw.events import (
     Event,
     EventType,
@@ -35,9 +35,9 @@ from smsgw.events import (
     message_data,
     otp_data,
 )
+from smsgw.store import rows as records
 from smsgw.store.base import (
     ApiKey,
-    Attempt,
     Batch,
     Conflict,
     Delivery,
@@ -60,184 +60,12 @@ from smsgw.store.base import (
     next_delivery_status,
 )
 from smsgw.store.migrations import load_migrations
+from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, SQLITE
 
 T = TypeVar("T")
 
 # Writes per transaction at most: bounds the latency one batch adds to the next.
 MAX_BATCH = 512
-
-_MESSAGE_COLUMNS = (
-    "id, recipient, body, status, device_id, pinned_device_id, sim_slot, parts, attempt, "
-    "lease_until, next_attempt_at, error_code, error, created_at, updated_at, queued_at, "
-    "sent_at, delivered_at, failed_at, expires_at, priority, send_at, cancelled_at, "
-    "custom_id, metadata, encoding, sensitive, template_id, batch_id, callback_url"
-)
-
-
-def _dt(value: Any) -> datetime | None:
-    return parse_iso(value) if value is not None else None
-
-
-def _req_dt(value: Any) -> datetime:
-    dt = parse_iso(value)
-    assert dt is not None
-    return dt
-
-
-def _message(row: sqlite3.Row) -> Message:
-    return Message(
-        id=row["id"],
-        recipient=row["recipient"],
-        body=row["body"],
-        status=Status(row["status"]),
-        device_id=row["device_id"],
-        pinned_device_id=row["pinned_device_id"],
-        sim_slot=row["sim_slot"],
-        parts=row["parts"],
-        attempt=row["attempt"],
-        lease_until=_dt(row["lease_until"]),
-        next_attempt_at=_dt(row["next_attempt_at"]),
-        error_code=row["error_code"],
-        error=row["error"],
-        created_at=_req_dt(row["created_at"]),
-        updated_at=_req_dt(row["updated_at"]),
-        queued_at=_dt(row["queued_at"]),
-        sent_at=_dt(row["sent_at"]),
-        delivered_at=_dt(row["delivered_at"]),
-        failed_at=_dt(row["failed_at"]),
-        expires_at=_req_dt(row["expires_at"]),
-        priority=row["priority"],
-        send_at=_dt(row["send_at"]),
-        cancelled_at=_dt(row["cancelled_at"]),
-        custom_id=row["custom_id"],
-        metadata=json.loads(row["metadata"]) if row["metadata"] is not None else None,
-        encoding=row["encoding"],
-        sensitive=bool(row["sensitive"]),
-        template_id=row["template_id"],
-        batch_id=row["batch_id"],
-        callback_url=row["callback_url"],
-    )
-
-
-def _template(row: sqlite3.Row) -> Template:
-    return Template(
-        id=row["id"],
-        name=row["name"],
-        body=row["body"],
-        category=row["category"],
-        active=bool(row["active"]),
-        usage_count=row["usage_count"],
-        created_at=_req_dt(row["created_at"]),
-        updated_at=_req_dt(row["updated_at"]),
-    )
-
-
-def _otp(row: sqlite3.Row) -> Otp:
-    return Otp(
-        id=row["id"],
-        recipient=row["recipient"],
-        code_hash=row["code_hash"],
-        message_id=row["message_id"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        created_at=_req_dt(row["created_at"]),
-        expires_at=_req_dt(row["expires_at"]),
-        verified_at=_dt(row["verified_at"]),
-        superseded_at=_dt(row["superseded_at"]),
-    )
-
-
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        id=row["id"],
-        name=row["name"],
-        hardware_id=row["hardware_id"],
-        sims=json.loads(row["sims"]),
-        fcm_token=row["fcm_token"],
-        enabled=bool(row["enabled"]),
-        daily_quota=row["daily_quota"],
-        sent_today=row["sent_today"],
-        sent_day=row["sent_day"],
-        battery=row["battery"],
-        charging=None if row["charging"] is None else bool(row["charging"]),
-        signal=row["signal"],
-        network=row["network"],
-        app_version=row["app_version"],
-        last_seen_at=_dt(row["last_seen_at"]),
-        created_at=_req_dt(row["created_at"]),
-        updated_at=_req_dt(row["updated_at"]),
-    )
-
-
-def _api_key(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(
-        id=row["id"],
-        name=row["name"],
-        prefix=row["prefix"],
-        scopes=frozenset(row["scopes"].split()),
-        created_at=_req_dt(row["created_at"]),
-        last_used_at=_dt(row["last_used_at"]),
-        revoked_at=_dt(row["revoked_at"]),
-        rate_limit_rpm=row["rate_limit_rpm"],
-        daily_message_limit=row["daily_message_limit"],
-    )
-
-
-def _inbound(row: sqlite3.Row) -> Inbound:
-    return Inbound(
-        id=row["id"],
-        device_id=row["device_id"],
-        local_id=row["local_id"],
-        sender=row["sender"],
-        body=row["body"],
-        sim_slot=row["sim_slot"],
-        received_at=_req_dt(row["received_at"]),
-        created_at=_req_dt(row["created_at"]),
-    )
-
-
-_DELIVERY_COLUMNS = (
-    "d.id, d.event_id, e.type AS event_type, d.webhook_id, d.url, d.status, d.attempts, "
-    "d.max_attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
-    "d.updated_at, e.payload"
-)
-
-
-def _webhook(row: sqlite3.Row) -> Webhook:
-    return Webhook(
-        id=row["id"],
-        url=row["url"],
-        events=frozenset(row["events"].split()),
-        description=row["description"],
-        enabled=bool(row["enabled"]),
-        secret=row["secret"],
-        created_at=_req_dt(row["created_at"]),
-        updated_at=_req_dt(row["updated_at"]),
-        previous_secret=row["previous_secret"],
-        previous_secret_until=_dt(row["previous_secret_until"]),
-        failing_since=_dt(row["failing_since"]),
-        disabled_at=_dt(row["disabled_at"]),
-        disabled_reason=row["disabled_reason"],
-    )
-
-
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        webhook_id=row["webhook_id"],
-        url=row["url"],
-        status=DeliveryStatus(row["status"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        next_attempt_at=_dt(row["next_attempt_at"]),
-        last_status_code=row["last_status_code"],
-        last_error=row["last_error"],
-        created_at=_req_dt(row["created_at"]),
-        updated_at=_req_dt(row["updated_at"]),
-        payload=row["payload"],
-    )
 
 
 def _day(now: datetime) -> str:
@@ -478,11 +306,11 @@ class SqliteStore(Store):
         row = await self._one(
             "SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL", (prefix,)
         )
-        return (_api_key(row), row["key_hash"]) if row else None
+        return (records.api_key(row, SQLITE), row["key_hash"]) if row else None
 
     async def list_api_keys(self) -> list[ApiKey]:
         rows = await self._all("SELECT * FROM api_keys ORDER BY created_at, id")
-        return [_api_key(r) for r in rows]
+        return [records.api_key(r, SQLITE) for r in rows]
 
     async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
         def op(db: sqlite3.Connection) -> bool:
@@ -591,7 +419,7 @@ class SqliteStore(Store):
                 )
             row = (db.execute("SELECT * FROM devices WHERE id = ?", (final_id,))).fetchone()
             assert row is not None
-            return _device(row), existing is None
+            return records.device(row, SQLITE), existing is None
 
         return await self._write(op)
 
@@ -599,19 +427,19 @@ class SqliteStore(Store):
         row = await self._one(
             "SELECT * FROM devices WHERE token_prefix = ? AND revoked_at IS NULL", (prefix,)
         )
-        return (_device(row), row["token_hash"]) if row else None
+        return (records.device(row, SQLITE), row["token_hash"]) if row else None
 
     async def get_device(self, device_id: str) -> Device | None:
         row = await self._one(
             "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
         )
-        return _device(row) if row else None
+        return records.device(row, SQLITE) if row else None
 
     async def list_devices(self) -> list[Device]:
         rows = await self._all(
             "SELECT * FROM devices WHERE revoked_at IS NULL ORDER BY created_at, id"
         )
-        return [_device(r) for r in rows]
+        return [records.device(r, SQLITE) for r in rows]
 
     _UPDATABLE = frozenset({"name", "enabled", "daily_quota", "fcm_token", "sims", "app_version"})
 
@@ -634,7 +462,7 @@ class SqliteStore(Store):
                     "SELECT * FROM devices WHERE id = ? AND revoked_at IS NULL", (device_id,)
                 )
             ).fetchone()
-            return _device(row) if row else None
+            return records.device(row, SQLITE) if row else None
 
         return await self._write(op)
 
@@ -679,7 +507,7 @@ class SqliteStore(Store):
         row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
         if row is None:
             return
-        device = _device(row)
+        device = records.device(row, SQLITE)
         if device.battery is None or not battery_crossed_low(
             battery_before, device.battery, bool(device.charging)
         ):
@@ -723,7 +551,7 @@ class SqliteStore(Store):
                 ),
             )
             rows = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
                 "WHERE device_id = ? AND status = 'QUEUED'",
                 (device_id,),
             ).fetchall()
@@ -734,7 +562,7 @@ class SqliteStore(Store):
                 return None
             if before is not None:
                 self._device_events(db, device_id, before["battery"], now, online=True)
-            return _device(device), [_message(r) for r in rows]
+            return records.device(device, SQLITE), [records.message(r, SQLITE) for r in rows]
 
         return await self._write(op)
 
@@ -792,7 +620,7 @@ class SqliteStore(Store):
         if m.callback_url:
             self._subs.callbacks = True
         db.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 30)})",
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 30)})",
             (
                 m.id,
                 m.recipient,
@@ -834,30 +662,16 @@ class SqliteStore(Store):
             )
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
-        row = await self._one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-        )
+        row = await self._one(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
         if row is None:
             return None
-        msg = _message(row)
+        msg = records.message(row, SQLITE)
         if with_attempts:
             rows = await self._all(
                 "SELECT * FROM message_attempts WHERE message_id = ? ORDER BY attempt",
                 (message_id,),
             )
-            msg.attempts = [
-                Attempt(
-                    attempt=r["attempt"],
-                    device_id=r["device_id"],
-                    offered_at=_req_dt(r["offered_at"]),
-                    accepted_at=_dt(r["accepted_at"]),
-                    ended_at=_dt(r["ended_at"]),
-                    outcome=r["outcome"],
-                    error_code=r["error_code"],
-                    error=r["error"],
-                )
-                for r in rows
-            ]
+            msg.attempts = [records.attempt(r, SQLITE) for r in rows]
         return msg
 
     async def list_messages(self, flt: MessageFilter) -> list[Message]:
@@ -871,16 +685,16 @@ class SqliteStore(Store):
             flt.after,
         )
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages {clause} "
             "ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, flt.limit),
         )
-        return [_message(r) for r in rows]
+        return [records.message(r, SQLITE) for r in rows]
 
     async def due_messages(self, now: datetime, limit: int) -> list[Message]:
         stamp = iso(now)
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
+            f"SELECT {MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
             "WHERE a.recipient = messages.recipient) AS last_device "
             "FROM messages WHERE status = 'PENDING' "
             "AND (lease_until IS NULL OR lease_until <= ?) "
@@ -890,18 +704,18 @@ class SqliteStore(Store):
         )
         messages = []
         for r in rows:
-            msg = _message(r)
+            msg = records.message(r, SQLITE)
             msg.last_device = r["last_device"]
             messages.append(msg)
         return messages
 
     async def owned_unfinished(self, device_id: str) -> list[Message]:
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_owned "
             "WHERE device_id = ? AND status = 'QUEUED'",
             (device_id,),
         )
-        return [_message(r) for r in rows]
+        return [records.message(r, SQLITE) for r in rows]
 
     async def offer(
         self,
@@ -1154,9 +968,9 @@ class SqliteStore(Store):
                 self._end_attempt(db, message_id, row["attempt"], "cancelled", stamp)
                 self._message_event(db, EventType.MESSAGE_CANCELLED, message_id, now)
             found = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-            return _message(found) if found else None
+            return records.message(found, SQLITE) if found else None
 
         return await self._write(op)
 
@@ -1240,7 +1054,7 @@ class SqliteStore(Store):
 
     async def get_template(self, template_id: str) -> Template | None:
         row = await self._one("SELECT * FROM templates WHERE id = ?", (template_id,))
-        return _template(row) if row else None
+        return records.template(row, SQLITE) if row else None
 
     async def list_templates(
         self, *, category: str | None = None, active: bool | None = None
@@ -1255,7 +1069,7 @@ class SqliteStore(Store):
             params.append(int(active))
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         rows = await self._all(f"SELECT * FROM templates {clause} ORDER BY name", params)
-        return [_template(r) for r in rows]
+        return [records.template(r, SQLITE) for r in rows]
 
     async def update_template(
         self, template_id: str, now: datetime, **fields: Any
@@ -1275,7 +1089,7 @@ class SqliteStore(Store):
                 except sqlite3.IntegrityError:
                     raise Conflict(f"a template named {fields.get('name')!r} exists") from None
             row = db.execute("SELECT * FROM templates WHERE id = ?", (template_id,)).fetchone()
-            return _template(row) if row else None
+            return records.template(row, SQLITE) if row else None
 
         return await self._write(op)
 
@@ -1326,11 +1140,11 @@ class SqliteStore(Store):
             "ORDER BY created_at DESC",
             (recipient, iso(since)),
         )
-        return [_req_dt(r[0]) for r in rows]
+        return [SQLITE.req_dt(r[0]) for r in rows]
 
     async def get_otp(self, otp_id: str) -> Otp | None:
         row = await self._one("SELECT * FROM otp_codes WHERE id = ?", (otp_id,))
-        return _otp(row) if row else None
+        return records.otp(row, SQLITE) if row else None
 
     async def latest_otp(self, recipient: str) -> Otp | None:
         row = await self._one(
@@ -1338,7 +1152,7 @@ class SqliteStore(Store):
             "ORDER BY created_at DESC LIMIT 1",
             (recipient,),
         )
-        return _otp(row) if row else None
+        return records.otp(row, SQLITE) if row else None
 
     async def record_otp_attempt(self, otp_id: str, correct: bool, now: datetime) -> Otp | None:
         stamp = iso(now)
@@ -1355,7 +1169,7 @@ class SqliteStore(Store):
             cur.close()
             if row is None:
                 return None
-            otp = _otp(row)
+            otp = records.otp(row, SQLITE)
             if otp.verified_at is not None:
                 self._event(db, EventType.OTP_VERIFIED, otp.id, otp_data(otp), now)
             return otp
@@ -1404,9 +1218,7 @@ class SqliteStore(Store):
             "SELECT * FROM opt_outs WHERE number > ? ORDER BY number LIMIT ?",
             (after or "", limit),
         )
-        return [
-            OptOut(r["number"], r["source"], r["reason"], _req_dt(r["created_at"])) for r in rows
-        ]
+        return [records.opt_out(r, SQLITE) for r in rows]
 
     async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
         def op(db: sqlite3.Connection) -> None:
@@ -1428,14 +1240,7 @@ class SqliteStore(Store):
             "SELECT status, count(*) FROM messages WHERE batch_id = ? GROUP BY status",
             (batch_id,),
         )
-        return Batch(
-            id=row["id"],
-            name=row["name"],
-            total=row["total"],
-            rejected=row["rejected"],
-            created_at=_req_dt(row["created_at"]),
-            by_status={r[0]: r[1] for r in counts},
-        )
+        return records.batch(row, {r[0]: r[1] for r in counts}, SQLITE)
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         bounds = (iso(since), iso(until))
@@ -1544,7 +1349,7 @@ class SqliteStore(Store):
             f"SELECT * FROM inbound_messages {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, flt.limit),
         )
-        return [_inbound(r) for r in rows]
+        return [records.inbound(r, SQLITE) for r in rows]
 
     # -- events and webhooks ----------------------------------------------------------
     # The emitters run inside the write that changed the state (writer thread), so the
@@ -1570,10 +1375,10 @@ class SqliteStore(Store):
         if not self._subs.wanted(type_):
             return
         row = db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is not None:
-            msg = _message(row)
+            msg = records.message(row, SQLITE)
             self._event(db, type_, msg.id, message_data(msg), now, msg.callback_url)
 
     @staticmethod
@@ -1614,10 +1419,13 @@ class SqliteStore(Store):
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
         row = await self._one("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
-        return _webhook(row) if row else None
+        return records.webhook(row, SQLITE) if row else None
 
     async def list_webhooks(self) -> list[Webhook]:
-        return [_webhook(r) for r in await self._all("SELECT * FROM webhooks ORDER BY id")]
+        return [
+            records.webhook(r, SQLITE)
+            for r in await self._all("SELECT * FROM webhooks ORDER BY id")
+        ]
 
     async def update_webhook(self, webhook_id: str, now: datetime, **fields: Any) -> Webhook | None:
         allowed = {"url", "events", "description", "enabled"}
@@ -1629,7 +1437,7 @@ class SqliteStore(Store):
             row = db.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
             if row is None:
                 return None
-            old = _webhook(row)
+            old = records.webhook(row, SQLITE)
             values = dict(fields)
             if "events" in values:
                 values["events"] = " ".join(sorted(values["events"]))
@@ -1646,8 +1454,9 @@ class SqliteStore(Store):
             values["updated_at"] = stamp
             sets = ", ".join(f"{k} = ?" for k in values)
             db.execute(f"UPDATE webhooks SET {sets} WHERE id = ?", (*values.values(), webhook_id))
-            new = _webhook(
-                db.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+            new = records.webhook(
+                db.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone(),
+                SQLITE,
             )
             self._subs.set(new.id, new.url, new.events, new.enabled)
             return new
@@ -1665,7 +1474,7 @@ class SqliteStore(Store):
             )
             row = cur.fetchone()
             cur.close()
-            return _webhook(row) if row else None
+            return records.webhook(row, SQLITE) if row else None
 
         return await self._write(op)
 
@@ -1682,7 +1491,7 @@ class SqliteStore(Store):
     ) -> list[Delivery]:
         def op(db: sqlite3.Connection) -> list[Delivery]:
             rows = db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d "
                 "JOIN events e ON e.id = d.event_id "
                 "LEFT JOIN webhooks w ON w.id = d.webhook_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at <= ? "
@@ -1697,7 +1506,7 @@ class SqliteStore(Store):
                 "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ?",
                 [(iso(lease_until), r["id"]) for r in rows],
             )
-            return [_delivery(r) for r in rows]
+            return [records.delivery(r, SQLITE) for r in rows]
 
         return await self._write(op)
 
@@ -1761,7 +1570,7 @@ class SqliteStore(Store):
             cur.close()
             if hook is None or not hook["enabled"]:
                 return status, False
-            failing_for = (attempt.at - _req_dt(hook["failing_since"])).total_seconds()
+            failing_for = (attempt.at - SQLITE.req_dt(hook["failing_since"])).total_seconds()
             if failing_for < disable_after:
                 return status, False
             db.execute(
@@ -1805,28 +1614,20 @@ class SqliteStore(Store):
 
         def op(db: sqlite3.Connection) -> list[Delivery]:
             rows = db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d "
+                f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d "
                 f"JOIN events e ON e.id = d.event_id {tail}",
                 args,
             ).fetchall()
-            found = [_delivery(r) for r in rows]
+            found = [records.delivery(r, SQLITE) for r in rows]
             by_id = {d.id: d for d in found}
             if by_id:
                 marks = ", ".join("?" * len(by_id))
-                for a in db.execute(
+                attempts = db.execute(
                     f"SELECT * FROM webhook_attempts WHERE delivery_id IN ({marks}) "
                     "ORDER BY attempt",
                     tuple(by_id),
-                ):
-                    by_id[a["delivery_id"]].history.append(
-                        DeliveryAttempt(
-                            attempt=a["attempt"],
-                            at=_req_dt(a["at"]),
-                            status_code=a["status_code"],
-                            error=a["error"],
-                            duration_ms=a["duration_ms"],
-                        )
-                    )
+                )
+                records.add_history(by_id, attempts, SQLITE)
             return found
 
         return await self._read(op)
