@@ -223,7 +223,10 @@ async def _truthy(value: Any) -> bool:
 async def test_an_endpoint_failing_for_long_is_disabled_visibly_and_can_be_re_enabled(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    hub = await HubServer(tmp_path / "hub.db", **FAST, webhook_disable_after=0.5).start()
+    # Many retries left: the endpoint is disabled (after 0.5 s) long before any delivery
+    # runs out of attempts.
+    fast = {**FAST, "webhook_retry_schedule": [0.2] * 30}
+    hub = await HubServer(tmp_path / "hub.db", **fast, webhook_disable_after=0.5).start()
     try:
         async with hub.client() as api:
             hook = await subscribe(api, receiver, "message.cancelled")
