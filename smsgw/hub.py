@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smsgw")
 
+# Seconds between reloads of the opt-out list on a node of several (a backstop for a
+# change broadcast that was lost; changes normally reach every node at once).
+OPT_OUT_RELOAD = 60.0
+
 
 @dataclass(slots=True)
 class Hub:
@@ -47,6 +51,8 @@ class Hub:
     # The opt-out list, mirrored in memory so a send needs no read. This node is the only
     # writer (API and inbound STOP go through opt_out/opt_in below).
     opted_out: set[str] = field(default_factory=set)
+    _opt_out_reload: asyncio.Task[None] | None = None
+    _opt_out_changes: int = 0
     webhooks: WebhookWorker | None = None  # delivers the event outbox (started with the hub)
     callback_secret: str = ""  # signs requests to per-message callback_url
     # FCM wake-up of offline phones; created from the others in __post_init__.
@@ -83,7 +89,11 @@ class Hub:
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         await self._load_opt_outs()
+        self.registry.on_opt_out = self._opt_out_mirror
         await self.registry.start(self.dispatcher)
+        if self.settings.redis_url:
+            # Other nodes broadcast their changes; this catches one lost on the way.
+            self._opt_out_reload = asyncio.create_task(self._reload_opt_outs())
         await self.dispatcher.start()
         self.callback_secret = self.settings.callback_secret or await self.store.hub_secret(
             "callback", secrets.token_hex(32)
@@ -104,9 +114,10 @@ class Hub:
                 await conn.close(CloseCode.HEARTBEAT_TIMEOUT, "silent for 2.5 heartbeat intervals")
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        for task in (self._watchdog, self._opt_out_reload):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.dispatcher.stop()
         await self.waker.stop()
         for live in list(self.registry.local()):
@@ -161,20 +172,43 @@ class Hub:
         return secret
 
     async def _load_opt_outs(self) -> None:
+        changes = self._opt_out_changes
+        numbers: set[str] = set()
         after: str | None = None
         while page := await self.store.list_opt_outs(after=after, limit=10_000):
-            self.opted_out.update(o.number for o in page)
+            numbers.update(o.number for o in page)
             after = page[-1].number
+        # A change that arrived while the pages were read may be missing from them: keep
+        # the mirror as it is, the next reload will agree with the database.
+        if changes == self._opt_out_changes:
+            self.opted_out = numbers
+
+    async def _reload_opt_outs(self) -> None:
+        while True:
+            await asyncio.sleep(OPT_OUT_RELOAD)
+            try:
+                await self._load_opt_outs()
+            except Exception:
+                log.warning("reloading the opt-out list failed", exc_info=True)
 
     async def opt_out(self, entry: OptOut) -> bool:
         created = await self.store.add_opt_out(entry)
-        self.opted_out.add(entry.number)
+        self._opt_out_mirror(entry.number, True)
+        await self.registry.opt_out_changed(entry.number, True)
         return created
 
     async def opt_in(self, number: str) -> bool:
         removed = await self.store.remove_opt_out(number)
-        self.opted_out.discard(number)
+        self._opt_out_mirror(number, False)
+        await self.registry.opt_out_changed(number, False)
         return removed
+
+    def _opt_out_mirror(self, number: str, opted_out: bool) -> None:
+        self._opt_out_changes += 1
+        if opted_out:
+            self.opted_out.add(number)
+        else:
+            self.opted_out.discard(number)
 
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):

@@ -8,7 +8,7 @@ may assume the sessions are all local.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -131,6 +131,12 @@ class Registry(abc.ABC):
         """This node is shutting down: route no new work to its phones."""
         for live in self.local():
             live.enabled = False
+
+    async def opt_out_changed(self, number: str, opted_out: bool) -> None:  # noqa: B027
+        """This node changed the opt-out list: a cross-node registry tells the others."""
+
+    # Set by the hub: applies an opt-out change another node made to this node's mirror.
+    on_opt_out: Callable[[str, bool], None] | None = None
 
     async def changed(self, live: LiveDevice) -> None:  # noqa: B027 (optional hook)
         """An admin changed ``live``'s settings (name, enabled, quota) on this node."""

@@ -98,6 +98,11 @@ class Broker(abc.ABC):
         nothing, which the database's leases already cover)."""
 
     @abc.abstractmethod
+    async def broadcast(self, envelope: Envelope) -> None:
+        """Publish to every node (this one included), on the presence channel: for
+        node-wide state kept in memory, such as the opt-out list."""
+
+    @abc.abstractmethod
     async def online(self) -> list[PhoneState]:
         """Every phone some live node owns now."""
 

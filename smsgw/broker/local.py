@@ -111,6 +111,9 @@ class LocalBroker(Broker):
     def to_node(self, node_id: str, envelope: Envelope) -> None:
         self.bus.publish(f"node:{node_id}", envelope)
 
+    async def broadcast(self, envelope: Envelope) -> None:
+        self.bus.publish(PRESENCE, envelope)
+
     async def online(self) -> list[PhoneState]:
         return [
             copy.copy(owner.state)

@@ -227,6 +227,9 @@ class RedisBroker(Broker):
 
     # -- presence -----------------------------------------------------------------------
 
+    async def broadcast(self, envelope: Envelope) -> None:
+        await self.redis.publish(self._key("presence"), json.dumps(envelope))
+
     async def online(self) -> list[PhoneState]:
         members = sorted(str(m) for m in await self.redis.smembers(self._key("online")))
         if not members:

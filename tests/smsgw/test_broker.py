@@ -117,3 +117,14 @@ async def test_presence_announces_up_and_down(make_broker: Factory) -> None:
         5,
         "up then down",
     )
+
+
+async def test_a_broadcast_reaches_every_node(make_broker: Factory) -> None:
+    a, seen_a = await started(make_broker, "a")
+    _, seen_b = await started(make_broker, "b")
+    await a.broadcast({"k": "optout", "number": "+12025550100", "opted_out": True})
+
+    def heard(seen: list[Envelope]) -> bool:
+        return any(e.get("k") == "optout" for e in seen)
+
+    await wait_for(lambda: heard(seen_a) and heard(seen_b), 5, "the broadcast on both nodes")

@@ -141,3 +141,27 @@ async def test_admin_actions_reach_the_node_holding_the_socket(nodes: list[HubSe
         await wait_for(lambda: a.hub.registry.get(phone.device_id) is None, 5, "gone on a")
     finally:
         await farm.close()
+
+
+async def test_an_opt_out_on_one_node_stops_sends_from_every_node(
+    nodes: list[HubServer],
+) -> None:
+    a, b = nodes
+    to = "+12025550177"
+    farm = Farm(lambda: b.url)
+    try:
+        phone = await farm.add(deliver=False)
+        await wait_for(lambda: a.hub.registry.get(phone.device_id) is not None, 5, "presence")
+        await phone.backend.receive_sms(to, "STOP")  # reaches node B, which holds the phone
+        await wait_for(lambda: to in a.hub.opted_out, 5, "node A to hear of the STOP")
+        async with a.client() as c:
+            r = await c.post("/sms/dispatch", json={"to": to, "message": "x"})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "opted_out"
+        async with b.client() as c:  # the admin API on B opts the number back in...
+            assert (await c.delete(f"/opt-outs/{to}")).status_code == 204
+        await wait_for(lambda: to not in a.hub.opted_out, 5, "node A to hear of the opt-in")
+        async with a.client() as c:  # ...and A sends again
+            r = await c.post("/sms/dispatch", json={"to": to, "message": "x"})
+            assert r.status_code == 200 and r.json()["status"] == "SENT"
+    finally:
+        await farm.close()
