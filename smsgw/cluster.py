@@ -228,12 +228,11 @@ class ClusterRegistry(Registry):
         super().start_draining()
         self._spawn(self._refresh())
 
-    async def opt_out_changed(self, number: str, opted_out: bool) -> None:
-        env = {"k": "optout", "number": number, "opted_out": opted_out, "node": self.node_id}
+    async def tell_nodes(self, news: dict[str, Any]) -> None:
         try:
-            await self.broker.broadcast(env)
-        except Exception:  # the periodic reload from the database catches up
-            log.warning("could not broadcast an opt-out change", exc_info=True)
+            await self.broker.broadcast({**news, "k": "news", "node": self.node_id})
+        except Exception:  # caches expire and the opt-out list is reloaded: they catch up
+            log.warning("could not tell the other nodes: %s", news, exc_info=True)
 
     # -- envelopes ----------------------------------------------------------------------
 
@@ -274,9 +273,9 @@ class ClusterRegistry(Registry):
                 live.daily_quota = int(env["daily_quota"])
                 self._spawn(self._publish_now(live))
                 self.dispatcher.wake()
-        elif kind == "optout":
-            if env.get("node") != self.node_id and self.on_opt_out is not None:
-                self.on_opt_out(str(env["number"]), bool(env["opted_out"]))
+        elif kind == "news":
+            if env.get("node") != self.node_id and self.on_news is not None:
+                self.on_news(env)
         elif kind == "up":
             if env.get("node") != self.node_id:
                 self._spawn(self._load(dev))

@@ -9,7 +9,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smsgw.auth import Authenticator, issue_api_key
 from smsgw.clock import utcnow
@@ -89,7 +89,7 @@ class Hub:
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         await self._load_opt_outs()
-        self.registry.on_opt_out = self._opt_out_mirror
+        self.registry.on_news = self._on_news
         await self.registry.start(self.dispatcher)
         if self.settings.redis_url:
             # Other nodes broadcast their changes; this catches one lost on the way.
@@ -193,15 +193,34 @@ class Hub:
 
     async def opt_out(self, entry: OptOut) -> bool:
         created = await self.store.add_opt_out(entry)
-        self._opt_out_mirror(entry.number, True)
-        await self.registry.opt_out_changed(entry.number, True)
+        await self._announce({"what": "opt_out", "number": entry.number, "opted_out": True})
         return created
 
     async def opt_in(self, number: str) -> bool:
         removed = await self.store.remove_opt_out(number)
-        self._opt_out_mirror(number, False)
-        await self.registry.opt_out_changed(number, False)
+        await self._announce({"what": "opt_out", "number": number, "opted_out": False})
         return removed
+
+    async def forget_device_token(self, device_id: str) -> None:
+        """The device's token was rotated or revoked: no node may keep accepting it."""
+        await self._announce({"what": "device_token", "device_id": device_id})
+
+    async def forget_api_key(self, key_id: str) -> None:
+        await self._announce({"what": "api_key", "key_id": key_id})
+
+    async def _announce(self, news: dict[str, Any]) -> None:
+        """Apply a change to this node's memory, then tell the other nodes (if any)."""
+        self._on_news(news)
+        await self.registry.tell_nodes(news)
+
+    def _on_news(self, news: dict[str, Any]) -> None:
+        what = news.get("what")
+        if what == "opt_out":
+            self._opt_out_mirror(str(news["number"]), bool(news["opted_out"]))
+        elif what == "device_token":
+            self.auth.forget_device(str(news["device_id"]))
+        elif what == "api_key":
+            self.auth.forget(str(news["key_id"]))
 
     def _opt_out_mirror(self, number: str, opted_out: bool) -> None:
         self._opt_out_changes += 1
@@ -213,7 +232,7 @@ class Hub:
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):
             return False
-        self.auth.forget_device(device_id)
+        await self.forget_device_token(device_id)
         live = self.registry.get(device_id)
         if live is not None:
             await live.session.close(CloseCode.REVOKED, "device removed")

@@ -11,7 +11,7 @@ import abc
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smsgw.clock import today, utcnow
 from smsgw.session import Session
@@ -132,11 +132,12 @@ class Registry(abc.ABC):
         for live in self.local():
             live.enabled = False
 
-    async def opt_out_changed(self, number: str, opted_out: bool) -> None:  # noqa: B027
-        """This node changed the opt-out list: a cross-node registry tells the others."""
+    async def tell_nodes(self, news: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """This node changed state that every node keeps in memory (the opt-out list,
+        credential caches): a cross-node registry passes ``news`` to the other nodes."""
 
-    # Set by the hub: applies an opt-out change another node made to this node's mirror.
-    on_opt_out: Callable[[str, bool], None] | None = None
+    # Set by the hub: applies news from another node to this node's memory.
+    on_news: Callable[[dict[str, Any]], None] | None = None
 
     async def changed(self, live: LiveDevice) -> None:  # noqa: B027 (optional hook)
         """An admin changed ``live``'s settings (name, enabled, quota) on this node."""

@@ -112,7 +112,7 @@ async def register(call: Call) -> Reply:
     if result is None:
         raise ApiError(401, "invalid_enrollment_code", "enrollment code unknown, used or expired")
     device, _created = result
-    hub.auth.forget_device(device.id)  # the old token is dead
+    await hub.forget_device_token(device.id)  # the old token is dead, on every node
     live = hub.registry.get(device.id)
     if live is not None:  # the old token is dead; so is the session it opened
         await live.session.close(CloseCode.REVOKED, "token rotated by re-registration")

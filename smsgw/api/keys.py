@@ -72,5 +72,5 @@ async def list_keys(call: Call) -> KeyList:
 async def revoke_key(call: Call) -> Reply:
     if not await call.hub.store.revoke_api_key(call.path("key_id"), utcnow()):
         raise ApiError(404, "key_not_found", f"no active key {call.path('key_id')}")
-    call.hub.auth.forget(call.path("key_id"))
+    await call.hub.forget_api_key(call.path("key_id"))
     return Reply(None, 204)

@@ -5,10 +5,12 @@ another node fences the old one, admin actions reach the node holding the socket
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from smsgw.protocol import CloseCode
 from tests.harness import Farm, HubServer, wait_for
@@ -165,3 +167,51 @@ async def test_an_opt_out_on_one_node_stops_sends_from_every_node(
             assert r.status_code == 200 and r.json()["status"] == "SENT"
     finally:
         await farm.close()
+
+
+async def socket_status(node: HubServer, token: str) -> int:
+    """The HTTP status of a socket upgrade with ``token`` (101 when it opens)."""
+    try:
+        async with connect(
+            node.url.replace("http", "ws") + "/ws/device",
+            additional_headers={"Authorization": f"Bearer {token}"},
+        ):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_a_rotated_token_or_revoked_key_is_refused_by_every_node_at_once(
+    nodes: list[HubServer],
+) -> None:
+    a, b = nodes
+    farm = Farm(lambda: a.url)
+    try:
+        phone = await farm.add(deliver=False, hardware_id="hw-rotate")  # token cached on A
+        await farm.close()
+        async with b.client() as c:  # a reinstall re-registers through B: a new token
+            r = await c.post("/devices/register", json={"name": "p", "hardware_id": "hw-rotate"})
+            assert r.status_code == 201 and r.json()["device_id"] == phone.device_id
+            new_token = r.json()["device_token"]
+            key = (await c.post("/keys", json={"name": "k", "scopes": ["read"]})).json()
+        # A forgot the old token when B rotated it (no 5-minute cache window).
+        await wait_for(_refused(a, phone.token), 5, "node A to refuse the old token")
+        assert await socket_status(a, new_token) == 101
+        async with a.client(key["key"]) as on_a:  # the key is now cached on A...
+            assert (await on_a.get("/sms/")).status_code == 200
+            async with b.client() as c:  # ...and revoked on B
+                assert (await c.delete(f"/keys/{key['id']}")).status_code == 204
+
+            async def key_refused() -> bool:
+                return (await on_a.get("/sms/")).status_code == 401
+
+            await wait_for(key_refused, 2, "node A to refuse the revoked key")
+    finally:
+        await farm.close()
+
+
+def _refused(node: HubServer, token: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await socket_status(node, token) == 401
+
+    return check
