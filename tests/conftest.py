@@ -44,8 +44,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
-    server = await HubServer(tmp_path / "hub.db").start()
+async def hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubServer]:
+    """A hub on a fresh database; ``@pytest.mark.hub_settings(**overrides)`` on a test or
+    module changes its settings."""
+    marker = request.node.get_closest_marker("hub_settings")
+    server = await HubServer(tmp_path / "hub.db", **(marker.kwargs if marker else {})).start()
     yield server
     await server.stop()
 

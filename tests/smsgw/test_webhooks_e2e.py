@@ -23,19 +23,7 @@ FAST = {
     "webhook_retry_schedule": [0.2, 0.2, 0.2],
     "webhook_timeout": 1.0,
 }
-
-
-@pytest.fixture
-async def whub(tmp_path: Path) -> AsyncIterator[HubServer]:
-    server = await HubServer(tmp_path / "hub.db", **FAST).start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def wapi(whub: HubServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with whub.client() as client:
-        yield client
+pytestmark = pytest.mark.hub_settings(**FAST)
 
 
 @pytest.fixture
@@ -90,14 +78,14 @@ async def settled(api: httpx.AsyncClient, hook_id: str) -> list[dict[str, Any]]:
 
 
 async def test_a_sent_message_raises_signed_events_once_each_in_order(
-    whub: HubServer, wapi: httpx.AsyncClient, receiver: Receiver
+    hub: HubServer, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await subscribe(wapi, receiver)
-    farm = Farm(lambda: whub.url)
+    hook = await subscribe(api, receiver)
+    farm = Farm(lambda: hub.url)
     try:
         phone = await farm.add()
         await wait_for(lambda: bool(receiver.events("device.online")), what="device.online")
-        r = await wapi.post("/sms/dispatch", json={"to": TO, "message": "hi"})
+        r = await api.post("/sms/dispatch", json={"to": TO, "message": "hi"})
         assert r.json()["status"] == "SENT"
         mid = r.json()["message_id"]
 
@@ -120,22 +108,22 @@ async def test_a_sent_message_raises_signed_events_once_each_in_order(
     assert first.headers["x-smsgw-event-id"] == first.event["id"]
     assert first.headers["x-smsgw-attempt"] == "1"
     assert receiver.bad_signatures == 0 and receiver.duplicates() == []
-    rows = await settled(wapi, hook["id"])
+    rows = await settled(api, hook["id"])
     assert {d["status"] for d in rows} == {"succeeded"}
     assert all(d["history"][0]["status_code"] == 204 for d in rows)
 
 
 async def test_a_failing_receiver_is_retried_until_it_recovers(
-    wapi: httpx.AsyncClient, receiver: Receiver
+    api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await subscribe(wapi, receiver, "message.cancelled")
+    hook = await subscribe(api, receiver, "message.cancelled")
     receiver.mode = "fail"
-    [mid] = await cancelled_messages(wapi, 1)
+    [mid] = await cancelled_messages(api, 1)
     await wait_for(lambda: receiver.attempts >= 2, what="two failed attempts")
     receiver.mode = "ok"
     await wait_for(lambda: bool(receiver.events("message.cancelled")), what="the retry to succeed")
     assert receiver.events()[0]["data"]["message_id"] == mid
-    [d] = await settled(wapi, hook["id"])
+    [d] = await settled(api, hook["id"])
     assert d["status"] == "succeeded"
     codes = [a["status_code"] for a in d["history"]]
     assert codes[-1] == 204 and set(codes[:-1]) == {500} and len(codes) >= 3
@@ -144,25 +132,25 @@ async def test_a_failing_receiver_is_retried_until_it_recovers(
 
 
 async def test_a_hanging_receiver_times_out_and_a_redirect_is_not_followed(
-    wapi: httpx.AsyncClient, receiver: Receiver
+    api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await subscribe(wapi, receiver, "message.cancelled")
+    hook = await subscribe(api, receiver, "message.cancelled")
     receiver.mode, receiver.hang_seconds = "hang", 3.0
-    await cancelled_messages(wapi, 1)
+    await cancelled_messages(api, 1)
 
     async def timed_out() -> bool:
-        rows = await deliveries(wapi, hook["id"])
+        rows = await deliveries(api, hook["id"])
         return bool(rows and rows[0]["history"])
 
     await wait_for(timed_out, what="a timed-out attempt")
-    [d] = await deliveries(wapi, hook["id"])
+    [d] = await deliveries(api, hook["id"])
     assert "timed out" in d["history"][0]["error"] and d["history"][0]["status_code"] is None
     assert d["history"][0]["duration_ms"] < 2500
     receiver.mode = "redirect"
     await wait_for(lambda: receiver.attempts >= 3, timeout=15, what="a redirected attempt")
 
     async def redirected() -> bool:
-        rows = await deliveries(wapi, hook["id"])
+        rows = await deliveries(api, hook["id"])
         return any(a["status_code"] == 307 for a in rows[0]["history"])
 
     await wait_for(redirected, what="the 307 to be recorded")
@@ -170,15 +158,15 @@ async def test_a_hanging_receiver_times_out_and_a_redirect_is_not_followed(
 
 
 async def test_a_refusing_receiver_that_comes_back_gets_everything(
-    wapi: httpx.AsyncClient,
+    api: httpx.AsyncClient,
 ) -> None:
     receiver = await Receiver().start()
-    hook = await subscribe(wapi, receiver, "message.cancelled")
+    hook = await subscribe(api, receiver, "message.cancelled")
     await receiver.stop()  # the port now refuses connections
-    ids = await cancelled_messages(wapi, 3)
+    ids = await cancelled_messages(api, 3)
 
     async def refused() -> bool:
-        rows = await deliveries(wapi, hook["id"])
+        rows = await deliveries(api, hook["id"])
         return any(a["error"] and "Connect" in a["error"] for d in rows for a in d["history"])
 
     await wait_for(refused, what="refused attempts")
@@ -192,28 +180,28 @@ async def test_a_refusing_receiver_that_comes_back_gets_everything(
 
 
 async def test_dead_letter_then_replay_with_the_same_event_id(
-    wapi: httpx.AsyncClient, receiver: Receiver
+    api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await subscribe(wapi, receiver, "message.cancelled")
+    hook = await subscribe(api, receiver, "message.cancelled")
     receiver.mode = "fail"
-    await cancelled_messages(wapi, 1)
+    await cancelled_messages(api, 1)
 
     async def dead() -> list[dict[str, Any]]:
-        return await deliveries(wapi, hook["id"], status="dead")
+        return await deliveries(api, hook["id"], status="dead")
 
     await wait_for(lambda: _truthy(dead()), what="the dead letter")
     [d] = await dead()
     assert d["attempts"] == 4 and len(d["history"]) == 4  # 1 + the 3 retries configured
     assert d["next_attempt_at"] is None
     receiver.mode = "ok"
-    r = await wapi.post(f"/webhooks/deliveries/{d['id']}/replay")
+    r = await api.post(f"/webhooks/deliveries/{d['id']}/replay")
     assert r.status_code == 202 and r.json()["status"] == "pending"
     await wait_for(lambda: bool(receiver.received), what="the replayed delivery")
     assert receiver.received[0].event["id"] == d["event_id"] == d["payload"]["id"]
     assert receiver.received[0].headers["x-smsgw-attempt"] == "5"
-    [one] = await settled(wapi, hook["id"])
+    [one] = await settled(api, hook["id"])
     assert one["status"] == "succeeded" and one["history"][-1]["status_code"] == 204
-    assert (await wapi.get(f"/webhooks/deliveries/{d['id']}")).json() == one
+    assert (await api.get(f"/webhooks/deliveries/{d['id']}")).json() == one
 
 
 async def _truthy(value: Any) -> bool:
@@ -253,17 +241,17 @@ async def test_an_endpoint_failing_for_long_is_disabled_visibly_and_can_be_re_en
 
 
 async def test_rotation_signs_with_both_secrets_during_the_grace_period(
-    wapi: httpx.AsyncClient, receiver: Receiver
+    api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await subscribe(wapi, receiver, "message.cancelled")
+    hook = await subscribe(api, receiver, "message.cancelled")
     old = receiver.secrets[0]
-    r = await wapi.post(f"/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 3600})
+    r = await api.post(f"/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 3600})
     assert r.status_code == 200
     new = r.json()["secret"]
     assert new != old and r.json()["previous_secret_expires_at"]
-    assert (await wapi.get(f"/webhooks/{hook['id']}")).json()["previous_secret_expires_at"]
+    assert (await api.get(f"/webhooks/{hook['id']}")).json()["previous_secret_expires_at"]
     receiver.secrets = [new]  # a receiver already on the new secret verifies...
-    await cancelled_messages(wapi, 1)
+    await cancelled_messages(api, 1)
     await wait_for(lambda: bool(receiver.received), what="a delivery after rotation")
     first = receiver.received[0]
     assert first.signatures == 2
@@ -271,9 +259,9 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
     # ...and one still on the old secret would too: the header carries both.
     verify(first.headers["x-smsgw-signature"], body, old)
     verify(first.headers["x-smsgw-signature"], body, new)
-    r = await wapi.post(f"/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 0})
+    r = await api.post(f"/webhooks/{hook['id']}/rotate-secret", json={"grace_seconds": 0})
     receiver.secrets = [r.json()["secret"]]
-    await cancelled_messages(wapi, 1)
+    await cancelled_messages(api, 1)
     await wait_for(lambda: len(receiver.received) == 2, what="a delivery after the grace")
     assert receiver.received[1].signatures == 1
 
@@ -285,19 +273,19 @@ def _body(event: dict[str, Any]) -> bytes:
 
 
 async def test_callback_url_gets_that_messages_events_only(
-    whub: HubServer, wapi: httpx.AsyncClient, receiver: Receiver
+    hub: HubServer, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    receiver.secrets.append((await wapi.get("/webhooks/callback-secret")).json()["secret"])
-    farm = Farm(lambda: whub.url)
+    receiver.secrets.append((await api.get("/webhooks/callback-secret")).json()["secret"])
+    farm = Farm(lambda: hub.url)
     try:
         await farm.add()
-        r = await wapi.post(
+        r = await api.post(
             "/sms/dispatch", json={"to": TO, "message": "cb", "callback_url": receiver.url}
         )
         mid = r.json()["message_id"]
-        other = await wapi.post("/sms/dispatch", json={"to": TO, "message": "no callback"})
+        other = await api.post("/sms/dispatch", json={"to": TO, "message": "no callback"})
         assert other.json()["status"] == "SENT"
-        msg = (await wapi.get(f"/sms/{mid}")).json()
+        msg = (await api.get(f"/sms/{mid}")).json()
         assert msg["callback_url"] == receiver.url
         await wait_for(lambda: len(receiver.received) == 3, what="the callback events")
     finally:
@@ -348,15 +336,15 @@ async def test_nothing_is_lost_when_the_hub_is_killed_in_the_middle_of_retries(
     ],
 )
 async def test_bad_webhook_bodies_are_refused(
-    wapi: httpx.AsyncClient, body: dict[str, Any], code: int
+    api: httpx.AsyncClient, body: dict[str, Any], code: int
 ) -> None:
-    r = await wapi.post("/webhooks", json=body)
+    r = await api.post("/webhooks", json=body)
     assert r.status_code == code and r.json()["error"]["code"]
-    assert (await wapi.get("/webhooks")).json()["items"] == []
+    assert (await api.get("/webhooks")).json()["items"] == []
 
 
 async def test_unknown_ids_scopes_and_bad_callback_urls(
-    whub: HubServer, wapi: httpx.AsyncClient
+    hub: HubServer, api: httpx.AsyncClient
 ) -> None:
     for method, path in [
         ("GET", "/webhooks/nope"),
@@ -367,26 +355,26 @@ async def test_unknown_ids_scopes_and_bad_callback_urls(
         ("GET", "/webhooks/deliveries/nope"),
         ("POST", "/webhooks/deliveries/nope/replay"),
     ]:
-        r = await wapi.request(method, path, json={} if method in ("PATCH", "POST") else None)
+        r = await api.request(method, path, json={} if method in ("PATCH", "POST") else None)
         assert r.status_code == 404, (method, path, r.text)
-    r = await wapi.post("/webhooks", content=b"{not json", headers={"Content-Type": "x"})
+    r = await api.post("/webhooks", content=b"{not json", headers={"Content-Type": "x"})
     assert r.status_code == 400
-    key = (await wapi.post("/keys", json={"name": "s", "scopes": ["send", "read"]})).json()
-    async with whub.client(key["key"]) as limited:
+    key = (await api.post("/keys", json={"name": "s", "scopes": ["send", "read"]})).json()
+    async with hub.client(key["key"]) as limited:
         assert (await limited.get("/webhooks")).status_code == 403
         assert (await limited.get("/webhooks/callback-secret")).status_code == 403
-    r = await wapi.post(
+    r = await api.post(
         "/sms/dispatch", json={"to": TO, "message": "x", "callback_url": "javascript:alert(1)"}
     )
     assert r.status_code == 422
     hook = (
-        await wapi.post("/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["*"]})
+        await api.post("/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["*"]})
     ).json()
-    r = await wapi.patch(f"/webhooks/{hook['id']}", json={"events": None})
+    r = await api.patch(f"/webhooks/{hook['id']}", json={"events": None})
     assert r.status_code == 422
-    r = await wapi.get(f"/webhooks/{hook['id']}/deliveries", params={"cursor": "garbage"})
+    r = await api.get(f"/webhooks/{hook['id']}/deliveries", params={"cursor": "garbage"})
     assert r.status_code == 422
-    assert "secret" not in (await wapi.get(f"/webhooks/{hook['id']}")).json()
+    assert "secret" not in (await api.get(f"/webhooks/{hook['id']}")).json()
 
 
 async def test_an_event_goes_out_at_once_not_at_the_next_poll(

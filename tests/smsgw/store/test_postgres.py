@@ -24,10 +24,11 @@ import pytest
 from smsgw.clock import new_id, utcnow
 from smsgw.config import Settings
 from smsgw.events import EventType
-from smsgw.store import Batch, Message, Status, Store, Webhook, create_store
+from smsgw.store import Batch, Message, Status, Webhook, create_store
 from smsgw.store.migrations import load_migrations
 from smsgw.store.postgres import PostgresStore, split_url
 from tests.pgtest import drop_schema, fresh_schema_name, require_postgres, with_schema
+from tests.smsgw.store.test_store_contract import add_device, add_message
 
 NODES = 3
 T = TypeVar("T")
@@ -49,37 +50,6 @@ async def nodes(schema_url: str) -> AsyncIterator[list[PostgresStore]]:
     await asyncio.gather(*(s.open() for s in stores))
     yield stores
     await asyncio.gather(*(s.close() for s in stores))
-
-
-async def add_message(store: Store) -> Message:
-    now = utcnow()
-    msg = Message(
-        id=new_id(),
-        recipient="+12025551111",
-        body="hi",
-        status=Status.PENDING,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(hours=1),
-    )
-    await store.create_message(msg)
-    return msg
-
-
-async def add_device(store: Store, hw: str) -> str:
-    result = await store.register_device(
-        device_id=new_id(),
-        name=hw,
-        hardware_id=hw,
-        sims=[],
-        fcm_token=None,
-        token_prefix="dev_" + hw,
-        token_hash="h" + hw,
-        now=utcnow(),
-        enrollment_code_hash=None,
-    )
-    assert result is not None
-    return result[0].id
 
 
 async def versions(url: str) -> list[str]:
