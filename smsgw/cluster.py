@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smsgw.cluster")
 
+# Seconds a publish to another node may take before the offer fails over.
+BROKER_TIMEOUT = 5.0
+
 
 class RemoteSession(Session):
     """A phone whose socket another node holds: commands go over the broker."""
@@ -55,8 +58,9 @@ class RemoteSession(Session):
             "expires_at": iso(message.expires_at),
         }
         try:
-            receivers = await self.cluster.broker.to_phone(self.device_id, envelope)
-        except Exception as exc:
+            async with asyncio.timeout(BROKER_TIMEOUT):
+                receivers = await self.cluster.broker.to_phone(self.device_id, envelope)
+        except Exception as exc:  # incl. a stalled broker: fail over like a dead socket
             raise SessionClosed(self.device_id) from exc
         if receivers == 0:
             # Nobody holds the phone any more: forget it now, fail over at once.
@@ -152,7 +156,9 @@ class ClusterRegistry(Registry):
             ours = True
         if not ours:  # another node took it over: show it as theirs
             self._spawn(self._load(live.device_id))
-        return True
+        # False when the phone is already online on another node: its "offline" (and this
+        # socket's stale battery and signal) must not be recorded after that node's hello.
+        return ours
 
     def get(self, device_id: str) -> LiveDevice | None:
         return self._all.get(device_id)
@@ -255,7 +261,7 @@ class ClusterRegistry(Registry):
                 attempt=env.get("report_attempt"),
             )
         elif kind in ("gone", "busy"):
-            self.dispatcher.offer_failed(env["mid"], dev, int(env["attempt"]))
+            self.dispatcher.offer_failed(env["mid"], dev, int(env["attempt"]), busy=kind == "busy")
         elif kind == "fence":
             live = self._local.get(dev)
             if live is not None and env.get("node") != self.node_id and env["epoch"] > live.epoch:
@@ -382,6 +388,7 @@ class ClusterRegistry(Registry):
             try:
                 await self._refresh()
                 await self.resync()
+                await self.reconcile_remote_slots()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -414,6 +421,33 @@ class ClusterRegistry(Registry):
             self._upsert_remote(state)
         for dev in [d for d in self._all if d not in self._local and d not in seen]:
             self.forget_remote(dev)
+
+    async def reconcile_remote_slots(self) -> None:
+        """Free slots this node reserved on other nodes' phones for messages that are no
+        longer the phone's to report on. Their reports go to the node holding the socket
+        and are passed back to us; when that answer is lost (the phone moved nodes, the
+        holder forgot the offer, a broker blip) the database still knows."""
+        stale: list[tuple[LiveDevice, str]] = []
+        for dev, live in list(self._all.items()):
+            if dev in self._local:
+                continue
+            for message_id in list(live.holding):
+                if not self.dispatcher.has_offer(message_id):
+                    stale.append((live, message_id))
+        for live, message_id in stale:
+            msg = await self.dispatcher.store.get_message(message_id)
+            owned = (
+                msg is not None
+                and msg.device_id == live.device_id
+                and msg.status in (Status.PENDING, Status.QUEUED)
+            )
+            if (
+                not owned
+                and message_id in live.holding
+                and not self.dispatcher.has_offer(message_id)
+            ):
+                live.holding.discard(message_id)
+                self.dispatcher.wake()
 
     async def _load(self, device_id: str) -> None:
         state = await self.broker.phone(device_id)

@@ -35,6 +35,9 @@ from smsgw.wakeup import Waker
 
 log = logging.getLogger("smsgw.dispatch")
 
+# Seconds another node's phone that answered "busy" is left out of routing here.
+BUSY_BACKOFF = 2.0
+
 T = TypeVar("T")
 
 
@@ -44,6 +47,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
     DISCONNECTED = "disconnected"
     LOST = "lost"  # someone else changed the message first; nothing was offered
+    BUSY = "busy"  # another node's phone was full there: not the message's fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class Dispatcher:
         self._active: set[str] = set()
         # Phones that already had a message without taking it, so failover moves on.
         self._tried: dict[str, set[str]] = {}
+        # "busy" answers per message: added to its attempt budget (see Outcome.BUSY).
+        self._busy: dict[str, int] = {}
         self._wake = asyncio.Event()
         # Whether the database may hold due messages: a freed slot or a new phone only
         # calls for an outbox round when it does. Bumped by every "there is work" wake so
@@ -315,8 +321,15 @@ class Dispatcher:
             timeout, _resolve, offer.future, Outcome.TIMEOUT
         )
         try:
-            await live.session.send_command(msg, attempt)
-            outcome = await offer.future
+            try:
+                # Bounded like the answer: a phone on another node is reached through the
+                # broker, and a stalled broker must cost a failover, not the deadline.
+                async with asyncio.timeout(timeout):
+                    await live.session.send_command(msg, attempt)
+            except TimeoutError:
+                outcome = Outcome.TIMEOUT
+            else:
+                outcome = await offer.future
         except SessionClosed:
             outcome = Outcome.DISCONNECTED
         except BaseException:
@@ -333,6 +346,13 @@ class Dispatcher:
         self._release_slot(live, msg.id)
         if outcome in (Outcome.DECLINED, Outcome.LOST):
             return outcome  # a failure report or a cancel already updated the store
+        max_attempts = self.settings.max_attempts
+        if outcome is Outcome.BUSY:
+            # Not an attempt that counts: the phone never saw the message. Show it full
+            # here for a moment so the next pick looks elsewhere.
+            live.full_until = time.monotonic() + BUSY_BACKOFF
+            self._busy[msg.id] = self._busy.get(msg.id, 0) + 1
+        max_attempts += self._busy.get(msg.id, 0)
         if outcome is Outcome.DISCONNECTED:
             reconnected = self.registry.get(live.device_id)
             if reconnected is not None and reconnected.session is not live.session:
@@ -350,7 +370,7 @@ class Dispatcher:
             outcome.value,
             utcnow(),
             retry_at,
-            self.settings.max_attempts,
+            max_attempts,
         )
         if status is None:
             # Our release lost to the phone's accept: it owns the message after all.
@@ -386,12 +406,18 @@ class Dispatcher:
             offer.future.set_result(Outcome.ACCEPTED)
         self.registry.accepted(message_id, device_id, attempt, owner)
 
-    def offer_failed(self, message_id: str, device_id: str, attempt: int) -> None:
+    def has_offer(self, message_id: str) -> bool:
+        """Whether this node is waiting for a phone's answer to an offer of the message."""
+        return message_id in self._offers
+
+    def offer_failed(
+        self, message_id: str, device_id: str, attempt: int, *, busy: bool = False
+    ) -> None:
         """The node holding the phone could not pass the offer on (the phone left it, or
-        is at its in-flight limit there): fail over now rather than at the timeout."""
+        is at its in-flight limit there: ``busy``): fail over now, not at the timeout."""
         offer = self._offers.get(message_id)
         if offer is not None and offer.device_id == device_id and offer.attempt == attempt:
-            _resolve(offer.future, Outcome.DISCONNECTED)
+            _resolve(offer.future, Outcome.BUSY if busy else Outcome.DISCONNECTED)
 
     def reported(
         self,
@@ -449,6 +475,7 @@ class Dispatcher:
 
     def _finished(self, message_id: str, change: Change) -> None:
         self._tried.pop(message_id, None)
+        self._busy.pop(message_id, None)
         self._notify(message_id, change)
 
     # -- the outbox ---------------------------------------------------------------------

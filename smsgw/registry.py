@@ -8,6 +8,7 @@ may assume the sessions are all local.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,9 @@ class LiveDevice:
     holding: set[str] = field(default_factory=set)
     # Ownership epoch of this session in a cluster (smsgw/cluster.py); 0 on one node.
     epoch: int = 0
+    # Another node's phone answered "busy" (full with that node's own work, which this
+    # node does not see): shown as full here until this monotonic time.
+    full_until: float = 0.0
 
     @classmethod
     def from_device(
@@ -85,6 +89,8 @@ class LiveDevice:
 
     @property
     def in_flight(self) -> int:
+        if self.full_until and time.monotonic() < self.full_until:
+            return self.max_in_flight
         return len(self.holding)
 
     @property

@@ -67,6 +67,7 @@ return 1
 """
 
 _REFRESH_BATCH = 500
+SOCKET_TIMEOUT = 5.0  # seconds a command may wait for Redis (pub/sub listening is exempt)
 
 
 class RedisBroker(Broker):
@@ -74,7 +75,14 @@ class RedisBroker(Broker):
         self.url = url
         self.prefix = prefix
         self.node_id = node_id or secrets.token_hex(6)
-        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        # Timeouts: a Redis that stops answering must fail calls (the dispatcher then fails
+        # over, a hello is refused and retried), not hold them forever.
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
         self._claim = self.redis.register_script(_CLAIM)
         self._refresh = self.redis.register_script(_REFRESH)
         self._release = self.redis.register_script(_RELEASE)
