@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 
 import httpx
@@ -30,6 +31,7 @@ log = logging.getLogger("smsgw.webhooks")
 
 CLAIM_BATCH = 64
 MAX_IN_FLIGHT = 256  # deliveries in hand at once, across all endpoints
+PER_ENDPOINT_QUEUE = 2  # deliveries in hand per endpoint, in units of its concurrency
 USER_AGENT = "smsgw-webhooks/1"
 
 
@@ -70,6 +72,7 @@ class WebhookWorker:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._handling: set[str] = set()  # delivery ids in hand
+        self._queued: Counter[str] = Counter()  # deliveries in hand per endpoint URL
         self._limits: dict[str, asyncio.Semaphore] = {}  # per endpoint (url)
         self._wake = asyncio.Event()
         self._next_purge = 0.0
@@ -129,10 +132,8 @@ class WebhookWorker:
         # any worker takes them again. A delivery still queued behind its endpoint's
         # limit when the lease ends may be taken by another node and sent twice (same
         # event id); in this process, ids already in hand are skipped.
-        lease = 3 * self.settings.webhook_timeout + 5
-        claimed = await self.store.claim_deliveries(
-            now, now + timedelta(seconds=lease), min(CLAIM_BATCH, room)
-        )
+        lease_until = now + timedelta(seconds=3 * self.settings.webhook_timeout + 5)
+        claimed = await self.store.claim_deliveries(now, lease_until, min(CLAIM_BATCH, room))
         if not claimed:
             return 0
         hooks = {h.id: h for h in await self.store.list_webhooks()}
@@ -142,19 +143,27 @@ class WebhookWorker:
                 continue  # deleted meanwhile (its deliveries went with it)
             if d.id in self._handling:
                 continue
+            if self._queued[d.url] >= PER_ENDPOINT_QUEUE * self.settings.webhook_concurrency:
+                # A slow or dead endpoint must not take every place: this one waits out
+                # its lease and is claimed again later.
+                continue
             self._handling.add(d.id)
-            task = asyncio.create_task(self._deliver(d, hook))
+            self._queued[d.url] += 1
+            task = asyncio.create_task(self._deliver(d, hook, lease_until))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         return len(claimed)
 
-    async def _deliver(self, d: Delivery, hook: Webhook | None) -> None:
+    async def _deliver(self, d: Delivery, hook: Webhook | None, lease: datetime) -> None:
         try:
-            await self._deliver_once(d, hook)
+            await self._deliver_once(d, hook, lease)
         finally:
             self._handling.discard(d.id)
+            self._queued[d.url] -= 1
+            if self._queued[d.url] <= 0:
+                del self._queued[d.url]
 
-    async def _deliver_once(self, d: Delivery, hook: Webhook | None) -> None:
+    async def _deliver_once(self, d: Delivery, hook: Webhook | None, lease: datetime) -> None:
         limit = self._limits.setdefault(d.url, asyncio.Semaphore(self.settings.webhook_concurrency))
         async with limit:
             attempt = await self._post(d, hook)
@@ -170,6 +179,7 @@ class WebhookWorker:
             retry_at=attempt.at + timedelta(seconds=delay) if delay is not None else None,
             default_max_attempts=self.max_attempts,
             disable_after=self.settings.webhook_disable_after,
+            lease=lease,
         )
         if result is None:
             return

@@ -664,11 +664,14 @@ class Store(abc.ABC):
         retry_at: datetime | None,
         default_max_attempts: int,
         disable_after: float,
+        lease: datetime | None = None,
     ) -> tuple[DeliveryStatus, bool] | None:
-        """Record an attempt. Failed with attempts left and ``retry_at`` -> pending again;
-        otherwise dead. A webhook failing without a success for ``disable_after`` seconds
-        is disabled. Returns the delivery's new status and whether the webhook was just
-        disabled; None if the delivery is gone."""
+        """Record an attempt, if the delivery is still pending under ``lease`` (the lease
+        its claim set: a worker whose lease ran out, and whose delivery another worker
+        took over meanwhile, records nothing and gets None). Failed with attempts left
+        and ``retry_at`` -> pending again; otherwise dead. A webhook failing without a
+        success for ``disable_after`` seconds is disabled. Returns the delivery's new
+        status and whether the webhook was just disabled; None if the delivery is gone."""
 
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: str) -> Delivery | None:

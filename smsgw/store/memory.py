@@ -865,11 +865,16 @@ class MemoryStore(Store):
         retry_at: datetime | None,
         default_max_attempts: int,
         disable_after: float,
+        lease: datetime | None = None,
     ) -> tuple[DeliveryStatus, bool] | None:
         entry = self.deliveries.get(delivery_id)
         if entry is None:
             return None
         d = entry[0]
+        if lease is not None and (
+            d.status is not DeliveryStatus.PENDING or d.next_attempt_at != lease
+        ):
+            return None
         d.attempts += 1
         d.status = next_delivery_status(
             succeeded, retry_at, d.attempts, d.max_attempts or default_max_attempts

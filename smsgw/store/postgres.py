@@ -1551,16 +1551,20 @@ class PostgresStore(Store):
         retry_at: datetime | None,
         default_max_attempts: int,
         disable_after: float,
+        lease: datetime | None = None,
     ) -> tuple[DeliveryStatus, bool] | None:
         at = attempt.at
 
         async def op(conn: Conn) -> tuple[DeliveryStatus, bool] | None:
             row = await conn.fetchrow(
-                "SELECT attempts, max_attempts, webhook_id FROM webhook_deliveries "
-                "WHERE id = $1 FOR UPDATE",
+                "SELECT attempts, max_attempts, webhook_id, status, next_attempt_at "
+                "FROM webhook_deliveries WHERE id = $1 FOR UPDATE",
                 delivery_id,
             )
-            if row is None:
+            if row is None or (
+                lease is not None
+                and (row["status"] != "pending" or row["next_attempt_at"] != lease)
+            ):
                 return None
             n = row["attempts"] + 1
             status = next_delivery_status(

@@ -1519,15 +1519,20 @@ class SqliteStore(Store):
         retry_at: datetime | None,
         default_max_attempts: int,
         disable_after: float,
+        lease: datetime | None = None,
     ) -> tuple[DeliveryStatus, bool] | None:
         stamp = iso(attempt.at)
 
         def op(db: sqlite3.Connection) -> tuple[DeliveryStatus, bool] | None:
             row = db.execute(
-                "SELECT attempts, max_attempts, webhook_id FROM webhook_deliveries WHERE id = ?",
+                "SELECT attempts, max_attempts, webhook_id, status, next_attempt_at "
+                "FROM webhook_deliveries WHERE id = ?",
                 (delivery_id,),
             ).fetchone()
-            if row is None:
+            if row is None or (
+                lease is not None
+                and (row["status"] != "pending" or row["next_attempt_at"] != iso(lease))
+            ):
                 return None
             n = row["attempts"] + 1
             status = next_delivery_status(
