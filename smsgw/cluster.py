@@ -145,10 +145,14 @@ class ClusterRegistry(Registry):
         if self._all.get(live.device_id) is live:
             del self._all[live.device_id]
         for message_id, origin in list(self._origins.items()):
-            if origin.device_id == live.device_id and not origin.accepted:
+            if origin.device_id != live.device_id:
+                continue
+            self._drop_origin(message_id)
+            if not origin.accepted:
                 # The asking node fails over now instead of waiting for its timeout.
-                self._drop_origin(message_id)
                 self._answer(origin, "gone", message_id)
+            # An accepted one is forgotten too: the phone reports it wherever it connects
+            # next, and the asking node's sweep reconciles its slot with the database.
         try:
             ours = await self.broker.release(live.device_id, live.epoch)
         except Exception:
@@ -275,7 +279,9 @@ class ClusterRegistry(Registry):
         elif kind == "update":
             live = self._local.get(dev)
             if live is not None:
-                live.name, live.enabled = str(env["name"]), bool(env["enabled"])
+                # A draining node keeps its phones disabled whatever an admin sets.
+                live.name = str(env["name"])
+                live.enabled = bool(env["enabled"]) and not self.draining
                 live.daily_quota = int(env["daily_quota"])
                 self._spawn(self._publish_now(live))
                 self.dispatcher.wake()

@@ -452,7 +452,7 @@ class MemoryStore(Store):
         m = self.messages.get(message_id)
         if m is None or m.device_id != device_id:
             return None
-        if m.status is Status.PENDING and m.attempt != attempt:
+        if m.attempt != attempt:  # a report about an older attempt: stale
             return None
         if m.status not in (Status.PENDING, Status.QUEUED, Status.SENT):
             return None

@@ -937,8 +937,10 @@ class PostgresStore(Store):
                 return None
             status = Status(row["status"])
             current = row["attempt"]
-            if status is Status.PENDING and current != attempt:
-                return None  # a stale decline of an older offer
+            if current != attempt:
+                # A report about an older attempt (a decline of an earlier offer, replayed
+                # after a reconnect): the message has moved on, maybe to this very phone.
+                return None
             if status not in (Status.PENDING, Status.QUEUED, Status.SENT):
                 return None  # already final: status never goes backwards
             # Once transmitted (SENT) a retry could deliver twice: a failure is final.

@@ -396,3 +396,23 @@ async def test_opt_out_list(store: Store) -> None:
     assert [(o.number, o.source) for o in rest] == [("+12025550002", "inbound")]
     assert await store.remove_opt_out("+12025550001")
     assert not await store.remove_opt_out("+12025550001")
+
+
+async def test_a_replayed_failure_of_an_older_attempt_changes_nothing(store: Store) -> None:
+    """The phone declined offer 1 (retryable), then accepted offer 2 and owns the message;
+    its old failure report, replayed after a reconnect, must not put the message back in
+    the outbox while the phone is sending it (another phone would get it too)."""
+    phone = await add_device(store, "a")
+    msg = await add_message(store)
+    now = utcnow()
+    lease = now + timedelta(seconds=5)
+    assert await store.offer(msg.id, phone, 0, now, lease)
+    kw = {"error_code": "busy", "error": "radio busy", "now": now, "max_attempts": 10}
+    declined = await store.mark_failed(msg.id, phone, 1, retryable=True, retry_at=now, **kw)
+    assert declined is Status.PENDING
+    assert await store.offer(msg.id, phone, 1, utcnow(), lease)
+    assert await store.accept(msg.id, phone, 2, utcnow())
+    replayed = await store.mark_failed(msg.id, phone, 1, retryable=True, retry_at=now, **kw)
+    assert replayed is None
+    got = await store.get_message(msg.id)
+    assert got is not None and got.status is Status.QUEUED and got.device_id == phone
