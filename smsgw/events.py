@@ -156,6 +156,27 @@ def device_data(d: Any, *, online: bool) -> dict[str, Any]:
     }
 
 
+def device_event_types(*, online: bool = False, offline: bool = False) -> list[EventType]:
+    """What a device write may raise (for the nobody-listens check before any read)."""
+    types = [EventType.DEVICE_ONLINE] if online else []
+    types += [EventType.DEVICE_OFFLINE] if offline else []
+    types.append(EventType.DEVICE_BATTERY_LOW)
+    return types
+
+
+def device_events(
+    device: Any, battery_before: int | None, *, online: bool = False, offline: bool = False
+) -> list[tuple[EventType, dict[str, Any]]]:
+    """The events a device write raises, with their payloads: online/offline as told, and
+    battery_low only on the report that crosses the line."""
+    types = device_event_types(online=online, offline=offline)
+    if device.battery is None or not battery_crossed_low(
+        battery_before, device.battery, bool(device.charging)
+    ):
+        types.remove(EventType.DEVICE_BATTERY_LOW)
+    return [(t, device_data(device, online=not offline)) for t in types]
+
+
 def battery_crossed_low(before: int | None, after: int, charging: bool) -> bool:
     """True only on the report that takes the battery below the line (not every one)."""
     if charging or after >= BATTERY_LOW_PERCENT:

@@ -219,9 +219,7 @@ class WebhookWorker:
             status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
-        except TimeoutError:
-            error = f"timed out after {self.settings.webhook_timeout:g} s"
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             error = f"timed out after {self.settings.webhook_timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

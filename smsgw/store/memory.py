@@ -19,8 +19,7 @@ from smsgw.events import (
     Event,
     EventType,
     Subscriptions,
-    battery_crossed_low,
-    device_data,
+    device_events,
     inbound_data,
     make_event,
     message_data,
@@ -775,16 +774,8 @@ class MemoryStore(Store):
         online: bool = False,
         offline: bool = False,
     ) -> None:
-        if online:
-            self._event(EventType.DEVICE_ONLINE, device.id, device_data(device, online=True), now)
-        if offline:
-            data = device_data(device, online=False)
-            self._event(EventType.DEVICE_OFFLINE, device.id, data, now)
-        if device.battery is not None and battery_crossed_low(
-            battery_before, device.battery, bool(device.charging)
-        ):
-            data = device_data(device, online=not offline)
-            self._event(EventType.DEVICE_BATTERY_LOW, device.id, data, now)
+        for t, data in device_events(device, battery_before, online=online, offline=offline):
+            self._event(t, device.id, data, now)
 
     async def create_webhook(self, hook: Webhook) -> None:
         self.webhooks[hook.id] = replace(hook)

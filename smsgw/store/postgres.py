@@ -41,8 +41,8 @@ from smsgw.events import (
     EventType,
     Subscriptions,
     Target,
-    battery_crossed_low,
-    device_data,
+    device_event_types,
+    device_events,
     inbound_data,
     make_event,
     message_data,
@@ -518,7 +518,7 @@ class PostgresStore(Store):
         now: datetime,
         offline: bool = False,
     ) -> None:
-        types = _device_event_types(offline=offline)
+        types = device_event_types(offline=offline)
 
         async def op(conn: Conn) -> None:
             before = await self._battery_before(conn, device_id, types)
@@ -556,13 +556,9 @@ class PostgresStore(Store):
         now: datetime,
     ) -> None:
         device = records.device(row, POSTGRES)
-        types = list(types)
-        if device.battery is None or not battery_crossed_low(
-            battery_before, device.battery, bool(device.charging)
-        ):
-            types.remove(EventType.DEVICE_BATTERY_LOW)
-        for t in types:
-            data = device_data(device, online=t is not EventType.DEVICE_OFFLINE)
+        online = EventType.DEVICE_ONLINE in types
+        offline = EventType.DEVICE_OFFLINE in types
+        for t, data in device_events(device, battery_before, online=online, offline=offline):
             await self._event(conn, t, device.id, data, now)
 
     async def device_online(
@@ -578,7 +574,7 @@ class PostgresStore(Store):
         network: str | None,
         now: datetime,
     ) -> tuple[Device, list[Message]] | None:
-        types = _device_event_types(online=True)
+        types = device_event_types(online=True)
 
         async def op(conn: Conn) -> tuple[Device, list[Message]] | None:
             before = await self._battery_before(conn, device_id, types)
@@ -1724,13 +1720,6 @@ async def _insert_event(conn: Conn, event: Event, targets: list[Target]) -> None
             for t in targets
         ],
     )
-
-
-def _device_event_types(*, online: bool = False, offline: bool = False) -> list[EventType]:
-    types = [EventType.DEVICE_ONLINE] if online else []
-    types += [EventType.DEVICE_OFFLINE] if offline else []
-    types.append(EventType.DEVICE_BATTERY_LOW)
-    return types
 
 
 async def _end_attempt(

@@ -28,8 +28,8 @@ from smsgw.events import (
     EventType,
     Subscriptions,
     Target,
-    battery_crossed_low,
-    device_data,
+    device_event_types,
+    device_events,
     inbound_data,
     make_event,
     message_data,
@@ -499,21 +499,14 @@ class SqliteStore(Store):
         online: bool = False,
         offline: bool = False,
     ) -> None:
-        types = [EventType.DEVICE_ONLINE] if online else []
-        types += [EventType.DEVICE_OFFLINE] if offline else []
-        types.append(EventType.DEVICE_BATTERY_LOW)
+        types = device_event_types(online=online, offline=offline)
         if not any(self._subs.wanted(t) for t in types):
             return
         row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
         if row is None:
             return
         device = records.device(row, SQLITE)
-        if device.battery is None or not battery_crossed_low(
-            battery_before, device.battery, bool(device.charging)
-        ):
-            types.remove(EventType.DEVICE_BATTERY_LOW)
-        for t in types:
-            data = device_data(device, online=t is not EventType.DEVICE_OFFLINE)
+        for t, data in device_events(device, battery_before, online=online, offline=offline):
             self._event(db, t, device_id, data, now)
 
     async def device_online(
