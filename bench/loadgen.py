@@ -18,6 +18,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+import bench
+
 
 @dataclass
 class Stats:
@@ -179,4 +181,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench.run(main())

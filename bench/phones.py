@@ -20,6 +20,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+import bench
+
 
 class Fleet:
     def __init__(self, url: str, tokens: list[str], mode: str, mute: int) -> None:
@@ -191,4 +193,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    bench.run(main())

@@ -82,6 +82,8 @@ if __name__ == "__main__":
         app,
         host="127.0.0.1",
         port=int(sys.argv[1]),
+        loop="auto",  # the hub's event loop and HTTP parser (smsgw/server.py)
+        http="auto",
         ws="websockets-sansio",
         ws_per_message_deflate=False,
         ws_max_size=65536,
