@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
 # Endpoint modules register themselves on ``api`` when imported.
 from smsgw.api import (  # noqa: F401
@@ -26,7 +26,6 @@ from smsgw.api import (  # noqa: F401
     templates,
     webhooks,
 )
-from smsgw.api.device_ws import device_socket
 from smsgw.api.openapi import build_openapi
 from smsgw.config import Settings
 from smsgw.errors import (
@@ -70,7 +69,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
             *api.routes(),
             Route("/openapi.json", openapi, include_in_schema=False),
             Route("/docs", docs, include_in_schema=False),
-            WebSocketRoute("/ws/device", device_socket),
+            # /ws/device is not an ASGI route: uvicorn hands WebSocket upgrades straight to
+            # smsgw.api.device_ws (see smsgw/server.py).
         ],
         exception_handlers={
             ApiError: api_error_handler,

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,11 +81,13 @@ class Principal:
         return Scope.ADMIN in self.scopes or scope in self.scopes
 
 
-def presented_secret(conn: HTTPConnection) -> str | None:
-    key = conn.headers.get("x-api-key")
+def presented_secret(headers: Mapping[str, str]) -> str | None:
+    """The API key or device token of a request: ``X-API-Key`` or ``Authorization: Bearer``
+    (header names are matched case-insensitively by both header types we get)."""
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    auth = conn.headers.get("authorization", "")
+    auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -117,7 +120,7 @@ class Authenticator:
         return principal
 
     async def identify_client(self, conn: HTTPConnection) -> Principal:
-        secret = presented_secret(conn)
+        secret = presented_secret(conn.headers)
         if secret is None:
             raise ApiError(401, "unauthorized", "missing API key (X-API-Key or Bearer)")
         principal = await self.resolve_client(secret)
@@ -157,7 +160,7 @@ class Authenticator:
         return principal
 
     async def device(self, conn: HTTPConnection) -> Device:
-        secret = presented_secret(conn)
+        secret = presented_secret(conn.headers)
         if secret is None:
             raise ApiError(401, "unauthorized", "missing device token (Authorization: Bearer)")
         device = await self.resolve_device(secret)

@@ -10,7 +10,6 @@ phone gets its ``ack``, so an acknowledged report is never lost.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import logging
 import time
@@ -55,8 +54,9 @@ _OWNED_STATUSES = frozenset({Status.QUEUED, Status.SENT})
 
 class Transport(abc.ABC):
     @abc.abstractmethod
-    async def send_text(self, text: str) -> None:
-        """Write one frame; raise on a dead connection."""
+    async def send_texts(self, texts: list[str]) -> None:
+        """Write these frames, in order, in as few socket writes as the transport can;
+        raise on a dead connection. Returns once the transport has room for more."""
 
     @abc.abstractmethod
     async def close(self, code: int, reason: str) -> None: ...
@@ -72,7 +72,6 @@ class DeviceConnection(Session):
         self.closed = False
         self.last_frame = time.monotonic()
         self._persisted_at = 0.0
-        self._write_lock = asyncio.Lock()
 
     @property
     def idle_timeout(self) -> float:
@@ -140,14 +139,16 @@ class DeviceConnection(Session):
         )
 
     async def _flush(self) -> None:
-        # One writer at a time keeps frames whole and in the order they were queued.
-        async with self._write_lock:
-            for text in self.protocol.data_to_send():
-                try:
-                    await self.transport.send_text(text)
-                except Exception as exc:
-                    self.closed = True
-                    raise SessionClosed(self.device_id) from exc
+        # The frames are taken and handed over before any await, so concurrent flushes
+        # keep them in the order they were queued without a lock.
+        texts = self.protocol.data_to_send()
+        if not texts:
+            return
+        try:
+            await self.transport.send_texts(texts)
+        except Exception as exc:
+            self.closed = True
+            raise SessionClosed(self.device_id) from exc
 
     # -- protocol events ------------------------------------------------------------
 

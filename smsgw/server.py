@@ -8,6 +8,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from smsgw.api.device_ws import protocol_for
 from smsgw.app import create_app
 from smsgw.config import Settings
 from smsgw.hub import Hub
@@ -17,11 +18,18 @@ def uvicorn_config(
     settings: Settings, app: Starlette | None = None, **overrides: object
 ) -> uvicorn.Config:
     """WebSocket compression off and a small frame limit: per-connection memory matters
-    when one hub holds thousands of idle phones. Protocol heartbeats replace WS pings."""
+    when one hub holds thousands of idle phones. Protocol heartbeats replace WS pings.
+    Phones' sockets are served by the hub's own protocol class (smsgw/api/device_ws.py),
+    not by uvicorn's ASGI WebSocket path."""
+    app = app or create_app(settings)
     options: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": "websockets-sansio",
+        # uvloop and httptools when installed (they are dependencies): "auto" falls back to
+        # asyncio and h11 where they are not, e.g. a platform without wheels.
+        "loop": "auto",
+        "http": "auto",
+        "ws": protocol_for(app.state.hub),
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_frame_bytes,
         "ws_ping_interval": None,
@@ -32,7 +40,7 @@ def uvicorn_config(
         "timeout_graceful_shutdown": 10,
     }
     options.update(overrides)
-    return uvicorn.Config(app or create_app(settings), **options)  # type: ignore[arg-type]
+    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 
 
 class DrainingServer(uvicorn.Server):

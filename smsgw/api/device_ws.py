@@ -1,66 +1,307 @@
-"""``GET /ws/device``: the WebSocket transport, a thin pump around ``DeviceConnection``.
+"""``GET /ws/device``: the phones' WebSocket server, a thin pump around ``DeviceConnection``.
+
+uvicorn hands every WebSocket upgrade to this protocol class (``Config(ws=...)``, see
+``smsgw/server.py``) instead of to its own ASGI WebSocket implementation. Why: a hub holds
+thousands of mostly idle phones, and the generic path keeps per connection an ASGI task
+parked in Starlette's middleware frames, a receive queue, the scope with every request
+header, and a few asyncio primitives (about 26 KiB of Python objects per phone), and it
+sends every frame through four layers of ASGI wrappers. Here a connection is the sans-I/O
+``websockets.ServerProtocol``, our ``DeviceConnection`` and a transport; a task runs only
+while received frames are being handled, and the frames one flush queues go out in a
+single socket write.
 
 The device token is checked before the upgrade is accepted, so a refused phone gets an
-HTTP 401 with the usual error body and never a socket. Everything the phone says goes to
-``DeviceConnection``; this module only moves text and enforces idleness.
+HTTP 401 with the usual JSON error body and never a socket. Only ``/ws/device`` exists;
+any other WebSocket path is a 404.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
 import logging
+from typing import Any, cast
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from smsgw.auth import presented_secret
 from smsgw.connection import DeviceConnection, Transport
 from smsgw.errors import error_response
 from smsgw.hub import Hub
-from smsgw.protocol import CloseCode
+from smsgw.protocol import MAX_FRAME_BYTES, CloseCode
 
 log = logging.getLogger("smsgw.device")
 
+PATH = "/ws/device"
 
-class WebSocketTransport(Transport):
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
+# Seconds a closing handshake may take before the TCP connection is simply dropped.
+CLOSE_TIMEOUT = 5.0
 
-    async def send_text(self, text: str) -> None:
-        await self.ws.send_text(text)
+# Received frames waiting for the handler before we stop reading from the socket: a phone
+# that talks faster than the hub handles is slowed down by TCP, not buffered in memory.
+MAX_PENDING_FRAMES = 64
+
+# In the inbox: a binary frame (refused by the protocol), and the end of the connection.
+_BINARY = object()
+_END = object()
+
+_WS_LOGGER = logging.getLogger("smsgw.device.ws")
+
+
+class DeviceSocket(asyncio.Protocol, Transport):
+    """One phone's WebSocket connection. Subclassed per hub by ``protocol_for``."""
+
+    hub: Hub
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any = None) -> None:
+        # uvicorn's contract for a WebSocket protocol class: it tracks the connection in
+        # ``server_state.connections`` and calls ``shutdown()`` on each when it stops.
+        self._connections: set[Any] = server_state.connections
+        self._tasks: set[asyncio.Task[None]] = server_state.tasks
+        self._root_path: str = config.root_path or ""
+        self._max_size: int = config.ws_max_size or MAX_FRAME_BYTES
+        self.transport: asyncio.Transport | None = None
+        self.ws: ServerProtocol | None = None
+        self.conn: DeviceConnection | None = None
+        self._inbox: list[object] = []  # a list, not a deque: 56 bytes, not 760
+        self._pump: asyncio.Task[None] | None = None
+        # A fragmented message being assembled.
+        self._parts: list[bytes | bytearray | memoryview] | None = None
+        self._parts_opcode = Opcode.TEXT
+        self._drain: asyncio.Future[None] | None = None  # set while the transport is full
+        self._reading_paused = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but the same interface.
+        self.transport = cast(asyncio.Transport, transport)
+        self.ws = ServerProtocol(max_size=self._max_size, logger=_WS_LOGGER)
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._spawn(self._handshake(event))
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._write_out()
+        if len(self._inbox) >= MAX_PENDING_FRAMES and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None:
+            self.ws.receive_eof()
+            self._write_out()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)  # a writer waiting for room learns it is closed
+        if self.conn is not None:
+            # Frames received before the drop are still handled (a "sent" report must
+            # not be lost because the phone's network went right after), then the end.
+            self._inbox.append(_END)
+            self._ensure_pump()
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- uvicorn ------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping (after the hub's drain): say so, then hang up."""
+        if self.ws is not None and self.ws.state is State.OPEN:
+            self._send_close(1012, "server restarting")
+        elif self.transport is not None:
+            self.transport.close()
+
+    # -- Transport (what DeviceConnection writes through) ----------------------------------
+
+    async def send_texts(self, texts: list[str]) -> None:
+        ws = self.ws
+        if self._lost or ws is None or ws.state is not State.OPEN:
+            raise ConnectionError("connection closed")
+        for text in texts:
+            ws.send_text(text.encode())
+        self._write_out()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            await drain  # the phone is not reading: wait for room rather than buffer more
+            if self._lost:
+                raise ConnectionError("connection closed")
 
     async def close(self, code: int, reason: str) -> None:
-        if self.ws.application_state is WebSocketState.CONNECTED:
-            await self.ws.close(code, reason)
+        if self.ws is not None and self.ws.state is State.OPEN:
+            self._send_close(code, reason)
 
+    # -- internals ------------------------------------------------------------------------
 
-async def device_socket(ws: WebSocket) -> None:
-    hub: Hub = ws.app.state.hub
-    if hub.draining:
-        # Shutting down: the phone retries, and the load balancer sends it elsewhere.
-        await ws.send_denial_response(error_response(503, "draining", "this hub node is draining"))
-        return
-    secret = presented_secret(ws)
-    device_id = await hub.auth.resolve_device_id(secret) if secret else None
-    if device_id is None:
-        message = "missing device token" if secret is None else "invalid or revoked device token"
-        await ws.send_denial_response(error_response(401, "unauthorized", message))
-        return
-    await ws.accept()
-    conn = DeviceConnection(hub, device_id, WebSocketTransport(ws))
-    hub.connections.add(conn)  # the hub's watchdog closes it if it falls silent
-    try:
-        while not conn.closed:
-            event = await ws.receive()
-            if event["type"] == "websocket.disconnect":
-                break
-            if event.get("text") is not None:
-                await conn.handle_text(event["text"])
-            else:
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _write_out(self) -> None:
+        ws, transport = self.ws, self.transport
+        if ws is None or transport is None:
+            return
+        chunks = ws.data_to_send()
+        if not chunks:
+            return
+        eof = chunks[-1] == b""  # websockets' SEND_EOF: the server ends the TCP connection
+        data = b"".join(chunks)
+        if data and not self._lost:
+            transport.write(data)
+        if eof and not self._lost:
+            transport.close()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        assert self.ws is not None
+        self.ws.send_close(code, reason[:120])
+        self._write_out()
+        if self._close_timer is None and not self._lost:
+            # The phone should answer with its own close frame; if it does not, hang up.
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        ws = self.ws
+        assert ws is not None
+        # The same body and headers as every other refusal of the API.
+        refusal = error_response(status, code, message)
+        headers = Headers([(k.decode(), v.decode()) for k, v in refusal.raw_headers])
+        headers["Connection"] = "close"
+        phrase = http.HTTPStatus(status).phrase
+        ws.send_response(Response(status, phrase, headers, bytes(refusal.body)))
+        self._write_out()
+
+    async def _handshake(self, request: Request) -> None:
+        hub, ws = self.hub, self.ws
+        assert ws is not None
+        path = request.path.partition("?")[0]
+        if self._root_path and path.startswith(self._root_path):
+            path = path[len(self._root_path) :]
+        if path != PATH:
+            self._reject(404, "not_found", f"no WebSocket endpoint at {path}")
+            return
+        if hub.draining:
+            # Shutting down: the phone retries, and the load balancer sends it elsewhere.
+            self._reject(503, "draining", "this hub node is draining")
+            return
+        secret = presented_secret(request.headers)
+        device_id = await hub.auth.resolve_device_id(secret) if secret else None
+        if self._lost:
+            return  # the phone hung up while we looked the token up
+        if device_id is None:
+            missing = secret is None
+            message = "missing device token" if missing else "invalid or revoked device token"
+            self._reject(401, "unauthorized", message)
+            return
+        response = ws.accept(request)  # a malformed upgrade gets websockets' own 4xx
+        ws.send_response(response)
+        self._write_out()
+        if response.status_code != 101:
+            return
+        self.conn = DeviceConnection(hub, device_id, self)
+        hub.connections.add(self.conn)  # the hub's watchdog closes it if it falls silent
+        if self._inbox:  # the hello, if it came with the upgrade
+            self._ensure_pump()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:
+                self._parts, self._parts_opcode = [frame.data], opcode
+                return
+            self._deliver(opcode, frame.data)
+        elif opcode is Opcode.CONT and self._parts is not None:
+            self._parts.append(frame.data)
+            if frame.fin:
+                parts, self._parts = self._parts, None
+                self._deliver(self._parts_opcode, b"".join(parts))
+        # Ping, pong and close are answered by websockets itself (see _write_out).
+
+    def _deliver(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> None:
+        if opcode is Opcode.TEXT:
+            try:
+                self._inbox.append(bytes(data).decode())
+            except UnicodeDecodeError:  # websockets' sans-I/O core leaves this to us
+                assert self.ws is not None
+                self.ws.fail(1007, "invalid UTF-8 in a text frame")
+                return
+        else:
+            self._inbox.append(_BINARY)
+        if self.conn is not None:
+            self._ensure_pump()
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+            self._tasks.add(self._pump)
+            self._pump.add_done_callback(self._tasks.discard)
+
+    async def _run_pump(self) -> None:
+        """Handle received frames in order; the task ends when the inbox is empty, so an
+        idle phone holds no task at all."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            while self._inbox:
+                items, self._inbox = self._inbox, []
+                if self._reading_paused:
+                    self._reading_paused = False
+                    if self.transport is not None and not self._lost:
+                        self.transport.resume_reading()
+                for item in items:
+                    if not await self._handle(conn, item):
+                        return
+        finally:
+            self._pump = None
+
+    async def _handle(self, conn: DeviceConnection, item: object) -> bool:
+        """One received frame (or the end); False once the connection is finished."""
+        if item is _END:
+            self.hub.connections.discard(conn)
+            await conn.finished()
+            return False
+        if conn.closed:
+            return True  # closing: what the phone still says is not handled
+        try:
+            if item is _BINARY:
                 await conn.handle_binary()
-    except WebSocketDisconnect:
-        pass
-    except Exception:
-        log.exception("device %s: connection handler failed", device_id)
-        await conn.close(CloseCode.GOING_AWAY, "internal error")
-    finally:
-        hub.connections.discard(conn)
-        await conn.finished()
+            else:
+                assert isinstance(item, str)
+                await conn.handle_text(item)
+        except Exception:
+            log.exception("device %s: connection handler failed", conn.device_id)
+            await conn.close(CloseCode.GOING_AWAY, "internal error")
+        return True
+
+
+def protocol_for(hub: Hub) -> type[DeviceSocket]:
+    """The protocol class uvicorn instantiates per upgrade, bound to ``hub``."""
+    return type("DeviceSocket", (DeviceSocket,), {"hub": hub})

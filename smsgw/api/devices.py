@@ -94,7 +94,7 @@ async def register(call: Call) -> Reply:
     if body.enrollment_code is not None:
         code_hash = hash_secret(normalise_code(body.enrollment_code))
     else:
-        if presented_secret(call.request) is None:
+        if presented_secret(call.request.headers) is None:
             raise ApiError(401, "unauthorized", "an enrollment_code or an admin key is required")
         await hub.auth.client(call.request, Scope.ADMIN)
     token, prefix = new_credential(DEVICE_PREFIX)

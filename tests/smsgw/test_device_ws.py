@@ -1,0 +1,102 @@
+"""The phones' WebSocket server (smsgw/api/device_ws.py) at the edges of the wire: refusals
+before the upgrade, frames that are not whole or not text, pings, and a phone that drops
+right after reporting. Real uvicorn, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.harness import Farm, HubServer
+from tests.smsgw.test_bad_input import HELLO, opened, ws_url
+
+TO = "+12025550999"
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    return ws.close_code
+
+
+async def test_refusals_are_http_errors_with_the_api_error_body(hub: HubServer, farm: Farm) -> None:
+    phone = await farm.add(connect=False)
+    base = hub.url.replace("http://", "ws://")
+    cases = [
+        (base + "/ws/other", {"Authorization": f"Bearer {phone.token}"}, 404, "not_found"),
+        (base + "/ws/device", {}, 401, "unauthorized"),
+        (base + "/ws/device", {"Authorization": "Bearer dev_nope_nope"}, 401, "unauthorized"),
+    ]
+    for url, headers, status, code in cases:
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(url, additional_headers=headers):
+                pass
+        response = err.value.response
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json"
+        assert json.loads(response.body)["error"]["code"] == code
+    # The phone's own socket still works afterwards.
+    ws = await opened(hub, phone.token)
+    await ws.close()
+
+
+async def test_a_fragmented_frame_is_assembled_and_pings_are_answered(
+    hub: HubServer, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    headers = {"Authorization": f"Bearer {phone.token}"}
+    async with connect(ws_url(hub), additional_headers=headers) as ws:
+        text = json.dumps(HELLO)
+        await ws.send([text[:10], text[10:25], text[25:]])  # one message in three frames
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome" and welcome["ref"] == "h"
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+
+
+async def test_invalid_utf8_closes_with_1007(hub: HubServer, farm: Farm) -> None:
+    phone = await farm.add(connect=False)
+    headers = {"Authorization": f"Bearer {phone.token}"}
+    async with connect(ws_url(hub), additional_headers=headers) as ws:
+        await ws.send(json.dumps(HELLO))
+        await ws.recv()
+        ws.protocol.send_text(b'{"type": "heartbeat", "id": "\xc3\x28"}')
+        ws.send_data()
+        assert await closed_with(ws) == 1007
+
+
+async def test_a_report_sent_just_before_the_phone_drops_is_recorded(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(connect=False)
+    ws = await opened(hub, phone.token)
+    body = {"to": TO, "message": "last words", "device_id": phone.device_id}
+    request = asyncio.create_task(api.post("/sms/send", json=body))
+    command = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert command["type"] == "send"
+    mid, attempt = command["message_id"], command["attempt"]
+    await ws.send(
+        json.dumps({"type": "accepted", "id": "a", "message_id": mid, "attempt": attempt})
+    )
+    ownership = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert ownership["type"] == "ownership" and ownership["owner"] is True
+    await ws.send(json.dumps({"type": "sent", "id": "s", "message_id": mid, "attempt": attempt}))
+    ws.transport.abort()  # the network goes before any ack can come back
+    await request
+    for _ in range(100):
+        msg = (await api.get(f"/sms/{mid}")).json()
+        if msg["status"] == "SENT":
+            break
+        await asyncio.sleep(0.05)
+    assert msg["status"] == "SENT" and msg["device_id"] == phone.device_id
+    for _ in range(100):
+        if not (await api.get(f"/devices/{phone.device_id}")).json()["online"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (await api.get(f"/devices/{phone.device_id}")).json()["online"] is False
