@@ -10,6 +10,7 @@ phone gets its ``ack``, so an acknowledged report is never lost.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import logging
 import time
@@ -46,6 +47,11 @@ log = logging.getLogger("smsgw.device")
 # Seconds between database writes of a connected phone's heartbeat state.
 STATUS_PERSIST_INTERVAL = 300.0
 
+# Seconds an ack may wait for another frame to the same phone to share its socket write.
+# Under load nearly every ack goes out with the next offer or ownership answer (one write
+# fewer per message); when the phone is quiet it goes alone after this delay.
+ACK_DELAY = 0.02
+
 # A held message is the phone's while it owns it (QUEUED) or has sent it (SENT: it keeps it
 # for the delivery report, and it will not transmit it again). A final or expired message
 # is not: the phone drops it, keeping any reports it still owes.
@@ -72,6 +78,8 @@ class DeviceConnection(Session):
         self.closed = False
         self.last_frame = time.monotonic()
         self._persisted_at = 0.0
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Task[None] | None = None
 
     @property
     def idle_timeout(self) -> float:
@@ -113,6 +121,7 @@ class DeviceConnection(Session):
     async def close(self, code: CloseCode, reason: str) -> None:
         if self.closed:
             return
+        await self._flush_quietly()  # acks held back go before the close frame
         self.closed = True
         try:
             await self.transport.close(int(code), reason)
@@ -188,7 +197,21 @@ class DeviceConnection(Session):
                 await self._on_heartbeat(frame)
             elif isinstance(frame, InboundFrame):
                 await self._on_inbound(frame)
-        await self._flush_quietly()
+        if self.protocol.urgent:
+            await self._flush_quietly()
+        elif self.protocol.pending and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._acks_due)
+
+    def _acks_due(self) -> None:
+        self._ack_timer = None
+        if self.protocol.pending and not self.closed and self._ack_task is None:
+            self._ack_task = asyncio.get_running_loop().create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        try:
+            await self._flush_quietly()
+        finally:
+            self._ack_task = None
 
     async def _flush_quietly(self) -> None:
         # A dead transport is noticed by the transport itself, which calls finished().

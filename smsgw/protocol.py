@@ -175,6 +175,7 @@ class DeviceProtocol:
     def __init__(self) -> None:
         self.state = State.AWAITING_HELLO
         self._outgoing: list[str] = []
+        self._urgent = False  # whether a queued frame is more than an ack
         self._ids = itertools.count(1)
         self._consecutive_errors = 0
 
@@ -288,20 +289,34 @@ class DeviceProtocol:
         self._queue("ownership", ref=ref, message_id=message_id, attempt=attempt, owner=owner)
 
     def ack(self, ref: str) -> None:
-        self._queue("ack", ref=ref)
+        # Not urgent: the phone only needs an ack to forget what it keeps, so the transport
+        # may hold it back briefly and send it in one write with the next frame.
+        self._queue("ack", urgent=False, ref=ref)
 
     def error(self, ref: str | None, code: str, message: str) -> None:
         self._queue("error", ref=ref, code=code, message=message)
 
+    @property
+    def pending(self) -> bool:
+        """Whether frames are queued."""
+        return bool(self._outgoing)
+
+    @property
+    def urgent(self) -> bool:
+        """Whether a queued frame should go out now (anything but acks)."""
+        return self._urgent
+
     def data_to_send(self) -> list[str]:
         out, self._outgoing = self._outgoing, []
+        self._urgent = False
         return out
 
-    def _queue(self, kind: str, **fields: Any) -> str:
+    def _queue(self, kind: str, *, urgent: bool = True, **fields: Any) -> str:
         frame_id = f"h{next(self._ids)}"
         self._outgoing.append(
             json.dumps({"type": kind, "id": frame_id, **fields}, separators=(",", ":"))
         )
+        self._urgent = self._urgent or urgent
         return frame_id
 
 

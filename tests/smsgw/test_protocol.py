@@ -144,5 +144,25 @@ def test_outgoing_frames_have_unique_ids() -> None:
     assert proto.data_to_send() == []
 
 
+def test_acks_alone_are_not_urgent_and_go_out_in_order_with_the_next_frame() -> None:
+    proto = opened()
+    proto.data_to_send()
+    assert not proto.pending and not proto.urgent
+    proto.ack("r1")
+    proto.ack("r2")
+    assert proto.pending and not proto.urgent  # the transport may hold these back
+    proto.ownership("r3", message_id="m", attempt=1, owner=True)
+    assert proto.urgent
+    out = frames(proto)
+    assert [(f["type"], f["ref"]) for f in out] == [
+        ("ack", "r1"),
+        ("ack", "r2"),
+        ("ownership", "r3"),
+    ]
+    assert not proto.pending and not proto.urgent
+    proto.error(None, "invalid_json", "x")
+    assert proto.urgent  # error answers go at once
+
+
 def test_heartbeat_deadline_is_two_and_a_half_intervals() -> None:
     assert idle_timeout(30) == 75.0
