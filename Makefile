@@ -27,6 +27,8 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+install-bench: $(VENV)/.installed-bench
+
 run: install
 	SMSGW_HOST=$${SMSGW_HOST:-$(HOST)} SMSGW_PORT=$${SMSGW_PORT:-$(PORT)} $(BIN)/smsgw serve
 

@@ -1,0 +1,150 @@
+"""Quick probes for optimisation work, steadier than a full run on a shared 2-core machine.
+
+``python -m bench.probe cpu hub|relay [--seconds 8] [--profile out.txt]``
+    One closed-loop dispatch run (20 phones, 50 clients, same set-up as ``bench.run``):
+    rate, and CPU per dispatched message for the server process and each of its threads
+    (from /proc), plus how busy each core was. CPU per message moves much less from run to
+    run than the rate does. ``--profile`` also records the server with py-spy (raw
+    collapsed stacks; py-spy must be installed).
+
+``python -m bench.probe latency hub|relay --rates 550,550,550 [--seconds 8]``
+    Open-loop runs at the given offered rates: p50 / p95 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.run import Fleet, Server, load, proc_stat, provision
+
+PHONES, CLIENTS = 20, 50
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of a process (name:tid)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[f"{name}:{tid}"] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def core_busy() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies per core, from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *values = line.split()
+            vals = [int(v) for v in values]
+            out[name] = (sum(vals) - vals[3] - vals[4], sum(vals))
+    return out
+
+
+async def started(kind: str, work: Path) -> tuple[Server, Fleet, str]:
+    db = work / "probe.db"
+    key, tokens = await provision(db, PHONES) if kind == "hub" else ("", [""] * PHONES)
+    server = await Server(kind, db).start()
+    fleet = Fleet(server, tokens, "hub" if kind == "hub" else "relay")
+    await fleet.start()
+    await load(server, key, "closed", "--concurrency", str(CLIENTS), "--seconds", "2")  # warm
+    return server, fleet, key
+
+
+async def cpu(kind: str, seconds: float, profile: str | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
+        server, fleet, key = await started(kind, Path(tmp))
+        try:
+            cpu0, _ = proc_stat(server.pid)
+            threads0, cores0, t0 = thread_cpu(server.pid), core_busy(), time.monotonic()
+            spy = None
+            if profile:
+                spy_bin = shutil.which("py-spy")
+                if spy_bin is None:
+                    raise SystemExit("--profile needs py-spy (pip install py-spy)")
+                spy = subprocess.Popen(
+                    [spy_bin, "record", "-p", str(server.pid), "-o", profile, "-f", "raw"]
+                    + ["-d", str(int(seconds)), "-r", "200", "--nonblocking", "--threads"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            r = await load(
+                server, key, "closed", "--concurrency", str(CLIENTS), "--seconds", str(seconds)
+            )
+            elapsed = time.monotonic() - t0
+            cpu1, _ = proc_stat(server.pid)
+            threads1, cores1 = thread_cpu(server.pid), core_busy()
+            if spy is not None:
+                spy.wait()
+        finally:
+            await fleet.stop()
+            server.stop()
+    n = max(int(r["ok"]), 1)
+    print(
+        f"{kind}: {r['per_s']}/s ok={r['ok']} statuses={r['statuses']} "
+        f"p50={r['p50_ms']} ms p99={r['p99_ms']} ms; "
+        f"CPU {100 * (cpu1 - cpu0) / elapsed:.0f}% of a core, "
+        f"{1000 * (cpu1 - cpu0) / n:.3f} ms per message"
+    )
+    for name, used in threads1.items():
+        d = used - threads0.get(name, 0.0)
+        if d > 0.05:
+            print(f"  thread {name}: {100 * d / elapsed:.0f}%, {1000 * d / n:.3f} ms per message")
+    busy = {
+        k: f"{100 * (cores1[k][0] - cores0[k][0]) / max(1, cores1[k][1] - cores0[k][1]):.0f}%"
+        for k in cores1
+    }
+    print(f"  cores busy: {busy}")
+
+
+async def latency(kind: str, rates: list[str], seconds: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
+        server, fleet, key = await started(kind, Path(tmp))
+        try:
+            for rate in rates:
+                r: dict[str, Any] = await load(
+                    server,
+                    key,
+                    "open",
+                    "--rate",
+                    rate,
+                    "--seconds",
+                    str(seconds),
+                    "--concurrency",
+                    str(CLIENTS),
+                )
+                print(
+                    f"{kind} at {rate}/s: {r['per_s']}/s served, p50={r['p50_ms']} "
+                    f"p95={r['p95_ms']} p99={r['p99_ms']} ms statuses={r['statuses']}"
+                )
+        finally:
+            await fleet.stop()
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["cpu", "latency"])
+    parser.add_argument("kind", choices=["hub", "relay"])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rates", default="550", help="latency: comma-separated offered rates")
+    parser.add_argument("--profile", default=None, help="cpu: write py-spy raw stacks here")
+    args = parser.parse_args()
+    if args.what == "cpu":
+        asyncio.run(cpu(args.kind, args.seconds, args.profile))
+    else:
+        asyncio.run(latency(args.kind, args.rates.split(","), args.seconds))
+
+
+if __name__ == "__main__":
+    main()
