@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from smsgw.api.device_ws import DeviceSocket
 from tests.harness import Farm, HubServer
 from tests.smsgw.test_bad_input import HELLO, opened, ws_url
 
@@ -100,3 +101,61 @@ async def test_a_report_sent_just_before_the_phone_drops_is_recorded(
             break
         await asyncio.sleep(0.05)
     assert (await api.get(f"/devices/{phone.device_id}")).json()["online"] is False
+
+
+# -- back-pressure, without a network: the protocol class over a recording transport ----
+
+
+class _Recording(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _open_socket() -> tuple[DeviceSocket, _Recording]:
+    from types import SimpleNamespace
+
+    from websockets.protocol import State
+
+    state = SimpleNamespace(connections=set(), tasks=set())
+    config = SimpleNamespace(root_path="", ws_max_size=65536)
+    sock = DeviceSocket(config, state)
+    transport = _Recording()
+    sock.connection_made(transport)
+    assert sock.ws is not None
+    sock.ws.state = State.OPEN  # as after a handshake
+    return sock, transport
+
+
+async def test_a_full_transport_holds_the_writer_until_there_is_room() -> None:
+    sock, transport = _open_socket()
+    await sock.send_texts(["a", "b"])
+    assert len(transport.written) == 1  # both frames in one write
+    sock.pause_writing()
+    writer = asyncio.create_task(sock.send_texts(["c"]))
+    await asyncio.sleep(0.01)
+    assert not writer.done() and len(transport.written) == 2  # written, then waits
+    sock.resume_writing()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_a_writer_waiting_for_room_learns_the_connection_is_gone() -> None:
+    sock, _ = _open_socket()
+    sock.pause_writing()
+    writer = asyncio.create_task(sock.send_texts(["c"]))
+    await asyncio.sleep(0.01)
+    sock.connection_lost(None)
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(writer, 1)
+    with pytest.raises(ConnectionError):
+        await sock.send_texts(["d"])
