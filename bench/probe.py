@@ -9,6 +9,13 @@
 
 ``python -m bench.probe latency hub|relay --rates 550,550,550 [--seconds 8]``
     Open-loop runs at the given offered rates: p50 / p95 / p99.
+
+``python -m bench.probe store [--workers 1,4,16,50] [--sync FULL]``
+    The SQLite store alone, in this process (pin it with taskset for steadier figures):
+    ``workers`` concurrent coroutines each storing a message with its offer, accepting it
+    and marking it sent, as a dispatch does. Prints CPU per message of the event loop and
+    of the writer thread, and writes per commit: what a durable transaction costs, and
+    what group commit saves as batches grow.
 """
 
 from __future__ import annotations
@@ -72,9 +79,9 @@ async def cpu(kind: str, seconds: float, profile: str | None) -> None:
                 spy_bin = shutil.which("py-spy")
                 if spy_bin is None:
                     raise SystemExit("--profile needs py-spy (pip install py-spy)")
+                record = ["record", "-p", str(server.pid), "-o", profile, "-f", "raw"]
                 spy = subprocess.Popen(
-                    [spy_bin, "record", "-p", str(server.pid), "-o", profile, "-f", "raw"]
-                    + ["-d", str(int(seconds)), "-r", "200", "--nonblocking", "--threads"],
+                    [spy_bin, *record, "-d", str(int(seconds)), "-r", "200", "--threads"],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -132,15 +139,90 @@ async def latency(kind: str, rates: list[str], seconds: float) -> None:
             server.stop()
 
 
+async def store(workers: int, sync: str, seconds: float) -> None:
+    from datetime import timedelta
+
+    from smsgw.clock import new_id, utcnow
+    from smsgw.store import Message, Status
+    from smsgw.store.sqlite import SqliteStore
+
+    with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
+        db = SqliteStore(Path(tmp) / "probe.db", synchronous=sync)
+        await db.open()
+        now = utcnow()
+        devices = []
+        for i in range(PHONES):
+            registered = await db.register_device(
+                device_id=new_id(),
+                name=f"probe-{i}",
+                hardware_id=f"probe-{i}",
+                sims=[{"slot": 0}],
+                fcm_token=None,
+                token_prefix=f"probe{i}",
+                token_hash=f"hash{i}",
+                now=now,
+                enrollment_code_hash=None,
+            )
+            assert registered is not None
+            devices.append(registered[0].id)
+        done = 0
+        end = time.monotonic() + seconds
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            i = 0
+            while time.monotonic() < end:
+                i += 1
+                device, t = devices[(w + i) % PHONES], utcnow()
+                lease = t + timedelta(seconds=6)
+                msg = Message(
+                    id=new_id(),
+                    recipient=f"+1202555{(w * 1000 + i) % 10_000:04d}",
+                    body="probe",
+                    status=Status.PENDING,
+                    created_at=t,
+                    updated_at=t,
+                    expires_at=t + timedelta(days=1),
+                    device_id=device,
+                    attempt=1,
+                    lease_until=lease,
+                )
+                await db.create_message(msg, offer_to=device, lease_until=lease)
+                assert await db.accept(msg.id, device, 1, utcnow())
+                assert await db.mark_sent(msg.id, device, utcnow())
+                done += 1
+
+        writer = db._writer
+        assert writer is not None
+        batches0, writes0 = writer.batches, writer.writes
+        threads0, t0 = thread_cpu(os.getpid()), time.monotonic()
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        threads1, elapsed = thread_cpu(os.getpid()), time.monotonic() - t0
+        batches, writes = writer.batches - batches0, writer.writes - writes0
+        await db.close()
+    n = max(done, 1)
+    per = {k: round(1e6 * (v - threads0.get(k, 0.0)) / n) for k, v in threads1.items()}
+    busy = {k: f"{v} us" for k, v in per.items() if v > 0}
+    print(
+        f"store, {workers} workers, synchronous={sync}: {done / elapsed:.0f} messages/s, "
+        f"{writes / max(batches, 1):.1f} writes per commit; CPU per message by thread: {busy}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["cpu", "latency"])
-    parser.add_argument("kind", choices=["hub", "relay"])
+    parser.add_argument("what", choices=["cpu", "latency", "store"])
+    parser.add_argument("kind", nargs="?", choices=["hub", "relay"], default="hub")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", default="550", help="latency: comma-separated offered rates")
     parser.add_argument("--profile", default=None, help="cpu: write py-spy raw stacks here")
+    parser.add_argument("--workers", default="1,4,16,50", help="store: concurrent writers")
+    parser.add_argument("--sync", default="FULL", help="store: SQLite synchronous mode")
     args = parser.parse_args()
-    if args.what == "cpu":
+    if args.what == "store":
+        for workers in args.workers.split(","):
+            asyncio.run(store(int(workers), args.sync, min(args.seconds, 6.0)))
+    elif args.what == "cpu":
         asyncio.run(cpu(args.kind, args.seconds, args.profile))
     else:
         asyncio.run(latency(args.kind, args.rates.split(","), args.seconds))
