@@ -147,24 +147,11 @@ async def store(workers: int, sync: str, seconds: float) -> None:
     from smsgw.store.sqlite import SqliteStore
 
     with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
-        db = SqliteStore(Path(tmp) / "probe.db", synchronous=sync)
+        path = Path(tmp) / "probe.db"
+        await provision(path, PHONES)  # the bench's own devices
+        db = SqliteStore(path, synchronous=sync)
         await db.open()
-        now = utcnow()
-        devices = []
-        for i in range(PHONES):
-            registered = await db.register_device(
-                device_id=new_id(),
-                name=f"probe-{i}",
-                hardware_id=f"probe-{i}",
-                sims=[{"slot": 0}],
-                fcm_token=None,
-                token_prefix=f"probe{i}",
-                token_hash=f"hash{i}",
-                now=now,
-                enrollment_code_hash=None,
-            )
-            assert registered is not None
-            devices.append(registered[0].id)
+        devices = [d.id for d in await db.list_devices()]
         done = 0
         end = time.monotonic() + seconds
 
