@@ -65,7 +65,10 @@ class Transport(abc.ABC):
         raise on a dead connection. Returns once the transport has room for more."""
 
     @abc.abstractmethod
-    async def close(self, code: int, reason: str) -> None: ...
+    def close(self, code: int, reason: str, last: list[str]) -> None:
+        """Send the frames ``last`` (without waiting for room: a phone that stopped reading
+        must not hold the close up), then the close frame, and hang up if the phone does
+        not answer it in time."""
 
 
 class DeviceConnection(Session):
@@ -75,7 +78,12 @@ class DeviceConnection(Session):
         self.transport = transport
         self.protocol = DeviceProtocol()
         self.live: LiveDevice | None = None
+        # Nothing more goes to the phone: set when the hub ends the session and when a
+        # write fails. What the phone sent before that is still handled unless hung_up.
         self.closed = False
+        # The hub ended the session (replaced, revoked, idle, protocol error, draining):
+        # frames still arriving from the phone are not handled any more.
+        self.hung_up = False
         self.last_frame = time.monotonic()
         self._persisted_at = 0.0
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -119,14 +127,16 @@ class DeviceConnection(Session):
             )
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        if self.closed:
+        if self.hung_up:
             return
-        await self._flush_quietly()  # acks held back go before the close frame
-        self.closed = True
-        try:
-            await self.transport.close(int(code), reason)
-        except Exception:  # already gone: nothing left to tell the phone
-            log.debug("close of %s failed", self.device_id, exc_info=True)
+        self.hung_up = True
+        was_closed, self.closed = self.closed, True
+        if not was_closed:
+            try:
+                # Acks held back go before the close frame, in the same write.
+                self.transport.close(int(code), reason, self.protocol.data_to_send())
+            except Exception:  # already gone: nothing left to tell the phone
+                log.debug("close of %s failed", self.device_id, exc_info=True)
         # Offline now, not when a dead peer's TCP connection finally times out.
         await self._detach()
 
@@ -164,8 +174,7 @@ class DeviceConnection(Session):
     async def _handle_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, CloseRequested):
-                await self._flush_quietly()
-                await self.close(event.code, event.reason)
+                await self.close(event.code, event.reason)  # queued frames go first
                 return
             frame = event.frame
             if self.live is not None:
@@ -212,6 +221,10 @@ class DeviceConnection(Session):
             await self._flush_quietly()
         finally:
             self._ack_task = None
+            # Acks queued while this flush waited for room must not wait for the next frame.
+            if self.protocol.pending and not self.closed and self._ack_timer is None:
+                loop = asyncio.get_running_loop()
+                self._ack_timer = loop.call_later(ACK_DELAY, self._acks_due)
 
     async def _flush_quietly(self) -> None:
         # A dead transport is noticed by the transport itself, which calls finished().

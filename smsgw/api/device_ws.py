@@ -22,7 +22,7 @@ import http
 import logging
 from typing import Any, cast
 
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -40,6 +40,9 @@ PATH = "/ws/device"
 
 # Seconds a closing handshake may take before the TCP connection is simply dropped.
 CLOSE_TIMEOUT = 5.0
+
+# Seconds the token lookup of an upgrade may take (the database may be slow or down).
+AUTH_TIMEOUT = 10.0
 
 # Received frames waiting for the handler before we stop reading from the socket: a phone
 # that talks faster than the hub handles is slowed down by TCP, not buffered in memory.
@@ -74,6 +77,8 @@ class DeviceSocket(asyncio.Protocol, Transport):
         self._parts_opcode = Opcode.TEXT
         self._drain: asyncio.Future[None] | None = None  # set while the transport is full
         self._reading_paused = False
+        self._handshaking = False  # the token is being checked: read nothing meanwhile
+        self._failed = False  # we failed the connection (1007): ignore what follows
         self._close_timer: asyncio.TimerHandle | None = None
         self._lost = False
 
@@ -91,14 +96,19 @@ class DeviceSocket(asyncio.Protocol, Transport):
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Request):
+                # Nothing from an unauthenticated peer is read, parsed or answered (not
+                # even a ping) until its token is checked.
+                self._handshaking = True
                 self._spawn(self._handshake(event))
-            elif isinstance(event, Frame):
+            elif isinstance(event, Frame) and not self._failed and not self._handshaking:
                 self._frame(event)
-        self._write_out()
-        if len(self._inbox) >= MAX_PENDING_FRAMES and not self._reading_paused:
-            self._reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+        if self._handshaking:
+            # Frames before our 101 break the protocol; whatever websockets answered to
+            # them (a pong) must not reach an unauthenticated peer, nor precede the 101.
+            ws.data_to_send()
+        else:
+            self._write_out()
+        self._update_reading()
 
     def eof_received(self) -> bool | None:
         if self.ws is not None:
@@ -122,10 +132,14 @@ class DeviceSocket(asyncio.Protocol, Transport):
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
             self._drain = asyncio.get_running_loop().create_future()
+        # A phone that does not read gets nothing read from it either: even the replies
+        # websockets makes on its own (pongs) would pile up in our write buffer.
+        self._update_reading()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        self._update_reading()
 
     # -- uvicorn ------------------------------------------------------------------------
 
@@ -133,8 +147,9 @@ class DeviceSocket(asyncio.Protocol, Transport):
         """uvicorn is stopping (after the hub's drain): say so, then hang up."""
         if self.ws is not None and self.ws.state is State.OPEN:
             self._send_close(1012, "server restarting")
-        elif self.transport is not None:
+        elif self.transport is not None and not self._lost:
             self.transport.close()
+            self._arm_close_timer()
 
     # -- Transport (what DeviceConnection writes through) ----------------------------------
 
@@ -151,9 +166,13 @@ class DeviceSocket(asyncio.Protocol, Transport):
             if self._lost:
                 raise ConnectionError("connection closed")
 
-    async def close(self, code: int, reason: str) -> None:
-        if self.ws is not None and self.ws.state is State.OPEN:
-            self._send_close(code, reason)
+    def close(self, code: int, reason: str, last: list[str]) -> None:
+        ws = self.ws
+        if ws is None or ws.state is not State.OPEN or self._lost:
+            return
+        for text in last:
+            ws.send_text(text.encode())
+        self._send_close(code, reason)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -171,18 +190,43 @@ class DeviceSocket(asyncio.Protocol, Transport):
             return
         eof = chunks[-1] == b""  # websockets' SEND_EOF: the server ends the TCP connection
         data = b"".join(chunks)
-        if data and not self._lost:
+        if self._lost:
+            return
+        if data:
             transport.write(data)
-        if eof and not self._lost:
-            transport.close()
+        if eof:
+            transport.close()  # after the buffer is flushed...
+            self._arm_close_timer()  # ...unless the peer never reads it
 
     def _send_close(self, code: int, reason: str) -> None:
         assert self.ws is not None
         self.ws.send_close(code, reason[:120])
         self._write_out()
+        # The phone should answer with its own close frame; if it does not, hang up.
+        self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
         if self._close_timer is None and not self._lost:
-            # The phone should answer with its own close frame; if it does not, hang up.
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _gone(self) -> bool:
+        return self._lost or self.transport is None or self.transport.is_closing()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._gone():
+            return
+        stop = (
+            self._handshaking
+            or len(self._inbox) >= MAX_PENDING_FRAMES
+            or (self._drain is not None and not self._drain.done())
+        )
+        if stop and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not stop and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _abort(self) -> None:
         if self.transport is not None and not self._lost:
@@ -200,26 +244,47 @@ class DeviceSocket(asyncio.Protocol, Transport):
         self._write_out()
 
     async def _handshake(self, request: Request) -> None:
+        try:
+            await self._check_and_accept(request)
+        except Exception:
+            log.exception("WebSocket upgrade failed")
+            if not self._gone() and self.ws is not None and self.ws.state is State.CONNECTING:
+                self._reject(500, "internal_error", "the upgrade could not be completed")
+            elif self.transport is not None and not self._lost and self.conn is None:
+                self.transport.abort()
+        finally:
+            self._handshaking = False
+            self._update_reading()
+
+    async def _check_and_accept(self, request: Request) -> None:
         hub, ws = self.hub, self.ws
         assert ws is not None
         path = request.path.partition("?")[0]
-        if self._root_path and path.startswith(self._root_path):
-            path = path[len(self._root_path) :]
-        if path != PATH:
+        if path != PATH and path != self._root_path + PATH:
             self._reject(404, "not_found", f"no WebSocket endpoint at {path}")
             return
         if hub.draining:
             # Shutting down: the phone retries, and the load balancer sends it elsewhere.
             self._reject(503, "draining", "this hub node is draining")
             return
-        secret = presented_secret(request.headers)
-        device_id = await hub.auth.resolve_device_id(secret) if secret else None
-        if self._lost:
-            return  # the phone hung up while we looked the token up
+        try:
+            secret = presented_secret(request.headers)
+        except MultipleValuesError:
+            self._reject(400, "bad_request", "more than one credential header")
+            return
+        device_id = None
+        if secret:
+            async with asyncio.timeout(AUTH_TIMEOUT):
+                device_id = await hub.auth.resolve_device_id(secret)
+        if self._gone() or ws.state is not State.CONNECTING:
+            return  # the phone hung up (or the server is stopping) while we looked it up
         if device_id is None:
             missing = secret is None
             message = "missing device token" if missing else "invalid or revoked device token"
             self._reject(401, "unauthorized", message)
+            return
+        if hub.draining:  # the drain began during the lookup and has not seen this phone
+            self._reject(503, "draining", "this hub node is draining")
             return
         response = ws.accept(request)  # a malformed upgrade gets websockets' own 4xx
         ws.send_response(response)
@@ -228,8 +293,6 @@ class DeviceSocket(asyncio.Protocol, Transport):
             return
         self.conn = DeviceConnection(hub, device_id, self)
         hub.connections.add(self.conn)  # the hub's watchdog closes it if it falls silent
-        if self._inbox:  # the hello, if it came with the upgrade
-            self._ensure_pump()
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -251,6 +314,7 @@ class DeviceSocket(asyncio.Protocol, Transport):
                 self._inbox.append(bytes(data).decode())
             except UnicodeDecodeError:  # websockets' sans-I/O core leaves this to us
                 assert self.ws is not None
+                self._failed = True
                 self.ws.fail(1007, "invalid UTF-8 in a text frame")
                 return
         else:
@@ -272,24 +336,20 @@ class DeviceSocket(asyncio.Protocol, Transport):
         try:
             while self._inbox:
                 items, self._inbox = self._inbox, []
-                if self._reading_paused:
-                    self._reading_paused = False
-                    if self.transport is not None and not self._lost:
-                        self.transport.resume_reading()
+                self._update_reading()
                 for item in items:
-                    if not await self._handle(conn, item):
+                    if item is _END:
+                        await self._finish(conn)
                         return
+                    await self._handle(conn, item)
         finally:
             self._pump = None
 
-    async def _handle(self, conn: DeviceConnection, item: object) -> bool:
-        """One received frame (or the end); False once the connection is finished."""
-        if item is _END:
-            self.hub.connections.discard(conn)
-            await conn.finished()
-            return False
-        if conn.closed:
-            return True  # closing: what the phone still says is not handled
+    async def _handle(self, conn: DeviceConnection, item: object) -> None:
+        """One received frame. A failure is logged with the device and closes the
+        session; it never ends the pump, so the end of the connection is always seen."""
+        if conn.hung_up:
+            return  # the hub ended the session: what the phone still says is not handled
         try:
             if item is _BINARY:
                 await conn.handle_binary()
@@ -298,8 +358,17 @@ class DeviceSocket(asyncio.Protocol, Transport):
                 await conn.handle_text(item)
         except Exception:
             log.exception("device %s: connection handler failed", conn.device_id)
-            await conn.close(CloseCode.GOING_AWAY, "internal error")
-        return True
+            try:
+                await conn.close(CloseCode.GOING_AWAY, "internal error")
+            except Exception:
+                log.exception("device %s: close after a failure failed", conn.device_id)
+
+    async def _finish(self, conn: DeviceConnection) -> None:
+        self.hub.connections.discard(conn)
+        try:
+            await conn.finished()
+        except Exception:
+            log.exception("device %s: end of connection failed", conn.device_id)
 
 
 def protocol_for(hub: Hub) -> type[DeviceSocket]:
