@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -66,5 +68,7 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: for a node that will not stop.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = create_app(settings)
     DrainingServer(uvicorn_config(settings, app), app.state.hub).run()

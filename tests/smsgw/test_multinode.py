@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ CLUSTER_SETTINGS = {
     "ownership_ttl": 3.0,
     "drain_timeout": 3.0,
     "drain_spread": 0.5,
+    "log_level": "info",  # the node logs are shown when a test fails
 }
 
 
@@ -268,7 +270,16 @@ async def test_sigterm_drains_the_node_and_its_phones_move(cluster: Cluster) -> 
 
         await wait_for(not_ready, 5, "/ready 503 while draining")
     cluster.lb.down(draining.port)
-    exit_code = await asyncio.to_thread(draining.proc.wait, 20)
+    try:
+        exit_code = await asyncio.to_thread(draining.proc.wait, 20)
+    except subprocess.TimeoutExpired:
+        draining.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
+        await asyncio.sleep(1)
+        draining.proc.kill()
+        assert draining.log_path is not None
+        tail = draining.log_path.read_text(errors="replace")[-6000:]
+        message = f"the draining node did not exit in 20 s; its log ends:\n{tail}"
+        raise AssertionError(message) from None
     # A clean exit; uvicorn re-raises the signal it handled once it has shut down.
     assert exit_code in (0, -signal.SIGTERM)
     moved = [p for p in phones if p.client.close_code == CloseCode.DRAINING]
