@@ -30,20 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import Fleet, Server, load, proc_stat, provision
+from bench.run import Fleet, Server, cpu_seconds, load, proc_stat, provision
 
 PHONES, CLIENTS = 20, 50
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread of a process (name:tid)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        fields = raw.rsplit(")", 1)[1].split()
-        out[f"{name}:{tid}"] = (int(fields[11]) + int(fields[12])) / ticks
+        out[f"{raw[raw.index('(') + 1 : raw.rindex(')')]}:{tid}"] = cpu_seconds(raw)
     return out
 
 

@@ -208,7 +208,13 @@ class DeviceConnection(Session):
                 await self._on_inbound(frame)
         if self.protocol.urgent:
             await self._flush_quietly()
-        elif self.protocol.pending and self._ack_timer is None:
+        else:
+            self._schedule_acks()
+
+    def _schedule_acks(self) -> None:
+        """Acks alone are queued: send them after ACK_DELAY unless another frame takes
+        them along first."""
+        if self.protocol.pending and not self.closed and self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._acks_due)
 
     def _acks_due(self) -> None:
@@ -222,9 +228,7 @@ class DeviceConnection(Session):
         finally:
             self._ack_task = None
             # Acks queued while this flush waited for room must not wait for the next frame.
-            if self.protocol.pending and not self.closed and self._ack_timer is None:
-                loop = asyncio.get_running_loop()
-                self._ack_timer = loop.call_later(ACK_DELAY, self._acks_due)
+            self._schedule_acks()
 
     async def _flush_quietly(self) -> None:
         # A dead transport is noticed by the transport itself, which calls finished().

@@ -105,6 +105,15 @@ def message() -> Message:
     )
 
 
+async def first_offer(phone: FakePhone) -> tuple[str, int]:
+    """The first offer the phone gets (within a second)."""
+    for _ in range(100):
+        if phone.offers:
+            break
+        await asyncio.sleep(0.01)
+    return phone.offers[0]
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -160,11 +169,7 @@ async def test_remote_slot_leaks_when_the_phone_moves_before_its_old_node_lets_g
 
     msg = message()
     dispatch = asyncio.create_task(a.dispatcher.submit(msg, deadline=2.0))
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if phone_b.offers:
-            break
-    mid, attempt = phone_b.offers[0]
+    mid, attempt = await first_offer(phone_b)
     assert await phone_b.accept(mid, attempt)
     await settle()
     assert mid in a.registry.get("P").holding  # type: ignore[union-attr]
@@ -213,11 +218,7 @@ async def test_late_accept_after_origin_expiry_leaks_a_remote_slot() -> None:
     store.release_offer = slow_release  # type: ignore[method-assign]
     msg = message()
     dispatch = asyncio.create_task(a.dispatcher.submit(msg, deadline=5.0))
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if phone_b.offers:
-            break
-    mid, attempt = phone_b.offers[0]
+    mid, attempt = await first_offer(phone_b)
     await asyncio.sleep(s.accept_timeout + 1.2)  # B's origin timer has fired
     assert await phone_b.accept(mid, attempt)  # the accept wins in the database
     await asyncio.sleep(1.0)  # A's release loses; A re-reads: P owns it
