@@ -32,6 +32,11 @@ log = logging.getLogger("smsgw")
 # change broadcast that was lost; changes normally reach every node at once).
 OPT_OUT_RELOAD = 60.0
 
+# Seconds ``stop`` may take before the node gives up on a clean stop. A node that never
+# exits is worse than one that exits uncleanly: every state change is already durable,
+# leases run out and phones reconnect to another node.
+STOP_TIMEOUT = 10.0
+
 
 @dataclass(slots=True)
 class Hub:
@@ -113,18 +118,35 @@ class Hub:
             for conn in [c for c in self.connections if c.idle(now)]:
                 await conn.close(CloseCode.HEARTBEAT_TIMEOUT, "silent for 2.5 heartbeat intervals")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every part, in order; after ``timeout`` seconds the rest is skipped (and
+        logged with what it was waiting for), so a stuck part cannot keep the node up."""
+        step = ["starting"]
+        try:
+            async with asyncio.timeout(timeout):
+                await self._stop(step)
+        except TimeoutError:
+            log.error("stopping the hub took over %g s, at: %s; exiting anyway", timeout, step[0])
+
+    async def _stop(self, step: list[str]) -> None:
+        step[0] = "background tasks"
         for task in (self._watchdog, self._opt_out_reload):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        step[0] = "dispatcher"
         await self.dispatcher.stop()
+        step[0] = "wake-ups"
         await self.waker.stop()
+        step[0] = "phone sockets"
         for live in list(self.registry.local()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
         if self.webhooks is not None:
+            step[0] = "webhook worker"
             await self.webhooks.stop()
+        step[0] = "store"
         await self.store.close()
+        step[0] = "registry"
         await self.registry.stop()
 
     async def drain(self, rng: random.Random | None = None) -> None:
