@@ -271,14 +271,16 @@ async def test_sigterm_drains_the_node_and_its_phones_move(cluster: Cluster) -> 
         await wait_for(not_ready, 5, "/ready 503 while draining")
     cluster.lb.down(draining.port)
     try:
-        exit_code = await asyncio.to_thread(draining.proc.wait, 20)
+        # docs/deploy.md promises an exit within the drain + 20 s (uvicorn's 10 s, then
+        # Hub.stop's 10 s bound); normally it takes 3-4 s.
+        exit_code = await asyncio.to_thread(draining.proc.wait, 3.5 + 20 + 5)
     except subprocess.TimeoutExpired:
         draining.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
         await asyncio.sleep(1)
         draining.proc.kill()
         assert draining.log_path is not None
         tail = draining.log_path.read_text(errors="replace")[-6000:]
-        message = f"the draining node did not exit in 20 s; its log ends:\n{tail}"
+        message = f"the draining node did not exit in 28.5 s; its log ends:\n{tail}"
         raise AssertionError(message) from None
     # A clean exit; uvicorn re-raises the signal it handled once it has shut down.
     assert exit_code in (0, -signal.SIGTERM)
