@@ -2,9 +2,9 @@
 
 WAL journal and ``synchronous=FULL`` by default, so every state change is on disk before
 the hub acts on it. Writes are functions run on a dedicated writer thread: it takes every
-write waiting in its queue, runs each inside a savepoint of one ``BEGIN IMMEDIATE``
-transaction and commits them together, so one fsync covers a whole batch (group commit)
-while a failing write still rolls back alone. Reads run on a second thread with their own
+write waiting in its queue, runs them in one ``BEGIN IMMEDIATE`` transaction and commits
+them together, so one fsync covers a whole batch (group commit) while a failing write
+still rolls back alone (``_apply``). Reads run on a second thread with their own
 connection (WAL readers never wait for the writer). The event loop only ever awaits
 futures, never the disk.
 """
@@ -113,20 +113,9 @@ class _Writer(threading.Thread):
         db: sqlite3.Connection,
         batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
     ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            for fn, fut in batch:
-                db.execute("SAVEPOINT w")
-                try:
-                    result = fn(db)
-                except Exception as exc:
-                    db.execute("ROLLBACK TO w")
-                    db.execute("RELEASE w")
-                    outcomes.append((fut, None, exc))
-                else:
-                    db.execute("RELEASE w")
-                    outcomes.append((fut, result, None))
+            outcomes = _apply(db, batch)
             db.execute("COMMIT")
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing of the batch is
@@ -138,6 +127,41 @@ class _Writer(threading.Thread):
         self.writes += len(batch)
         loop = batch[0][1].get_loop()
         loop.call_soon_threadsafe(_deliver, outcomes)
+
+
+def _apply(
+    db: sqlite3.Connection,
+    batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    """Run a batch's writes inside the open transaction; a write that raises leaves no
+    trace and the others stand.
+
+    Optimistic: no savepoint around each write, because every statement releases the GIL
+    and must take it back from a busy event loop, and a write that raises is rare. When
+    one does, the transaction is rolled back and the batch run again with a savepoint per
+    write, so the failure stays its own (the writes are plain functions of the database,
+    safe to run twice; what they do besides, like updating the in-memory subscriptions,
+    is idempotent)."""
+    try:
+        return [(fut, fn(db), None) for fn, fut in batch]
+    except Exception as exc:
+        db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
+        if len(batch) == 1:
+            return [(batch[0][1], None, exc)]
+    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    for fn, fut in batch:
+        db.execute("SAVEPOINT w")
+        try:
+            result = fn(db)
+        except Exception as exc:
+            db.execute("ROLLBACK TO w")
+            db.execute("RELEASE w")
+            outcomes.append((fut, None, exc))
+        else:
+            db.execute("RELEASE w")
+            outcomes.append((fut, result, None))
+    return outcomes
 
 
 def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

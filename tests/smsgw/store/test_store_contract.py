@@ -4,6 +4,8 @@ real SQLite file and on the in-process store; and SQLite migrations."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -416,3 +418,81 @@ async def test_a_replayed_failure_of_an_older_attempt_changes_nothing(store: Sto
     assert replayed is None
     got = await store.get_message(msg.id)
     assert got is not None and got.status is Status.QUEUED and got.device_id == phone
+
+
+async def test_sqlite_a_failing_write_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    """Group commit: writes queued together share a transaction, and one that raises
+    leaves no trace while the others commit."""
+    if harness_store() == "postgres":
+        pytest.skip("the SMSGW_TEST_STORE=postgres pass runs only the PostgreSQL store")
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    try:
+        existing = await add_message(store)
+        # Hold the writer so the next writes queue up and go into one batch.
+        gate = threading.Event()
+        held = asyncio.ensure_future(store._write(lambda db: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        now = utcnow()
+
+        def fresh(id_: str) -> Message:
+            return Message(
+                id=id_,
+                recipient="+12025552222",
+                body="batch",
+                status=Status.PENDING,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+
+        def half_then_fail(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (existing.id,))
+            raise RuntimeError("this write fails after changing a row")
+
+        writer = store._writer
+        assert writer is not None
+        batches = writer.batches
+        first, second = new_id(), new_id()
+        writes = [
+            asyncio.ensure_future(store.create_message(fresh(first))),
+            asyncio.ensure_future(store._write(half_then_fail)),
+            asyncio.ensure_future(store.create_message(fresh(existing.id))),  # duplicate id
+            asyncio.ensure_future(store.create_message(fresh(second))),
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await held
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert writer.batches == batches + 2  # the held write, then the four together
+        assert results[0] is None and results[3] is None
+        assert isinstance(results[1], RuntimeError)
+        assert isinstance(results[2], Exception)
+        for id_ in (first, second):
+            got = await store.get_message(id_)
+            assert got is not None and got.body == "batch"
+        kept = await store.get_message(existing.id)
+        assert kept is not None and kept.body == "hi"  # nothing of the failed writes
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_lone_failing_write_leaves_no_trace(tmp_path: Path) -> None:
+    if harness_store() == "postgres":
+        pytest.skip("the SMSGW_TEST_STORE=postgres pass runs only the PostgreSQL store")
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    try:
+        msg = await add_message(store)
+
+        def fails(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (msg.id,))
+            raise RuntimeError("fails")
+
+        with pytest.raises(RuntimeError):
+            await store._write(fails)
+        got = await store.get_message(msg.id)
+        assert got is not None and got.body == "hi"
+        await add_message(store)  # the writer goes on
+    finally:
+        await store.close()
