@@ -275,7 +275,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, Any]:
-    """Closed-loop max rate (repeats), then open-loop latency at fractions of it."""
+    """Closed-loop max rate (repeats), then open-loop latency at fractions of it, and at
+    half of it ``repeats`` times: one run's p99 moves by 2-4x on a shared VM."""
     db = work / f"{kind}.db"
     key, tokens = await provision(db, sizes.phones) if kind == "hub" else ("", [""] * sizes.phones)
     server = await Server(kind, db).start()
@@ -296,8 +297,8 @@ async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, An
         ]
         rates = [float(r["per_s"]) for r in runs]
         best = statistics.median(rates)
-        curve = []
-        for fraction in sizes.fractions:
+
+        async def open_loop(fraction: float) -> dict[str, Any]:
             r = await load(
                 server,
                 key,
@@ -309,8 +310,21 @@ async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, An
                 "--concurrency",
                 str(sizes.clients),
             )
-            curve.append({"fraction": fraction, **r})
-        return {"max_per_s": spread(rates), "closed_runs": runs, "open_loop": curve}
+            return {"fraction": fraction, **r}
+
+        curve = [await open_loop(fraction) for fraction in sizes.fractions]
+        half = [at_half(curve)]
+        half += [await open_loop(half[0]["fraction"]) for _ in range(sizes.repeats - 1)]
+        return {
+            "max_per_s": spread(rates),
+            "closed_runs": runs,
+            "open_loop": curve,
+            "half_load": {
+                "p50_ms": spread([float(r["p50_ms"]) for r in half]),
+                "p99_ms": spread([float(r["p99_ms"]) for r in half]),
+                "runs": half,
+            },
+        }
     finally:
         await fleet.stop()
         server.stop()
@@ -448,7 +462,8 @@ def table(flat: dict[str, Any]) -> str:
         ("ceiling_max_per_s", ""),
         ("ratio_to_ceiling", "≥ 0.6"),
         ("p50_ms", ""),
-        ("p99_ms", "≤ 10"),
+        ("p99_ms", "≤ 10 (median of runs)"),
+        ("p99_ms_min_max", ""),
         ("idle_phones", ""),
         ("rss_kib_per_phone", "≤ 20"),
         ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
@@ -489,13 +504,15 @@ async def main() -> None:
     if "hub" in scenarios:
         hub_max = scenarios["hub"]["max_per_s"]["median"]
         ceiling_max = scenarios["ceiling"]["max_per_s"]["median"]
-        half = at_half(scenarios["hub"]["open_loop"])
+        half = scenarios["hub"]["half_load"]
+        p99 = half["p99_ms"]
         flat.update(
             dispatch_max_per_s=hub_max,
             ceiling_max_per_s=ceiling_max,
             ratio_to_ceiling=round(hub_max / ceiling_max, 3),
-            p50_ms=half["p50_ms"],
-            p99_ms=half["p99_ms"],
+            p50_ms=half["p50_ms"]["median"],
+            p99_ms=p99["median"],
+            p99_ms_min_max=f"{p99['min']}-{p99['max']}",
         )
     if "connections" in scenarios:
         c = scenarios["connections"]
