@@ -16,6 +16,11 @@
     and marking it sent, as a dispatch does. Prints CPU per message of the event loop and
     of the writer thread, and writes per commit: what a durable transaction costs, and
     what group commit saves as batches grow.
+
+``python -m bench.probe gc``
+    A hub started in this process as ``smsgw serve`` starts it: objects the cyclic garbage
+    collector tracks, and how long a full collection pauses the loop, before and after
+    ``gc.freeze()`` (which ``smsgw serve`` calls once started).
 """
 
 from __future__ import annotations
@@ -193,9 +198,41 @@ async def store(workers: int, sync: str, seconds: float) -> None:
     )
 
 
+async def gc_pause() -> None:
+    import gc
+    import statistics
+
+    from smsgw.app import create_app
+    from smsgw.config import Settings
+    from smsgw.numbers import parse_recipient
+
+    def pause_ms() -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            gc.collect()
+            times.append(time.perf_counter() - t0)
+        return 1000 * statistics.median(times)
+
+    with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
+        app = create_app(Settings(admin_key="x" * 32, database_url=f"sqlite:///{tmp}/gc.db"))
+        hub = app.state.hub
+        await hub.start()
+        parse_recipient("+14155552671", None)  # as a first send would: loads metadata
+        try:
+            tracked, pause = len(gc.get_objects()), pause_ms()
+            print(f"tracked objects {tracked}: a full collection takes {pause:.1f} ms")
+            gc.freeze()
+            tracked, pause = len(gc.get_objects()), pause_ms()
+            print(f"after gc.freeze(): {tracked}: a full collection takes {pause:.1f} ms")
+        finally:
+            gc.unfreeze()
+            await hub.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["cpu", "latency", "store"])
+    parser.add_argument("what", choices=["cpu", "latency", "store", "gc"])
     parser.add_argument("kind", nargs="?", choices=["hub", "relay"], default="hub")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", default="550", help="latency: comma-separated offered rates")
@@ -206,6 +243,8 @@ def main() -> None:
     if args.what == "store":
         for workers in args.workers.split(","):
             asyncio.run(store(int(workers), args.sync, min(args.seconds, 6.0)))
+    elif args.what == "gc":
+        asyncio.run(gc_pause())
     elif args.what == "cpu":
         asyncio.run(cpu(args.kind, args.seconds, args.profile))
     else:

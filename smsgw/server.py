@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import signal
 import socket
@@ -55,6 +56,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
         self.hub = hub
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What start-up loaded (the hub, the API's schemas, phone-number metadata) lives
+        # as long as the process. Out of the collector's sight, a full collection is no
+        # longer a ~40 ms pause of the loop (python -m bench.probe gc). Collected first,
+        # so no garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
