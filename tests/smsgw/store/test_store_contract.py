@@ -48,7 +48,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.close()
 
 
-async def add_message(store: Store, **kw: object) -> Message:
+def new_message(**kw: object) -> Message:
     now = utcnow()
     msg = Message(
         id=new_id(),
@@ -61,6 +61,11 @@ async def add_message(store: Store, **kw: object) -> Message:
     )
     for k, v in kw.items():
         setattr(msg, k, v)
+    return msg
+
+
+async def add_message(store: Store, **kw: object) -> Message:
+    msg = new_message(**kw)
     await store.create_message(msg)
     return msg
 
@@ -420,79 +425,64 @@ async def test_a_replayed_failure_of_an_older_attempt_changes_nothing(store: Sto
     assert got is not None and got.status is Status.QUEUED and got.device_id == phone
 
 
-async def test_sqlite_a_failing_write_fails_alone_in_its_batch(tmp_path: Path) -> None:
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    if harness_store() == "postgres":
+        pytest.skip("the SMSGW_TEST_STORE=postgres pass runs only the PostgreSQL store")
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_sqlite_a_failing_write_fails_alone_in_its_batch(sqlite_store: SqliteStore) -> None:
     """Group commit: writes queued together share a transaction, and one that raises
     leaves no trace while the others commit."""
-    if harness_store() == "postgres":
-        pytest.skip("the SMSGW_TEST_STORE=postgres pass runs only the PostgreSQL store")
-    store = SqliteStore(tmp_path / "hub.db")
-    await store.open()
-    try:
-        existing = await add_message(store)
-        # Hold the writer so the next writes queue up and go into one batch.
-        gate = threading.Event()
-        held = asyncio.ensure_future(store._write(lambda db: gate.wait(10)))
-        await asyncio.sleep(0.05)
-        now = utcnow()
+    store = sqlite_store
+    existing = await add_message(store)
+    # Hold the writer so the next writes queue up and go into one batch.
+    gate = threading.Event()
+    held = asyncio.ensure_future(store._write(lambda db: gate.wait(10)))
+    await asyncio.sleep(0.05)
 
-        def fresh(id_: str) -> Message:
-            return Message(
-                id=id_,
-                recipient="+12025552222",
-                body="batch",
-                status=Status.PENDING,
-                created_at=now,
-                updated_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (existing.id,))
+        raise RuntimeError("this write fails after changing a row")
 
-        def half_then_fail(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (existing.id,))
-            raise RuntimeError("this write fails after changing a row")
-
-        writer = store._writer
-        assert writer is not None
-        batches = writer.batches
-        first, second = new_id(), new_id()
-        writes = [
-            asyncio.ensure_future(store.create_message(fresh(first))),
-            asyncio.ensure_future(store._write(half_then_fail)),
-            asyncio.ensure_future(store.create_message(fresh(existing.id))),  # duplicate id
-            asyncio.ensure_future(store.create_message(fresh(second))),
-        ]
-        await asyncio.sleep(0.05)
-        gate.set()
-        await held
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        assert writer.batches == batches + 2  # the held write, then the four together
-        assert results[0] is None and results[3] is None
-        assert isinstance(results[1], RuntimeError)
-        assert isinstance(results[2], Exception)
-        for id_ in (first, second):
-            got = await store.get_message(id_)
-            assert got is not None and got.body == "batch"
-        kept = await store.get_message(existing.id)
-        assert kept is not None and kept.body == "hi"  # nothing of the failed writes
-    finally:
-        await store.close()
+    writer = store._writer
+    assert writer is not None
+    batches = writer.batches
+    first, second = new_id(), new_id()
+    writes = [
+        asyncio.ensure_future(store.create_message(new_message(id=first, body="batch"))),
+        asyncio.ensure_future(store._write(half_then_fail)),
+        asyncio.ensure_future(store.create_message(new_message(id=existing.id))),  # duplicate
+        asyncio.ensure_future(store.create_message(new_message(id=second, body="batch"))),
+    ]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await held
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert writer.batches == batches + 2  # the held write, then the four together
+    assert results[0] is None and results[3] is None
+    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[2], Exception)
+    for id_ in (first, second):
+        got = await store.get_message(id_)
+        assert got is not None and got.body == "batch"
+    kept = await store.get_message(existing.id)
+    assert kept is not None and kept.body == "hi"  # nothing of the failed writes
 
 
-async def test_sqlite_a_lone_failing_write_leaves_no_trace(tmp_path: Path) -> None:
-    if harness_store() == "postgres":
-        pytest.skip("the SMSGW_TEST_STORE=postgres pass runs only the PostgreSQL store")
-    store = SqliteStore(tmp_path / "hub.db")
-    await store.open()
-    try:
-        msg = await add_message(store)
+async def test_sqlite_a_lone_failing_write_leaves_no_trace(sqlite_store: SqliteStore) -> None:
+    msg = await add_message(sqlite_store)
 
-        def fails(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (msg.id,))
-            raise RuntimeError("fails")
+    def fails(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (msg.id,))
+        raise RuntimeError("fails")
 
-        with pytest.raises(RuntimeError):
-            await store._write(fails)
-        got = await store.get_message(msg.id)
-        assert got is not None and got.body == "hi"
-        await add_message(store)  # the writer goes on
-    finally:
-        await store.close()
+    with pytest.raises(RuntimeError):
+        await sqlite_store._write(fails)
+    got = await sqlite_store.get_message(msg.id)
+    assert got is not None and got.body == "hi"
+    await add_message(sqlite_store)  # the writer goes on
