@@ -38,6 +38,11 @@ log = logging.getLogger("smsgw.dispatch")
 # Seconds another node's phone that answered "busy" is left out of routing here.
 BUSY_BACKOFF = 2.0
 
+# Messages one outbox round takes at most. The round counts free slots only up to this,
+# so a node holding 10,000 phones does not walk every one of them on each wake-up (a
+# reconnect storm wakes it thousands of times); a full round asks for another at once.
+ROUND_LIMIT = 500
+
 T = TypeVar("T")
 
 
@@ -508,7 +513,12 @@ class Dispatcher:
         # Each node's outbox fills only the phones whose sockets it holds: several nodes
         # never compete for one phone's slots, and background traffic needs no hop
         # between nodes (docs/architecture.md, "Several nodes").
-        capacity = sum(free_slots(live) for live in self.registry.local())
+        capacity = 0
+        for phone in self.registry.local():
+            capacity += free_slots(phone)
+            if capacity >= ROUND_LIMIT:
+                capacity = ROUND_LIMIT
+                break
         if capacity == 0:
             self._stranded()
             return 0

@@ -1,0 +1,82 @@
+"""The outbox round's bounds, on the in-process store and registry (no sockets)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from smsgw.clock import new_id, utcnow
+from smsgw.config import Settings
+from smsgw.dispatcher import ROUND_LIMIT, Dispatcher
+from smsgw.protocol import CloseCode
+from smsgw.registry import LiveDevice, LocalRegistry
+from smsgw.session import Session
+from smsgw.store import Message, Status
+from smsgw.store.memory import MemoryStore
+
+
+class Silent(Session):
+    """A phone that takes offers and never answers them."""
+
+    def __init__(self) -> None:
+        self.offers = 0
+
+    async def send_command(self, message: Message, attempt: int) -> None:
+        self.offers += 1
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        pass
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[int] = []
+
+    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
+        self.limits.append(limit)
+        return await super().due_messages(now, limit)
+
+
+async def test_a_round_takes_at_most_round_limit_and_asks_for_the_next() -> None:
+    store = CountingStore()
+    await store.open()
+    registry = LocalRegistry()
+    settings = Settings(admin_key="x" * 32, max_in_flight=4, accept_timeout=60.0)
+    dispatcher = Dispatcher(store, registry, settings)
+    phones = [Silent() for _ in range(2 * ROUND_LIMIT)]  # room for 8 x ROUND_LIMIT
+    for i, phone in enumerate(phones):
+        live = LiveDevice(
+            session=phone,
+            device_id=f"p{i}",
+            name=f"p{i}",
+            enabled=True,
+            daily_quota=1000,
+            max_in_flight=4,
+            battery=80,
+            charging=True,
+            signal=4,
+            network=None,
+            sims=[],
+        )
+        await registry.attach(live)
+    now = utcnow()
+    for _ in range(ROUND_LIMIT + 20):
+        await store.create_message(
+            Message(
+                id=new_id(),
+                recipient="+12025550100",
+                body="hi",
+                status=Status.PENDING,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    try:
+        assert await dispatcher.drain_once() == ROUND_LIMIT
+        assert store.limits == [ROUND_LIMIT]  # counted free slots up to the limit, no more
+        assert dispatcher._maybe_due  # a full round: the outbox goes on at once
+        assert await dispatcher.drain_once() == 20  # the rest, in the next round
+    finally:
+        await dispatcher.stop()
+        await store.close()
