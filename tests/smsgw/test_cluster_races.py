@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 
 from smsgw.broker import LocalBroker
 from smsgw.broker.local import LocalBus
-from smsgw.clock import new_id, utcnow
+from smsgw.clock import utcnow
 from smsgw.cluster import ClusterRegistry
 from smsgw.config import Settings
 from smsgw.dispatcher import Dispatcher
@@ -22,6 +21,7 @@ from smsgw.registry import LiveDevice
 from smsgw.session import Session
 from smsgw.store import Message, Status
 from smsgw.store.memory import MemoryStore
+from tests.builders import live_device, new_message
 
 
 def settings(**kw: object) -> Settings:
@@ -75,34 +75,13 @@ class Node:
 
     async def connect(self, device_id: str) -> tuple[FakePhone, LiveDevice]:
         phone = FakePhone(self, device_id)
-        live = LiveDevice(
-            session=phone,
-            device_id=device_id,
-            name=device_id,
-            enabled=True,
-            daily_quota=1000,
-            max_in_flight=1,
-            battery=80,
-            charging=True,
-            signal=4,
-            network=None,
-            sims=[],
-        )
+        live = live_device(phone, device_id)
         await self.registry.attach(live)
         return phone, live
 
 
 def message() -> Message:
-    now = utcnow()
-    return Message(
-        id=new_id(),
-        recipient="+12025550100",
-        body="hi",
-        status=Status.PENDING,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(hours=1),
-    )
+    return new_message(recipient="+12025550100")
 
 
 async def first_offer(phone: FakePhone) -> tuple[str, int]:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from smsgw.clock import new_id, utcnow
 from smsgw.config import Settings
 from smsgw.dispatcher import ROUND_LIMIT, Dispatcher
 from smsgw.protocol import CloseCode
-from smsgw.registry import LiveDevice, LocalRegistry
+from smsgw.registry import LocalRegistry
 from smsgw.session import Session
-from smsgw.store import Message, Status
+from smsgw.store import Message
 from smsgw.store.memory import MemoryStore
+from tests.builders import live_device, new_message
 
 
 class Silent(Session):
@@ -45,33 +45,9 @@ async def test_a_round_takes_at_most_round_limit_and_asks_for_the_next() -> None
     dispatcher = Dispatcher(store, registry, settings)
     phones = [Silent() for _ in range(2 * ROUND_LIMIT)]  # room for 8 x ROUND_LIMIT
     for i, phone in enumerate(phones):
-        live = LiveDevice(
-            session=phone,
-            device_id=f"p{i}",
-            name=f"p{i}",
-            enabled=True,
-            daily_quota=1000,
-            max_in_flight=4,
-            battery=80,
-            charging=True,
-            signal=4,
-            network=None,
-            sims=[],
-        )
-        await registry.attach(live)
-    now = utcnow()
+        await registry.attach(live_device(phone, f"p{i}", max_in_flight=4))
     for _ in range(ROUND_LIMIT + 20):
-        await store.create_message(
-            Message(
-                id=new_id(),
-                recipient="+12025550100",
-                body="hi",
-                status=Status.PENDING,
-                created_at=now,
-                updated_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
-        )
+        await store.create_message(new_message())
     try:
         assert await dispatcher.drain_once() == ROUND_LIMIT
         assert store.limits == [ROUND_LIMIT]  # counted free slots up to the limit, no more

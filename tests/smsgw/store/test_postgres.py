@@ -27,6 +27,7 @@ from smsgw.events import EventType
 from smsgw.store import Batch, Message, Status, Webhook, create_store
 from smsgw.store.migrations import load_migrations
 from smsgw.store.postgres import PostgresStore, split_url
+from tests.builders import new_message
 from tests.pgtest import drop_schema, fresh_schema_name, require_postgres, with_schema
 from tests.smsgw.store.test_store_contract import add_device, add_message
 
@@ -188,13 +189,9 @@ async def test_otp_guesses_from_several_nodes_stop_at_max_attempts(
     from smsgw.store import Otp
 
     now = utcnow()
-    msg = Message(
-        id=new_id(),
+    msg = new_message(
         recipient="+12025550000",
         body="code",
-        status=Status.PENDING,
-        created_at=now,
-        updated_at=now,
         expires_at=now + timedelta(minutes=5),
         sensitive=True,
     )

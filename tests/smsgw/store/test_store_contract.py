@@ -18,6 +18,7 @@ from smsgw.store.memory import MemoryStore
 from smsgw.store.migrations import load_migrations
 from smsgw.store.postgres import PostgresStore
 from smsgw.store.sqlite import SqliteStore
+from tests.builders import new_message
 from tests.pgtest import (
     drop_schema,
     fresh_schema_name,
@@ -46,22 +47,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.open()
     yield s
     await s.close()
-
-
-def new_message(**kw: object) -> Message:
-    now = utcnow()
-    msg = Message(
-        id=new_id(),
-        recipient="+12025551111",
-        body="hi",
-        status=Status.PENDING,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(hours=1),
-    )
-    for k, v in kw.items():
-        setattr(msg, k, v)
-    return msg
 
 
 async def add_message(store: Store, **kw: object) -> Message:
