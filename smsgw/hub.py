@@ -58,6 +58,7 @@ class Hub:
     opted_out: set[str] = field(default_factory=set)
     _opt_out_reload: asyncio.Task[None] | None = None
     _opt_out_changes: int = 0
+    _stopping: str = ""  # the part stop() is waiting for, for its timeout's log line
     webhooks: WebhookWorker | None = None  # delivers the event outbox (started with the hub)
     callback_secret: str = ""  # signs requests to per-message callback_url
     # FCM wake-up of offline phones; created from the others in __post_init__.
@@ -121,32 +122,33 @@ class Hub:
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop every part, in order; after ``timeout`` seconds the rest is skipped (and
         logged with what it was waiting for), so a stuck part cannot keep the node up."""
-        step = ["starting"]
         try:
             async with asyncio.timeout(timeout):
-                await self._stop(step)
+                await self._stop()
         except TimeoutError:
-            log.error("stopping the hub took over %g s, at: %s; exiting anyway", timeout, step[0])
+            log.error(
+                "stopping the hub took over %g s, at: %s; exiting anyway", timeout, self._stopping
+            )
 
-    async def _stop(self, step: list[str]) -> None:
-        step[0] = "background tasks"
+    async def _stop(self) -> None:
+        self._stopping = "background tasks"
         for task in (self._watchdog, self._opt_out_reload):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        step[0] = "dispatcher"
+        self._stopping = "dispatcher"
         await self.dispatcher.stop()
-        step[0] = "wake-ups"
+        self._stopping = "wake-ups"
         await self.waker.stop()
-        step[0] = "phone sockets"
+        self._stopping = "phone sockets"
         for live in list(self.registry.local()):
             await live.session.close(CloseCode.GOING_AWAY, "hub shutting down")
         if self.webhooks is not None:
-            step[0] = "webhook worker"
+            self._stopping = "webhook worker"
             await self.webhooks.stop()
-        step[0] = "store"
+        self._stopping = "store"
         await self.store.close()
-        step[0] = "registry"
+        self._stopping = "registry"
         await self.registry.stop()
 
     async def drain(self, rng: random.Random | None = None) -> None:
