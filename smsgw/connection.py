@@ -297,9 +297,14 @@ class DeviceConnection(Session):
         hub.dispatcher.wake()
 
     async def _on_accepted(self, frame: AcceptedFrame) -> None:
-        owner = await self.hub.store.accept(
-            frame.message_id, self.device_id, frame.attempt, utcnow()
+        dispatcher, now = self.hub.dispatcher, utcnow()
+        owner = await dispatcher.accept_unstored(
+            frame.message_id, self.device_id, frame.attempt, now
         )
+        if owner is None:
+            owner = await self.hub.store.accept(
+                frame.message_id, self.device_id, frame.attempt, now
+            )
         self.protocol.ownership(
             frame.id, message_id=frame.message_id, attempt=frame.attempt, owner=owner
         )
@@ -308,6 +313,7 @@ class DeviceConnection(Session):
 
     async def _on_failed(self, frame: FailedFrame) -> None:
         settings = self.hub.settings
+        await self.hub.dispatcher.store_unstored(frame.message_id, self.device_id)
         now = utcnow()
         status = await self.hub.store.mark_failed(
             frame.message_id,

@@ -73,12 +73,32 @@ class _Offer:
     session: Session  # the connection the command went down
 
 
+@dataclass(slots=True)
+class _Unstored:
+    """A new message on its first offer to a phone of this node, not yet in the database.
+
+    It is written once, with the phone's accept (``accept_unstored``), instead of once on
+    offer and again on accept; if the offer ends any other way it is written as the PENDING
+    offer it would have been (``_settle``), before anything else touches it. Nobody outside
+    this process knows its id until then (the caller has had no answer), and a phone that
+    was offered it cannot own it without the write, so a hub that dies meanwhile loses
+    nothing that was promised (the phone's accept finds no message and is refused)."""
+
+    message: Message
+    device_id: str
+    lease_until: datetime
+    on_stored: Callable[[], None] | None
+    # Set while a write of it is under way: everyone else waits for that one.
+    storing: asyncio.Future[bool] | None = None
+
+
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, settings: Settings) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings
         self._offers: dict[str, _Offer] = {}
+        self._unstored: dict[str, _Unstored] = {}
         self._watchers: dict[str, list[asyncio.Future[Change | None]]] = {}
         # Messages a coroutine of this node is working on; the outbox leaves them alone.
         self._active: set[str] = set()
@@ -303,8 +323,13 @@ class Dispatcher:
         # dies mid-offer leaves a lease that simply runs out.
         lease = now + timedelta(seconds=timeout + 1.0)
         live.holding.add(msg.id)  # reserve the slot before the write, not after
+        # A phone on this node answers through this process, so the message can wait to
+        # be written with its accept (see _Unstored); another node's phone answers there.
+        defer = create and self.registry.is_local(live)
         try:
-            if create:
+            if defer:
+                self._unstored[msg.id] = _Unstored(msg, live.device_id, lease, on_stored)
+            elif create:
                 await self.store.create_message(msg, offer_to=live.device_id, lease_until=lease)
                 if on_stored is not None:
                     on_stored()
@@ -338,13 +363,22 @@ class Dispatcher:
         except SessionClosed:
             outcome = Outcome.DISCONNECTED
         except BaseException:
-            # Cancelled (shutdown): the lease runs out and the outbox offers it again.
+            # Cancelled (shutdown): the lease runs out and the outbox offers it again. An
+            # unstored message is dropped: its caller gets no answer, and the phone's late
+            # accept finds nothing to own (an accept being written still lands).
+            self._unstored.pop(msg.id, None)
             self._release_slot(live, msg.id)
             raise
         finally:
             timer.cancel()
             if self._offers.get(msg.id) is offer:
                 del self._offers[msg.id]
+        if defer:
+            try:
+                await self._settle(msg.id)
+            except BaseException:
+                self._release_slot(live, msg.id)
+                raise
         if outcome is Outcome.ACCEPTED:
             msg.status, msg.device_id = Status.QUEUED, live.device_id
             return outcome
@@ -410,6 +444,65 @@ class Dispatcher:
         ):
             offer.future.set_result(Outcome.ACCEPTED)
         self.registry.accepted(message_id, device_id, attempt, owner)
+
+    async def accept_unstored(
+        self, message_id: str, device_id: str, attempt: int, now: datetime
+    ) -> bool | None:
+        """A phone accepted an offer: if it is the first offer of a message not yet
+        stored (and this phone's, under this attempt), store the message as the phone's.
+        None when the database has to decide (``Store.accept``)."""
+        entry = self._unstored.get(message_id)
+        if entry is None or entry.device_id != device_id or attempt != 1:
+            return None
+        if entry.storing is not None:  # a repeated accept, or the offer just ended
+            await asyncio.shield(entry.storing)
+            return None
+        await self._store(entry, accepted_at=now)
+        return True
+
+    async def store_unstored(self, message_id: str, device_id: str) -> None:
+        """Before a phone's failure report is applied: a message still on its unstored
+        first offer to that phone is written as that offer, so the report finds it."""
+        entry = self._unstored.get(message_id)
+        if entry is not None and entry.device_id == device_id:
+            await self._settle(message_id)
+
+    async def _settle(self, message_id: str) -> None:
+        while (entry := self._unstored.get(message_id)) is not None:
+            if entry.storing is not None:
+                await asyncio.shield(entry.storing)  # stored, or failed and still here
+            else:
+                await self._store(entry, accepted_at=None)
+
+    async def _store(self, entry: _Unstored, *, accepted_at: datetime | None) -> None:
+        msg = entry.message
+        loop = asyncio.get_running_loop()
+        storing = entry.storing = loop.create_future()
+        # A task of its own: a write once queued may commit even if the caller is
+        # cancelled, and the bookkeeping must follow what the database did, not the caller.
+        write = loop.create_task(
+            self.store.create_message(
+                msg,
+                offer_to=entry.device_id,
+                lease_until=entry.lease_until,
+                accepted_at=accepted_at,
+            )
+        )
+
+        def written(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                entry.storing = None
+                storing.set_result(False)
+                return
+            if self._unstored.get(msg.id) is entry:
+                del self._unstored[msg.id]
+            storing.set_result(True)
+            if entry.on_stored is not None:
+                entry.on_stored()
+
+        write.add_done_callback(written)
+        if not await asyncio.shield(storing):
+            write.result()  # the write's error
 
     def has_offer(self, message_id: str) -> bool:
         """Whether this node is waiting for a phone's answer to an offer of the message."""

@@ -170,8 +170,9 @@ async def prepare(
 async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
     hub = call.hub
     msg = await prepare(hub, call.principal, body, pinned=pinned, sim_slot=sim_slot)
-    # Stored before any phone hears of it (the first offer and the insert are one
-    # transaction): from the moment we answer, it cannot be lost.
+    # Stored before we answer and before any phone owns it (with the first phone's
+    # accept, or as the offer that ended: dispatcher._Unstored): once answered, it cannot
+    # be lost.
     waits = body.wait and msg.send_at is None
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0) if waits else None
     result = await hub.dispatcher.submit(msg, deadline)

@@ -213,6 +213,17 @@ def next_delivery_status(
     return DeliveryStatus.DEAD
 
 
+def first_offer(
+    message: Message, device_id: str, lease_until: datetime | None, accepted_at: datetime | None
+) -> None:
+    """Set ``message`` up as ``create_message`` stores it when it is created on offer to
+    ``device_id`` (attempt 1), or already accepted by it."""
+    message.device_id, message.attempt, message.lease_until = device_id, 1, lease_until
+    if accepted_at is not None:
+        message.status, message.lease_until = Status.QUEUED, None
+        message.queued_at = message.updated_at = accepted_at
+
+
 def disabled_reason(failing_since: Any) -> str:
     since = failing_since.isoformat() if isinstance(failing_since, datetime) else failing_since
     return f"disabled by the hub: every delivery failed since {since}"
@@ -409,10 +420,13 @@ class Store(abc.ABC):
         *,
         offer_to: str | None = None,
         lease_until: datetime | None = None,
+        accepted_at: datetime | None = None,
     ) -> None:
         """Insert. With ``offer_to`` the message is stored already on offer to that phone
         (attempt 1, with its attempt row), in the same transaction: one write instead of
-        two, and still durable before any command leaves the hub."""
+        two, and still durable before any command leaves the hub. With ``accepted_at`` as
+        well, the phone has already accepted that offer: the message is stored QUEUED,
+        owned by it (as ``accept`` would leave it, with its ``message.queued`` event)."""
 
     @abc.abstractmethod
     async def get_message(

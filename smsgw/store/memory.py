@@ -47,6 +47,7 @@ from smsgw.store.base import (
     Template,
     Webhook,
     disabled_reason,
+    first_offer,
     next_delivery_status,
 )
 
@@ -275,16 +276,21 @@ class MemoryStore(Store):
         *,
         offer_to: str | None = None,
         lease_until: datetime | None = None,
+        accepted_at: datetime | None = None,
     ) -> None:
         if message.id in self.messages:
             raise ValueError(f"duplicate message id {message.id}")
         if offer_to is not None:
-            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
-            self.attempts[message.id] = [Attempt(1, offer_to, message.created_at)]
+            first_offer(message, offer_to, lease_until, accepted_at)
+            self.attempts[message.id] = [
+                Attempt(1, offer_to, message.created_at, accepted_at=accepted_at)
+            ]
         self.subs.callbacks = self.subs.callbacks or bool(message.callback_url)
         self.messages[message.id] = replace(
             message, attempts=[], last_device=None, metadata=copy.deepcopy(message.metadata)
         )
+        if accepted_at is not None:
+            self._message_event(EventType.MESSAGE_QUEUED, message, accepted_at)
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         m = self.messages.get(message_id)

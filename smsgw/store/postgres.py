@@ -70,6 +70,7 @@ from smsgw.store.base import (
     Template,
     Webhook,
     disabled_reason,
+    first_offer,
     next_delivery_status,
 )
 from smsgw.store.migrations import load_migrations
@@ -662,24 +663,32 @@ class PostgresStore(Store):
         *,
         offer_to: str | None = None,
         lease_until: datetime | None = None,
+        accepted_at: datetime | None = None,
     ) -> None:
         if offer_to is not None:
-            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
+            first_offer(message, offer_to, lease_until, accepted_at)
 
         async def op(conn: Conn) -> None:
-            await self._insert_message(conn, message, offer_to)
+            await self._insert_message(conn, message, offer_to, accepted_at)
 
         await self._tx(op)
 
-    async def _insert_message(self, conn: Conn, m: Message, offer_to: str | None) -> None:
+    async def _insert_message(
+        self, conn: Conn, m: Message, offer_to: str | None, accepted_at: datetime | None = None
+    ) -> None:
         await conn.execute(self._INSERT_MESSAGE, *_message_record(m))
         if offer_to is not None:
             await conn.execute(
-                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
-                "VALUES ($1, 1, $2, $3)",
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, "
+                "accepted_at) VALUES ($1, 1, $2, $3, $4)",
                 m.id,
                 offer_to,
                 m.created_at,
+                accepted_at,
+            )
+        if accepted_at is not None and self._subs.targets(EventType.MESSAGE_QUEUED, m.callback_url):
+            await self._event(
+                conn, EventType.MESSAGE_QUEUED, m.id, message_data(m), accepted_at, m.callback_url
             )
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:

@@ -57,6 +57,7 @@ from smsgw.store.base import (
     Template,
     Webhook,
     disabled_reason,
+    first_offer,
     next_delivery_status,
 )
 from smsgw.store.migrations import load_migrations
@@ -628,12 +629,19 @@ class SqliteStore(Store):
         *,
         offer_to: str | None = None,
         lease_until: datetime | None = None,
+        accepted_at: datetime | None = None,
     ) -> None:
         if offer_to is not None:
-            message.device_id, message.attempt, message.lease_until = offer_to, 1, lease_until
-        await self._write(lambda db: self._insert_message(db, message, offer_to))
+            first_offer(message, offer_to, lease_until, accepted_at)
+        await self._write(lambda db: self._insert_message(db, message, offer_to, accepted_at))
 
-    def _insert_message(self, db: sqlite3.Connection, m: Message, offer_to: str | None) -> None:
+    def _insert_message(
+        self,
+        db: sqlite3.Connection,
+        m: Message,
+        offer_to: str | None,
+        accepted_at: datetime | None = None,
+    ) -> None:
         if m.callback_url:
             self._subs.callbacks = True
         db.execute(
@@ -673,9 +681,13 @@ class SqliteStore(Store):
         )
         if offer_to is not None:
             db.execute(
-                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at) "
-                "VALUES (?, 1, ?, ?)",
-                (m.id, offer_to, iso(m.created_at)),
+                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, "
+                "accepted_at) VALUES (?, 1, ?, ?, ?)",
+                (m.id, offer_to, iso(m.created_at), iso(accepted_at)),
+            )
+        if accepted_at is not None and self._subs.wanted(EventType.MESSAGE_QUEUED):
+            self._event(
+                db, EventType.MESSAGE_QUEUED, m.id, message_data(m), accepted_at, m.callback_url
             )
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:

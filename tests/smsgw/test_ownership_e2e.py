@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from android_client.outbox import MemoryPhoneStore
-from tests.harness import Farm, HubServer, Phone, wait_for
+from tests.harness import Farm, HubProcess, HubServer, Phone, wait_for
 
 TO = "+12025550999"
 
@@ -24,7 +27,7 @@ class RawPhone:
         self.n = 0
 
     @classmethod
-    async def open(cls, hub: HubServer, token: str, **hello: Any) -> RawPhone:
+    async def open(cls, hub: HubServer | HubProcess, token: str, **hello: Any) -> RawPhone:
         ws = await connect(
             hub.url.replace("http://", "ws://") + "/ws/device",
             additional_headers={"Authorization": f"Bearer {token}"},
@@ -34,7 +37,7 @@ class RawPhone:
         return phone
 
     @classmethod
-    async def enrolled(cls, hub: HubServer, farm: Farm) -> tuple[Phone, RawPhone]:
+    async def enrolled(cls, hub: HubServer | HubProcess, farm: Farm) -> tuple[Phone, RawPhone]:
         """A freshly enrolled phone whose socket this test drives, past the welcome."""
         phone = await farm.add(connect=False)
         raw = await cls.open(hub, phone.token)
@@ -229,3 +232,135 @@ async def test_offers_to_a_replaced_session_fail_over_at_once(
     await new.send("sent", message_id=again["message_id"], attempt=again["attempt"])
     assert (await request).json()["status"] == "SENT"
     await new.ws.close()
+
+
+# -- a new message is written once, with its first phone's accept ---------------------
+
+
+async def test_a_new_message_is_stored_with_the_phones_accept(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    _phone, raw = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
+    offer = await raw.expect("send")
+    mid = offer["message_id"]
+    # On offer to a phone of this hub, it is not written yet (nobody outside knows its id)...
+    assert (await api.get(f"/sms/{mid}")).status_code == 404
+    await raw.send("accepted", message_id=mid, attempt=offer["attempt"])
+    assert (await raw.expect("ownership"))["owner"] is True
+    # ...and is there, the phone's, by the time the phone hears that it owns it.
+    msg = (await api.get(f"/sms/{mid}")).json()
+    assert msg["status"] == "QUEUED" and msg["device_id"] == _phone.device_id
+    assert [(a["attempt"], a["accepted_at"] is not None) for a in msg["attempts"]] == [(1, True)]
+    await raw.send("sent", message_id=mid, attempt=offer["attempt"])
+    result = (await request).json()
+    assert result["status"] == "SENT" and result["message_id"] == mid
+    await raw.ws.close()
+
+
+async def test_a_phone_declining_an_unstored_offer_is_recorded_and_the_next_phone_sends(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    _refuser, raw = await RawPhone.enrolled(hub, farm)
+    good = await farm.add(deliver=False, signal=1)  # worse signal: offered second
+    request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
+    offer = await raw.expect("send")
+    await raw.send(
+        "failed",
+        message_id=offer["message_id"],
+        attempt=offer["attempt"],
+        error_code="no_sim",
+        error="SIM not ready",
+        retryable=True,
+    )
+    await raw.expect("ack")
+    result = (await request).json()
+    assert result["status"] == "SENT" and result["device_id"] == good.device_id
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert [(a["device_id"], a["outcome"], a["error_code"]) for a in msg["attempts"]] == [
+        (_refuser.device_id, "failed_retryable", "no_sim"),
+        (good.device_id, "sent", None),
+    ]
+    await raw.ws.close()
+
+
+async def test_a_deadline_during_an_unstored_offer_answers_with_a_stored_message(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    _phone, raw = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 0.3})
+    )
+    offer = await raw.expect("send")  # and no answer before the deadline
+    r = await request
+    assert r.status_code == 202
+    # A 202 names a message that is stored: the client can look it up, cancel it...
+    msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()
+    assert msg["status"] == "PENDING" and msg["attempts"][0]["outcome"] == "timeout"
+    # ...and the phone's late accept of that offer is refused; the outbox offers it again.
+    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    assert (await raw.expect("ownership"))["owner"] is False
+    again = await raw.expect("send")
+    assert again["message_id"] == offer["message_id"] and again["attempt"] == 2
+    await raw.send("accepted", message_id=again["message_id"], attempt=2)
+    assert (await raw.expect("ownership"))["owner"] is True
+    await raw.ws.close()
+
+
+async def test_a_failed_write_of_the_accept_leaves_no_owner_and_the_message_goes_out(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = hub.hub.store
+    create = store.create_message
+    failed: list[str] = []
+
+    async def create_failing_once(message: Any, **kw: Any) -> None:
+        if kw.get("accepted_at") is not None and not failed:
+            failed.append(message.id)
+            raise OSError("disk I/O error")
+        await create(message, **kw)
+
+    monkeypatch.setattr(store, "create_message", create_failing_once)
+    _phone, raw = await RawPhone.enrolled(hub, farm)
+    good = await farm.add(deliver=False, signal=1)
+    request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
+    offer = await raw.expect("send")
+    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    # The phone is never told it owns it (the session ends on the failed write)...
+    with pytest.raises(ConnectionClosed):
+        await raw.expect("ownership")
+    # ...and the message, written as the offer that ended, goes to the next phone.
+    result = (await request).json()
+    assert failed == [offer["message_id"]]
+    assert result["status"] == "SENT" and result["device_id"] == good.device_id
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert [a["outcome"] for a in msg["attempts"]] == ["disconnected", "sent"]
+
+
+async def test_a_hub_killed_during_an_unstored_offer_leaves_the_phone_nothing_to_own(
+    tmp_path: Path,
+) -> None:
+    hub = await HubProcess(tmp_path / "hub.db").start()
+    farm = Farm(lambda: hub.url)
+    try:
+        phone, raw = await RawPhone.enrolled(hub, farm)
+        async with hub.client() as api:
+            request = asyncio.create_task(
+                api.post("/sms/dispatch", json={"to": TO, "message": "m"})
+            )
+            offer = await raw.expect("send")
+            hub.kill()  # the request was never answered: the client knows no message
+            with pytest.raises(httpx.HTTPError):
+                await request
+        hub = await HubProcess(tmp_path / "hub.db").start(port=hub.port)
+        raw = await RawPhone.open(hub, phone.token)
+        await raw.expect("welcome")
+        await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+        assert (await raw.expect("ownership"))["owner"] is False  # so it does not send it
+        async with hub.client() as api:
+            assert (await api.get(f"/sms/{offer['message_id']}")).status_code == 404
+            assert (await api.get("/sms/")).json()["items"] == []
+        await raw.ws.close()
+    finally:
+        await farm.close()
+        await hub.stop()

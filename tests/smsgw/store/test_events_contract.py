@@ -12,10 +12,12 @@ from smsgw.store import (
     DeliveryAttempt,
     DeliveryStatus,
     Inbound,
+    Message,
     Status,
     Store,
     Webhook,
 )
+from tests.builders import new_message
 from tests.smsgw.store.test_store_contract import add_device, add_message, store
 
 __all__ = ["store"]  # the parametrized fixture, shared with the contract suite
@@ -279,3 +281,37 @@ async def test_callback_url_gets_the_message_events(store: Store) -> None:
     [d] = await store.claim_deliveries(now, now + timedelta(seconds=60), 10)
     assert (d.webhook_id, d.url, d.event_type) == (None, "http://127.0.0.1:9/cb", "message.queued")
     assert got.status is Status.QUEUED
+
+
+async def test_a_message_stored_with_its_accept_is_what_create_and_accept_leave(
+    store: Store,
+) -> None:
+    """create_message(offer_to=, accepted_at=) writes in one transaction exactly what an
+    insert on offer followed by the phone's accept writes: row, attempt and event."""
+    device = await add_device(store, "a")
+    await add_hook(store, "*")
+    now = utcnow()
+    lease = now + timedelta(seconds=5)
+    two_writes, one_write = new_message(created_at=now), new_message(created_at=now)
+    await store.create_message(two_writes, offer_to=device, lease_until=lease)
+    assert await store.accept(two_writes.id, device, 1, now)
+    await store.create_message(one_write, offer_to=device, lease_until=lease, accepted_at=now)
+    # Idempotent like accept, and the phone's reports apply as usual.
+    assert await store.accept(one_write.id, device, 1, now)
+
+    def view(m: Message | None) -> dict[str, object]:
+        assert m is not None
+        return {
+            **{k: getattr(m, k) for k in ("status", "device_id", "attempt", "lease_until")},
+            **{k: getattr(m, k) for k in ("queued_at", "updated_at")},
+            "attempts": [(a.attempt, a.device_id, a.accepted_at, a.ended_at) for a in m.attempts],
+        }
+
+    got = [await store.get_message(m.id, with_attempts=True) for m in (two_writes, one_write)]
+    assert view(got[0]) == view(got[1])
+    assert view(got[1])["status"] is Status.QUEUED and view(got[1])["lease_until"] is None
+    events = {body["data"]["message_id"]: (kind, body["data"]) for kind, body in await due(store)}
+    kind, data = events[one_write.id]
+    assert kind == "message.queued"
+    assert data == {**events[two_writes.id][1], "message_id": one_write.id}
+    assert await store.mark_sent(one_write.id, device, now) == one_write.recipient
