@@ -29,7 +29,8 @@ class Stats:
 
     def add(self, status: int, ms: float) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
-        self.latencies_ms.append(ms)
+        if 200 <= status < 300:  # a fast refusal (429, 503) must not improve the figures
+            self.latencies_ms.append(ms)
 
     def summary(self, seconds: float) -> dict[str, object]:
         lat = sorted(self.latencies_ms)
@@ -39,7 +40,7 @@ class Stats:
 
         ok = self.statuses.get(200, 0)
         return {
-            "requests": len(lat),
+            "requests": sum(self.statuses.values()),
             "ok": ok,
             "per_s": round(ok / seconds, 1),
             "statuses": {str(k): v for k, v in self.statuses.items()},

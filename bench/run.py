@@ -154,6 +154,11 @@ class Server:
                 SMSGW_HOST="127.0.0.1",
                 SMSGW_PORT=str(self.port),
                 SMSGW_LOG_LEVEL="warning",
+                # The load generator cycles through 10,000 recipients, so a full run sends
+                # each of them far more than the anti-pumping limit of 30 an hour: left at
+                # its default, later runs measure fast 429s instead of dispatches. The
+                # limit is still checked on every request; it just never binds.
+                SMSGW_RECIPIENT_HOURLY_LIMIT=str(10**9),
             )
             env.pop("SMSGW_ADMIN_KEY", None)
             cmd = [sys.executable, "-m", "smsgw", "serve"]
@@ -464,6 +469,7 @@ def table(flat: dict[str, Any]) -> str:
         ("p50_ms", ""),
         ("p99_ms", "≤ 10 (median of runs)"),
         ("p99_ms_min_max", ""),
+        ("refused_responses", "0 (non-2xx in the runs above)"),
         ("idle_phones", ""),
         ("rss_kib_per_phone", "≤ 20"),
         ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
@@ -506,6 +512,12 @@ async def main() -> None:
         ceiling_max = scenarios["ceiling"]["max_per_s"]["median"]
         half = scenarios["hub"]["half_load"]
         p99 = half["p99_ms"]
+        # Responses other than 2xx in the runs the figures come from: they carry no
+        # latency (the load generator drops them) and must be 0 for the figures to stand.
+        measured = [*scenarios["hub"]["closed_runs"], *half["runs"]]
+        refused = sum(
+            n for run in measured for status, n in run["statuses"].items() if status[0] != "2"
+        )
         flat.update(
             dispatch_max_per_s=hub_max,
             ceiling_max_per_s=ceiling_max,
@@ -513,6 +525,7 @@ async def main() -> None:
             p50_ms=half["p50_ms"]["median"],
             p99_ms=p99["median"],
             p99_ms_min_max=f"{p99['min']}-{p99['max']}",
+            refused_responses=refused,
         )
     if "connections" in scenarios:
         c = scenarios["connections"]
