@@ -50,6 +50,22 @@ class RawPhone:
         await self.ws.send(json.dumps({"type": kind, "id": frame_id, **fields}))
         return frame_id
 
+    async def accept(self, offer: dict[str, Any]) -> str:
+        """Answer a ``send`` frame with ``accepted``; returns the frame id."""
+        return await self.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+
+    async def fail(self, offer: dict[str, Any], code: str, error: str) -> None:
+        """Report a retryable failure of a ``send`` frame's message and wait for the ack."""
+        await self.send(
+            "failed",
+            message_id=offer["message_id"],
+            attempt=offer["attempt"],
+            error_code=code,
+            error=error,
+            retryable=True,
+        )
+        await self.expect("ack")
+
     async def expect(self, kind: str) -> dict[str, Any]:
         while True:
             frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
@@ -67,7 +83,7 @@ async def test_a_late_accept_is_refused_and_the_next_phone_owns_the_message(
     result = (await request).json()
     assert result["status"] == "SENT" and result["device_id"] == good.device_id
     # Now the slow phone accepts its old attempt: the hub must say it is not the owner.
-    ref = await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    ref = await raw.accept(offer)
     answer = await raw.expect("ownership")
     assert answer == {**answer, "ref": ref, "owner": False}
     # And its reports about that message change nothing.
@@ -87,7 +103,7 @@ async def test_reconnect_confirms_held_messages_and_refuses_unknown_ones(
         api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 3})
     )
     offer = await raw.expect("send")
-    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.accept(offer)
     assert (await raw.expect("ownership"))["owner"] is True
     await raw.ws.close()  # connection lost before the radio reported
     r = await request
@@ -172,7 +188,7 @@ async def test_delivered_before_sent_frees_the_slot_and_counts_once(
     phone, raw = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
     offer = await raw.expect("send")
-    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.accept(offer)
     assert (await raw.expect("ownership"))["owner"] is True
     await raw.send("delivered", message_id=offer["message_id"], attempt=offer["attempt"])
     await raw.expect("ack")
@@ -193,17 +209,9 @@ async def test_a_stale_failure_report_does_not_cancel_the_current_offer(
     second = await raw.expect("send")  # offered again by the outbox
     assert second["attempt"] == first["attempt"] + 1
     # The phone now reports a failure of the *old* attempt (a stale duplicate)...
-    await raw.send(
-        "failed",
-        message_id=first["message_id"],
-        attempt=first["attempt"],
-        error_code="x",
-        error="stale",
-        retryable=True,
-    )
-    await raw.expect("ack")
+    await raw.fail(first, "x", "stale")
     # ...and accepts the current one, which must still be on offer to it.
-    await raw.send("accepted", message_id=second["message_id"], attempt=second["attempt"])
+    await raw.accept(second)
     assert (await raw.expect("ownership"))["owner"] is True
     await raw.send("sent", message_id=second["message_id"], attempt=second["attempt"])
     await raw.expect("ack")
@@ -227,7 +235,7 @@ async def test_offers_to_a_replaced_session_fail_over_at_once(
     await new.expect("welcome")
     again = await asyncio.wait_for(new.expect("send"), 5)  # well before the 30 s timeout
     assert again["message_id"] == first["message_id"] and again["attempt"] == 2
-    await new.send("accepted", message_id=again["message_id"], attempt=again["attempt"])
+    await new.accept(again)
     assert (await new.expect("ownership"))["owner"] is True
     await new.send("sent", message_id=again["message_id"], attempt=again["attempt"])
     assert (await request).json()["status"] == "SENT"
@@ -265,15 +273,7 @@ async def test_a_phone_declining_an_unstored_offer_is_recorded_and_the_next_phon
     good = await farm.add(deliver=False, signal=1)  # worse signal: offered second
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
     offer = await raw.expect("send")
-    await raw.send(
-        "failed",
-        message_id=offer["message_id"],
-        attempt=offer["attempt"],
-        error_code="no_sim",
-        error="SIM not ready",
-        retryable=True,
-    )
-    await raw.expect("ack")
+    await raw.fail(offer, "no_sim", "SIM not ready")
     result = (await request).json()
     assert result["status"] == "SENT" and result["device_id"] == good.device_id
     msg = (await api.get(f"/sms/{offer['message_id']}")).json()
@@ -298,7 +298,7 @@ async def test_a_deadline_during_an_unstored_offer_answers_with_a_stored_message
     msg = (await api.get(f"/sms/{r.json()['message_id']}")).json()
     assert msg["status"] == "PENDING" and msg["attempts"][0]["outcome"] == "timeout"
     # ...and the phone's late accept of that offer is refused; the outbox offers it again.
-    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.accept(offer)
     assert (await raw.expect("ownership"))["owner"] is False
     again = await raw.expect("send")
     assert again["message_id"] == offer["message_id"] and again["attempt"] == 2
@@ -325,7 +325,7 @@ async def test_a_failed_write_of_the_accept_leaves_no_owner_and_the_message_goes
     good = await farm.add(deliver=False, signal=1)
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
     offer = await raw.expect("send")
-    await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+    await raw.accept(offer)
     # The phone is never told it owns it (the session ends on the failed write)...
     with pytest.raises(ConnectionClosed):
         await raw.expect("ownership")
@@ -355,7 +355,7 @@ async def test_a_hub_killed_during_an_unstored_offer_leaves_the_phone_nothing_to
         hub = await HubProcess(tmp_path / "hub.db").start(port=hub.port)
         raw = await RawPhone.open(hub, phone.token)
         await raw.expect("welcome")
-        await raw.send("accepted", message_id=offer["message_id"], attempt=offer["attempt"])
+        await raw.accept(offer)
         assert (await raw.expect("ownership"))["owner"] is False  # so it does not send it
         async with hub.client() as api:
             assert (await api.get(f"/sms/{offer['message_id']}")).status_code == 404
