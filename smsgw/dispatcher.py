@@ -377,6 +377,9 @@ class Dispatcher:
             try:
                 await self._settle(msg.id)
             except BaseException:
+                # Not stored, and the request fails as a whole: the entry goes too, so a
+                # late accept finds nothing to own (an in-flight write still lands).
+                self._unstored.pop(msg.id, None)
                 self._release_slot(live, msg.id)
                 raise
         if outcome is Outcome.ACCEPTED:
@@ -457,8 +460,9 @@ class Dispatcher:
         if entry.storing is not None:  # a repeated accept, or the offer just ended
             await asyncio.shield(entry.storing)
             return None
-        await self._store(entry, accepted_at=now)
-        return True
+        # False: the phone was removed meanwhile; nothing was written, and its offer ends
+        # (the removal closes its session), which writes the message for another phone.
+        return await self._store(entry, accepted_at=now)
 
     async def store_unstored(self, message_id: str, device_id: str) -> None:
         """Before a phone's failure report is applied: a message still on its unstored
@@ -474,7 +478,10 @@ class Dispatcher:
             else:
                 await self._store(entry, accepted_at=None)
 
-    async def _store(self, entry: _Unstored, *, accepted_at: datetime | None) -> None:
+    async def _store(self, entry: _Unstored, *, accepted_at: datetime | None) -> bool:
+        """Write the entry's message: owned by its phone (``accepted_at``), or as the offer
+        it was. False when the phone was removed: then an accept wrote nothing (the entry
+        stays), and an offer that ended stored the message on offer to nobody."""
         msg = entry.message
         loop = asyncio.get_running_loop()
         storing = entry.storing = loop.create_future()
@@ -489,9 +496,13 @@ class Dispatcher:
             )
         )
 
-        def written(task: asyncio.Task[None]) -> None:
-            if task.cancelled() or task.exception() is not None:
-                entry.storing = None
+        def written(task: asyncio.Task[bool]) -> None:
+            if (
+                task.cancelled()
+                or task.exception() is not None
+                or (accepted_at is not None and not task.result())
+            ):
+                entry.storing = None  # nothing written: still unstored
                 storing.set_result(False)
                 return
             if self._unstored.get(msg.id) is entry:
@@ -501,8 +512,8 @@ class Dispatcher:
                 entry.on_stored()
 
         write.add_done_callback(written)
-        if not await asyncio.shield(storing):
-            write.result()  # the write's error
+        await asyncio.shield(storing)
+        return write.result()  # or the write's error
 
     def has_offer(self, message_id: str) -> bool:
         """Whether this node is waiting for a phone's answer to an offer of the message."""

@@ -217,11 +217,22 @@ def first_offer(
     message: Message, device_id: str, lease_until: datetime | None, accepted_at: datetime | None
 ) -> None:
     """Set ``message`` up as ``create_message`` stores it when it is created on offer to
-    ``device_id`` (attempt 1), or already accepted by it."""
-    message.device_id, message.attempt, message.lease_until = device_id, 1, lease_until
-    if accepted_at is not None:
+    ``device_id`` (attempt 1), or already accepted by it. Every field it touches is set
+    from the arguments alone, so a retry after a failed write stores what it asks for."""
+    message.device_id, message.attempt = device_id, 1
+    if accepted_at is None:
+        message.status, message.lease_until, message.queued_at = Status.PENDING, lease_until, None
+        message.updated_at = message.created_at
+    else:
         message.status, message.lease_until = Status.QUEUED, None
         message.queued_at = message.updated_at = accepted_at
+
+
+def not_offered(message: Message) -> None:
+    """Undo ``first_offer``: a new message on offer to nobody."""
+    message.device_id, message.attempt, message.lease_until = None, 0, None
+    message.status, message.queued_at = Status.PENDING, None
+    message.updated_at = message.created_at
 
 
 def disabled_reason(failing_since: Any) -> str:
@@ -421,12 +432,17 @@ class Store(abc.ABC):
         offer_to: str | None = None,
         lease_until: datetime | None = None,
         accepted_at: datetime | None = None,
-    ) -> None:
+    ) -> bool:
         """Insert. With ``offer_to`` the message is stored already on offer to that phone
         (attempt 1, with its attempt row), in the same transaction: one write instead of
         two, and still durable before any command leaves the hub. With ``accepted_at`` as
         well, the phone has already accepted that offer: the message is stored QUEUED,
-        owned by it (as ``accept`` would leave it, with its ``message.queued`` event)."""
+        owned by it (as ``accept`` would leave it, with its ``message.queued`` event).
+
+        Returns False when ``offer_to`` names a removed phone (checked in the transaction,
+        so a concurrent ``delete_device`` is ordered before or after it): with
+        ``accepted_at`` nothing is written (the phone's accept is refused), without it the
+        message is stored on offer to nobody. ``message`` is updated to what was stored."""
 
     @abc.abstractmethod
     async def get_message(

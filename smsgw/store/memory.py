@@ -49,6 +49,7 @@ from smsgw.store.base import (
     disabled_reason,
     first_offer,
     next_delivery_status,
+    not_offered,
 )
 
 
@@ -277,9 +278,15 @@ class MemoryStore(Store):
         offer_to: str | None = None,
         lease_until: datetime | None = None,
         accepted_at: datetime | None = None,
-    ) -> None:
+    ) -> bool:
         if message.id in self.messages:
             raise ValueError(f"duplicate message id {message.id}")
+        stored_as_asked = True
+        if offer_to is not None and offer_to in self.revoked:  # see Store.create_message
+            not_offered(message)
+            if accepted_at is not None:
+                return False
+            offer_to, stored_as_asked = None, False
         if offer_to is not None:
             first_offer(message, offer_to, lease_until, accepted_at)
             self.attempts[message.id] = [
@@ -291,6 +298,7 @@ class MemoryStore(Store):
         )
         if accepted_at is not None:
             self._message_event(EventType.MESSAGE_QUEUED, message, accepted_at)
+        return stored_as_asked
 
     async def get_message(self, message_id: str, *, with_attempts: bool = False) -> Message | None:
         m = self.messages.get(message_id)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -72,6 +73,7 @@ from smsgw.store.base import (
     disabled_reason,
     first_offer,
     next_delivery_status,
+    not_offered,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, MESSAGE_FIELDS, POSTGRES
@@ -664,14 +666,41 @@ class PostgresStore(Store):
         offer_to: str | None = None,
         lease_until: datetime | None = None,
         accepted_at: datetime | None = None,
-    ) -> None:
-        if offer_to is not None:
-            first_offer(message, offer_to, lease_until, accepted_at)
+    ) -> bool:
+        if offer_to is None:
 
-        async def op(conn: Conn) -> None:
-            await self._insert_message(conn, message, offer_to, accepted_at)
+            async def plain_op(conn: Conn) -> None:
+                await self._insert_message(conn, message, None)
 
-        await self._tx(op)
+            await self._tx(plain_op)
+            return True
+        device_id = offer_to
+        first_offer(message, device_id, lease_until, accepted_at)
+
+        async def op(conn: Conn) -> bool:
+            # FOR SHARE: a concurrent delete_device (an UPDATE of this row) waits for this
+            # transaction, and then its sweep sees the message; or it went first, and the
+            # removal is seen here.
+            revoked = await conn.fetchrow(
+                "SELECT revoked_at FROM devices WHERE id = $1 FOR SHARE", device_id
+            )
+            if revoked is not None and revoked["revoked_at"] is not None:
+                if accepted_at is None:
+                    plain = replace(message)
+                    not_offered(plain)
+                    await self._insert_message(conn, plain, None)
+                return False
+            await self._insert_message(conn, message, device_id, accepted_at)
+            return True
+
+        try:
+            stored_as_asked = await self._tx(op)
+        except BaseException:
+            not_offered(message)
+            raise
+        if not stored_as_asked:
+            not_offered(message)
+        return stored_as_asked
 
     async def _insert_message(
         self, conn: Conn, m: Message, offer_to: str | None, accepted_at: datetime | None = None

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ from smsgw.store.base import (
     disabled_reason,
     first_offer,
     next_delivery_status,
+    not_offered,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, SQLITE
@@ -630,10 +632,34 @@ class SqliteStore(Store):
         offer_to: str | None = None,
         lease_until: datetime | None = None,
         accepted_at: datetime | None = None,
-    ) -> None:
-        if offer_to is not None:
-            first_offer(message, offer_to, lease_until, accepted_at)
-        await self._write(lambda db: self._insert_message(db, message, offer_to, accepted_at))
+    ) -> bool:
+        if offer_to is None:
+            await self._write(lambda db: self._insert_message(db, message, None))
+            return True
+        device_id = offer_to
+        first_offer(message, device_id, lease_until, accepted_at)
+
+        def op(db: sqlite3.Connection) -> bool:
+            removed = db.execute(
+                "SELECT 1 FROM devices WHERE id = ? AND revoked_at IS NOT NULL", (device_id,)
+            ).fetchone()
+            if removed is not None:  # see Store.create_message
+                if accepted_at is None:
+                    plain = replace(message)
+                    not_offered(plain)
+                    self._insert_message(db, plain, None)
+                return False
+            self._insert_message(db, message, device_id, accepted_at)
+            return True
+
+        try:
+            stored_as_asked = await self._write(op)
+        except BaseException:
+            not_offered(message)
+            raise
+        if not stored_as_asked:
+            not_offered(message)
+        return stored_as_asked
 
     def _insert_message(
         self,

@@ -307,20 +307,45 @@ async def test_a_deadline_during_an_unstored_offer_answers_with_a_stored_message
     await raw.ws.close()
 
 
+def fail_inserts_once(
+    monkeypatch: pytest.MonkeyPatch, hub: HubServer, *, accepted: bool
+) -> list[str]:
+    """Make the store's next insert of a message on offer fail inside its transaction,
+    after ``create_message`` has set the message up (as a disk error would): the insert
+    with the phone's accept (``accepted``) or the one of an offer that ended."""
+    store = hub.hub.store
+    insert = store._insert_message
+    failed: list[str] = []
+
+    def fails(m: Any, offer_to: str | None, accepted_at: Any) -> bool:
+        if offer_to is not None and (accepted_at is not None) == accepted and not failed:
+            failed.append(m.id)
+            return True
+        return False
+
+    if asyncio.iscoroutinefunction(insert):  # PostgreSQL
+
+        async def insert_async(conn: Any, m: Any, offer_to: Any, accepted_at: Any = None) -> None:
+            if fails(m, offer_to, accepted_at):
+                raise OSError("disk I/O error")
+            await insert(conn, m, offer_to, accepted_at)
+
+        monkeypatch.setattr(store, "_insert_message", insert_async)
+    else:
+
+        def insert_sync(db: Any, m: Any, offer_to: Any, accepted_at: Any = None) -> None:
+            if fails(m, offer_to, accepted_at):
+                raise OSError("disk I/O error")
+            insert(db, m, offer_to, accepted_at)
+
+        monkeypatch.setattr(store, "_insert_message", insert_sync)
+    return failed
+
+
 async def test_a_failed_write_of_the_accept_leaves_no_owner_and_the_message_goes_out(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = hub.hub.store
-    create = store.create_message
-    failed: list[str] = []
-
-    async def create_failing_once(message: Any, **kw: Any) -> None:
-        if kw.get("accepted_at") is not None and not failed:
-            failed.append(message.id)
-            raise OSError("disk I/O error")
-        await create(message, **kw)
-
-    monkeypatch.setattr(store, "create_message", create_failing_once)
+    failed = fail_inserts_once(monkeypatch, hub, accepted=True)
     _phone, raw = await RawPhone.enrolled(hub, farm)
     good = await farm.add(deliver=False, signal=1)
     request = asyncio.create_task(api.post("/sms/dispatch", json={"to": TO, "message": "m"}))
@@ -329,12 +354,73 @@ async def test_a_failed_write_of_the_accept_leaves_no_owner_and_the_message_goes
     # The phone is never told it owns it (the session ends on the failed write)...
     with pytest.raises(ConnectionClosed):
         await raw.expect("ownership")
-    # ...and the message, written as the offer that ended, goes to the next phone.
+    # ...and the message, written as the offer that ended (PENDING, not the QUEUED the
+    # failed write was setting up), goes to the next phone.
     result = (await request).json()
     assert failed == [offer["message_id"]]
     assert result["status"] == "SENT" and result["device_id"] == good.device_id
     msg = (await api.get(f"/sms/{offer['message_id']}")).json()
     assert [a["outcome"] for a in msg["attempts"]] == ["disconnected", "sent"]
+    assert good.transmitted_ids == [offer["message_id"]]
+
+
+async def test_a_failed_write_when_the_offer_ends_fails_the_request_and_refuses_the_phone(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = fail_inserts_once(monkeypatch, hub, accepted=False)
+    _phone, raw = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 0.3})
+    )
+    offer = await raw.expect("send")  # no answer: the offer ends, and its write fails
+    r = await request
+    assert r.status_code == 500 and failed == [offer["message_id"]]
+    # Nothing was stored and the client was told so: the phone must not own it either.
+    await raw.accept(offer)
+    assert (await raw.expect("ownership"))["owner"] is False
+    assert (await api.get(f"/sms/{offer['message_id']}")).status_code == 404
+    assert not hub.hub.dispatcher._unstored
+    device = (await api.get(f"/devices/{_phone.device_id}")).json()
+    assert device["in_flight"] == 0
+    await raw.ws.close()
+
+
+async def test_a_phone_removed_during_an_unstored_offer_cannot_own_the_message(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = hub.hub.registry
+    tell = registry.tell_nodes
+
+    async def slow_tell(news: Any) -> None:
+        # The removal is committed, but the phone's socket stays open a little longer, as
+        # it does on a cluster while the broker carries the news to the phone's node.
+        await asyncio.sleep(0.3)
+        await tell(news)
+
+    monkeypatch.setattr(registry, "tell_nodes", slow_tell)
+    phone, raw = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 2})
+    )
+    offer = await raw.expect("send")
+    removal = asyncio.create_task(api.delete(f"/devices/{phone.device_id}"))
+    await wait_for(
+        lambda: store_says_removed(hub, phone.device_id), what="the removal to be committed"
+    )
+    await raw.accept(offer)
+    assert (await raw.expect("ownership"))["owner"] is False
+    assert (await removal).status_code == 204
+    r = await request
+    assert r.status_code == 202
+    # Stored, for another phone: on offer to nobody, not owned by the removed one.
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert msg["status"] == "PENDING" and msg["device_id"] is None
+    good = await farm.add(deliver=False)
+    await wait_for(lambda: good.transmitted_ids == [offer["message_id"]], what="the new phone")
+
+
+async def store_says_removed(hub: HubServer, device_id: str) -> bool:
+    return await hub.hub.store.get_device(device_id) is None  # removed phones are not listed
 
 
 async def test_a_hub_killed_during_an_unstored_offer_leaves_the_phone_nothing_to_own(

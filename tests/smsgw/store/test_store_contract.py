@@ -449,7 +449,7 @@ async def test_sqlite_a_failing_write_fails_alone_in_its_batch(sqlite_store: Sql
     await held
     results = await asyncio.gather(*writes, return_exceptions=True)
     assert writer.batches == batches + 2  # the held write, then the four together
-    assert results[0] is None and results[3] is None
+    assert results[0] is True and results[3] is True
     assert isinstance(results[1], RuntimeError)
     assert isinstance(results[2], Exception)
     for id_ in (first, second):
@@ -471,3 +471,27 @@ async def test_sqlite_a_lone_failing_write_leaves_no_trace(sqlite_store: SqliteS
     got = await sqlite_store.get_message(msg.id)
     assert got is not None and got.body == "hi"
     await add_message(sqlite_store)  # the writer goes on
+
+
+async def test_a_new_message_on_offer_to_a_removed_phone_is_not_its_own(store: Store) -> None:
+    """create_message(offer_to=) checks the phone in its transaction: the accept of a
+    removed phone writes nothing, and an ended offer is stored on offer to nobody."""
+    removed, live = await add_device(store, "a"), await add_device(store, "b")
+    assert await store.delete_device(removed, utcnow())
+    now = utcnow()
+    lease = now + timedelta(seconds=5)
+    accepted = new_message()
+    assert not await store.create_message(
+        accepted, offer_to=removed, lease_until=lease, accepted_at=now
+    )
+    assert await store.get_message(accepted.id) is None
+    assert (accepted.status, accepted.device_id, accepted.attempt) == (Status.PENDING, None, 0)
+    offered = new_message()
+    assert not await store.create_message(offered, offer_to=removed, lease_until=lease)
+    got = await store.get_message(offered.id, with_attempts=True)
+    assert got is not None and (got.status, got.device_id, got.attempt) == (Status.PENDING, None, 0)
+    assert got.attempts == [] and offered.device_id is None
+    assert offered.id in [m.id for m in await store.due_messages(now, 10)]
+    owned = new_message()
+    assert await store.create_message(owned, offer_to=live, lease_until=lease, accepted_at=now)
+    assert (owned.status, owned.device_id) == (Status.QUEUED, live)
