@@ -330,9 +330,14 @@ class Dispatcher:
             if defer:
                 self._unstored[msg.id] = _Unstored(msg, live.device_id, lease, on_stored)
             elif create:
-                await self.store.create_message(msg, offer_to=live.device_id, lease_until=lease)
+                offered = await self.store.create_message(
+                    msg, offer_to=live.device_id, lease_until=lease
+                )
                 if on_stored is not None:
                     on_stored()
+                if not offered:  # the phone was removed: stored on offer to nobody
+                    self._release_slot(live, msg.id)
+                    return Outcome.LOST
             elif not await self.store.offer(msg.id, live.device_id, msg.attempt, now, lease):
                 self._release_slot(live, msg.id)
                 return Outcome.LOST

@@ -235,6 +235,24 @@ def not_offered(message: Message) -> None:
     message.updated_at = message.created_at
 
 
+DEVICE_REMOVED = "device_removed"
+DEVICE_REMOVED_ERROR = "the device this message was sent through was removed"
+
+
+def offered_to_removed(message: Message, device_id: str, now: datetime) -> None:
+    """Set ``message`` up as ``create_message`` stores it when ``device_id``, the phone
+    it was first offered to, was removed before the offer was written: on offer to
+    nobody, and FAILED if it was pinned to that phone (as ``delete_device`` fails them)."""
+    not_offered(message)
+    if message.pinned_device_id == device_id:
+        message.status, message.error_code, message.error = (
+            Status.FAILED,
+            DEVICE_REMOVED,
+            DEVICE_REMOVED_ERROR,
+        )
+        message.failed_at = message.updated_at = now
+
+
 def disabled_reason(failing_since: Any) -> str:
     since = failing_since.isoformat() if isinstance(failing_since, datetime) else failing_since
     return f"disabled by the hub: every delivery failed since {since}"
@@ -442,7 +460,8 @@ class Store(abc.ABC):
         Returns False when ``offer_to`` names a removed phone (checked in the transaction,
         so a concurrent ``delete_device`` is ordered before or after it): with
         ``accepted_at`` nothing is written (the phone's accept is refused), without it the
-        message is stored on offer to nobody. ``message`` is updated to what was stored."""
+        message is stored on offer to nobody, or FAILED if it was pinned to that phone
+        (``offered_to_removed``). ``message`` is updated to what was stored."""
 
     @abc.abstractmethod
     async def get_message(

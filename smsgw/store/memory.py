@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from smsgw.clock import new_id
+from smsgw.clock import new_id, utcnow
 from smsgw.events import (
     Event,
     EventType,
@@ -50,6 +50,7 @@ from smsgw.store.base import (
     first_offer,
     next_delivery_status,
     not_offered,
+    offered_to_removed,
 )
 
 
@@ -283,9 +284,12 @@ class MemoryStore(Store):
             raise ValueError(f"duplicate message id {message.id}")
         stored_as_asked = True
         if offer_to is not None and offer_to in self.revoked:  # see Store.create_message
-            not_offered(message)
             if accepted_at is not None:
+                not_offered(message)
                 return False
+            offered_to_removed(message, offer_to, utcnow())
+            if message.status is Status.FAILED:
+                self._message_event(EventType.MESSAGE_FAILED, message, message.updated_at)
             offer_to, stored_as_asked = None, False
         if offer_to is not None:
             first_offer(message, offer_to, lease_until, accepted_at)

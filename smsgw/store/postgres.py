@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from smsgw.clock import iso, new_id
+from smsgw.clock import iso, new_id, utcnow
 from smsgw.events import (
     Event,
     EventType,
@@ -74,11 +74,17 @@ from smsgw.store.base import (
     first_offer,
     next_delivery_status,
     not_offered,
+    offered_to_removed,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, MESSAGE_FIELDS, POSTGRES
 
 T = TypeVar("T")
+
+# The class half of the (class, hashtext(device id)) advisory locks that order a phone's
+# removal against inserts of messages on offer to it. The two-key space does not overlap
+# the single 64-bit key of the migration lock.
+DEVICE_LOCK_CLASS = 0x534D  # "SM"
 # A pooled connection is a proxy; both run the same queries.
 Conn = asyncpg.Connection | PoolConnectionProxy
 Row = asyncpg.Record
@@ -611,6 +617,11 @@ class PostgresStore(Store):
 
     async def delete_device(self, device_id: str, now: datetime) -> bool:
         async def op(conn: Conn) -> bool:
+            # Excludes a concurrent insert of a message on offer to this phone (see
+            # create_message), so the sweep below cannot miss it.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", DEVICE_LOCK_CLASS, device_id
+            )
             # Messages first, then attempts, then the device: the order every transaction
             # here locks rows in, so a report racing the removal cannot deadlock with it.
             await conn.execute(
@@ -674,21 +685,34 @@ class PostgresStore(Store):
 
             await self._tx(plain_op)
             return True
-        device_id = offer_to
+        device_id, now = offer_to, utcnow()
         first_offer(message, device_id, lease_until, accepted_at)
 
         async def op(conn: Conn) -> bool:
-            # FOR SHARE: a concurrent delete_device (an UPDATE of this row) waits for this
-            # transaction, and then its sweep sees the message; or it went first, and the
-            # removal is seen here.
-            revoked = await conn.fetchrow(
-                "SELECT revoked_at FROM devices WHERE id = $1 FOR SHARE", device_id
+            # Shared with other inserts, exclusive in delete_device: a removal either
+            # waits for this transaction (and then its sweep sees the message) or went
+            # first (and is seen below). An advisory lock, not the device row, because
+            # the removal locks that row last, after the messages it sweeps.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))",
+                DEVICE_LOCK_CLASS,
+                device_id,
             )
-            if revoked is not None and revoked["revoked_at"] is not None:
+            removed = await conn.fetchval(
+                "SELECT 1 FROM devices WHERE id = $1 AND revoked_at IS NOT NULL", device_id
+            )
+            if removed is not None:  # see Store.create_message
                 if accepted_at is None:
                     plain = replace(message)
-                    not_offered(plain)
+                    offered_to_removed(plain, device_id, now)
                     await self._insert_message(conn, plain, None)
+                    if plain.status is Status.FAILED and self._subs.targets(
+                        EventType.MESSAGE_FAILED, plain.callback_url
+                    ):
+                        data = message_data(plain)
+                        await self._event(
+                            conn, EventType.MESSAGE_FAILED, plain.id, data, now, plain.callback_url
+                        )
                 return False
             await self._insert_message(conn, message, device_id, accepted_at)
             return True
@@ -699,7 +723,10 @@ class PostgresStore(Store):
             not_offered(message)
             raise
         if not stored_as_asked:
-            not_offered(message)
+            if accepted_at is None:
+                offered_to_removed(message, device_id, now)
+            else:
+                not_offered(message)
         return stored_as_asked
 
     async def _insert_message(

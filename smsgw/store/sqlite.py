@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smsgw.clock import iso, new_id
+from smsgw.clock import iso, new_id, utcnow
 from smsgw.events import (
     Event,
     EventType,
@@ -61,6 +61,7 @@ from smsgw.store.base import (
     first_offer,
     next_delivery_status,
     not_offered,
+    offered_to_removed,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, SQLITE
@@ -636,7 +637,7 @@ class SqliteStore(Store):
         if offer_to is None:
             await self._write(lambda db: self._insert_message(db, message, None))
             return True
-        device_id = offer_to
+        device_id, now = offer_to, utcnow()
         first_offer(message, device_id, lease_until, accepted_at)
 
         def op(db: sqlite3.Connection) -> bool:
@@ -646,8 +647,10 @@ class SqliteStore(Store):
             if removed is not None:  # see Store.create_message
                 if accepted_at is None:
                     plain = replace(message)
-                    not_offered(plain)
+                    offered_to_removed(plain, device_id, now)
                     self._insert_message(db, plain, None)
+                    if plain.status is Status.FAILED:
+                        self._message_event(db, EventType.MESSAGE_FAILED, plain.id, now)
                 return False
             self._insert_message(db, message, device_id, accepted_at)
             return True
@@ -658,7 +661,10 @@ class SqliteStore(Store):
             not_offered(message)
             raise
         if not stored_as_asked:
-            not_offered(message)
+            if accepted_at is None:
+                offered_to_removed(message, device_id, now)
+            else:
+                not_offered(message)
         return stored_as_asked
 
     def _insert_message(

@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from android_client.outbox import MemoryPhoneStore
+from smsgw.store.base import DEVICE_REMOVED_ERROR
 from tests.harness import Farm, HubProcess, HubServer, Phone, wait_for
 
 TO = "+12025550999"
@@ -450,3 +451,20 @@ async def test_a_hub_killed_during_an_unstored_offer_leaves_the_phone_nothing_to
     finally:
         await farm.close()
         await hub.stop()
+
+
+async def test_a_message_pinned_to_a_phone_removed_during_its_unstored_offer_fails(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone, raw = await RawPhone.enrolled(hub, farm)
+    body = {"device_id": phone.device_id, "to": TO, "message": "m", "timeout": 3}
+    request = asyncio.create_task(api.post("/sms/send", json=body))
+    offer = await raw.expect("send")
+    assert (await api.delete(f"/devices/{phone.device_id}")).status_code == 204
+    # As a removal fails a stored message pinned to the phone: at once, and visibly.
+    r = await request
+    assert r.status_code == 200
+    assert r.json()["status"] == "FAILED" and r.json()["error"] == DEVICE_REMOVED_ERROR
+    msg = (await api.get(f"/sms/{offer['message_id']}")).json()
+    assert msg["status"] == "FAILED" and msg["error_code"] == "device_removed"
+    assert not hub.hub.dispatcher._unstored

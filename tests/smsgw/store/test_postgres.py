@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -342,3 +342,63 @@ async def test_smsgw_migrate_on_postgres(schema_url: str) -> None:
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
     assert await versions(schema_url) == [m.version for m in load_migrations("postgres")]
+
+
+class _PausedAfterSweep:
+    """A connection of delete_device's transaction that stops after its sweep of the
+    phone's messages, before the device row is marked removed."""
+
+    def __init__(self, conn: Any, swept: asyncio.Event, go: asyncio.Event) -> None:
+        self._conn, self._swept, self._go = conn, swept, go
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        result = await self._conn.execute(sql, *args)
+        if sql.startswith("UPDATE messages SET status = 'PENDING'"):
+            self._swept.set()
+            await self._go.wait()
+        return result
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to_the_phone(
+    nodes: list[PostgresStore], pinned: bool
+) -> None:
+    """delete_device on one node, paused between its sweep and the device update, while
+    another node stores a new message accepted by (or on offer to) that phone: the insert
+    waits for the removal, then is refused (nothing written) or stored for nobody (FAILED
+    when pinned) — never QUEUED for the removed phone."""
+    remover, other = nodes[0], nodes[1]
+    phone = await add_device(remover, "p")
+    swept, go = asyncio.Event(), asyncio.Event()
+    tx = remover._tx
+
+    async def paused_tx(fn: Callable[[Any], Awaitable[T]]) -> T:
+        return await tx(lambda conn: fn(_PausedAfterSweep(conn, swept, go)))
+
+    remover._tx = paused_tx  # type: ignore[method-assign]
+    removal = asyncio.create_task(remover.delete_device(phone, utcnow()))
+    await asyncio.wait_for(swept.wait(), 5)
+    now = utcnow()
+    lease = now + timedelta(seconds=5)
+    kw = {"pinned_device_id": phone} if pinned else {}
+    accepted, offered = new_message(**kw), new_message(**kw)
+    inserts = asyncio.gather(
+        other.create_message(accepted, offer_to=phone, lease_until=lease, accepted_at=now),
+        other.create_message(offered, offer_to=phone, lease_until=lease),
+    )
+    await asyncio.sleep(0.3)
+    waited = not inserts.done()  # they wait for the removal...
+    go.set()  # (before any assert: a failing test must not leave the removal hanging)
+    assert waited
+    assert await removal
+    assert await inserts == [False, False]  # ...and then see it
+    assert await other.get_message(accepted.id) is None
+    got = await other.get_message(offered.id)
+    assert got is not None and got.device_id is None
+    if pinned:
+        assert got.status is Status.FAILED and got.error_code == "device_removed"
+    else:
+        assert got.status is Status.PENDING

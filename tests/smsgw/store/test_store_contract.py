@@ -492,6 +492,11 @@ async def test_a_new_message_on_offer_to_a_removed_phone_is_not_its_own(store: S
     assert got is not None and (got.status, got.device_id, got.attempt) == (Status.PENDING, None, 0)
     assert got.attempts == [] and offered.device_id is None
     assert offered.id in [m.id for m in await store.due_messages(now, 10)]
+    pinned = new_message(pinned_device_id=removed)  # fails, as the removal fails them
+    assert not await store.create_message(pinned, offer_to=removed, lease_until=lease)
+    got = await store.get_message(pinned.id)
+    assert got is not None and (got.status, got.error_code) == (Status.FAILED, "device_removed")
+    assert pinned.status is Status.FAILED and pinned.failed_at is not None
     owned = new_message()
     assert await store.create_message(owned, offer_to=live, lease_until=lease, accepted_at=now)
     assert (owned.status, owned.device_id) == (Status.QUEUED, live)
