@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -233,6 +233,28 @@ def not_offered(message: Message) -> None:
     message.device_id, message.attempt, message.lease_until = None, 0, None
     message.status, message.queued_at = Status.PENDING, None
     message.updated_at = message.created_at
+
+
+async def settle_first_offer(
+    message: Message,
+    device_id: str,
+    accepted_at: datetime | None,
+    now: datetime,
+    write: Awaitable[bool],
+) -> bool:
+    """Await ``write``, the insert of a message ``first_offer`` set up (True: stored as
+    asked; False: the phone was removed), and leave ``message`` as what was stored."""
+    try:
+        stored_as_asked = await write
+    except BaseException:
+        not_offered(message)
+        raise
+    if not stored_as_asked:
+        if accepted_at is None:
+            offered_to_removed(message, device_id, now)
+        else:
+            not_offered(message)
+    return stored_as_asked
 
 
 DEVICE_REMOVED = "device_removed"

@@ -73,8 +73,8 @@ from smsgw.store.base import (
     disabled_reason,
     first_offer,
     next_delivery_status,
-    not_offered,
     offered_to_removed,
+    settle_first_offer,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, MESSAGE_FIELDS, POSTGRES
@@ -717,17 +717,7 @@ class PostgresStore(Store):
             await self._insert_message(conn, message, device_id, accepted_at)
             return True
 
-        try:
-            stored_as_asked = await self._tx(op)
-        except BaseException:
-            not_offered(message)
-            raise
-        if not stored_as_asked:
-            if accepted_at is None:
-                offered_to_removed(message, device_id, now)
-            else:
-                not_offered(message)
-        return stored_as_asked
+        return await settle_first_offer(message, device_id, accepted_at, now, self._tx(op))
 
     async def _insert_message(
         self, conn: Conn, m: Message, offer_to: str | None, accepted_at: datetime | None = None

@@ -60,8 +60,8 @@ from smsgw.store.base import (
     disabled_reason,
     first_offer,
     next_delivery_status,
-    not_offered,
     offered_to_removed,
+    settle_first_offer,
 )
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import DELIVERY_COLUMNS, MESSAGE_COLUMNS, SQLITE
@@ -655,17 +655,7 @@ class SqliteStore(Store):
             self._insert_message(db, message, device_id, accepted_at)
             return True
 
-        try:
-            stored_as_asked = await self._write(op)
-        except BaseException:
-            not_offered(message)
-            raise
-        if not stored_as_asked:
-            if accepted_at is None:
-                offered_to_removed(message, device_id, now)
-            else:
-                not_offered(message)
-        return stored_as_asked
+        return await settle_first_offer(message, device_id, accepted_at, now, self._write(op))
 
     def _insert_message(
         self,
