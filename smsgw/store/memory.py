@@ -26,6 +26,8 @@ from smsgw.events import (
     otp_data,
 )
 from smsgw.store.base import (
+    DEVICE_REMOVED,
+    DEVICE_REMOVED_ERROR,
     ApiKey,
     Attempt,
     Batch,
@@ -265,8 +267,8 @@ class MemoryStore(Store):
                 m.status, m.device_id, m.lease_until, m.queued_at = Status.PENDING, None, None, None
                 m.updated_at = now
             if m.pinned_device_id == device_id and m.status is Status.PENDING:
-                m.status, m.error_code, m.failed_at = Status.FAILED, "device_removed", now
-                m.error = "the device this message was sent through was removed"
+                m.status, m.error_code, m.failed_at = Status.FAILED, DEVICE_REMOVED, now
+                m.error = DEVICE_REMOVED_ERROR
                 self._message_event(EventType.MESSAGE_FAILED, m, now)
         return True
 

@@ -51,6 +51,8 @@ from smsgw.events import (
 )
 from smsgw.store import rows as records
 from smsgw.store.base import (
+    DEVICE_REMOVED,
+    DEVICE_REMOVED_ERROR,
     ApiKey,
     Batch,
     Conflict,
@@ -633,12 +635,13 @@ class PostgresStore(Store):
             )
             # A message pinned to a removed phone can never leave: fail it visibly.
             failed = await conn.fetch(
-                "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
-                "error = 'the device this message was sent through was removed', "
+                "UPDATE messages SET status = 'FAILED', error_code = $3, error = $4, "
                 "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
                 f"AND status = 'PENDING' RETURNING {MESSAGE_COLUMNS}",
                 now,
                 device_id,
+                DEVICE_REMOVED,
+                DEVICE_REMOVED_ERROR,
             )
             for r in failed:
                 await self._message_event(conn, EventType.MESSAGE_FAILED, r, now)

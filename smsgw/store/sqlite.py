@@ -38,6 +38,8 @@ from smsgw.events import (
 )
 from smsgw.store import rows as records
 from smsgw.store.base import (
+    DEVICE_REMOVED,
+    DEVICE_REMOVED_ERROR,
     ApiKey,
     Batch,
     Conflict,
@@ -612,11 +614,10 @@ class SqliteStore(Store):
             )
             # A message pinned to a removed phone can never leave: fail it visibly.
             failed = db.execute(
-                "UPDATE messages SET status = 'FAILED', error_code = 'device_removed', "
-                "error = 'the device this message was sent through was removed', "
+                "UPDATE messages SET status = 'FAILED', error_code = ?, error = ?, "
                 "failed_at = ?, updated_at = ? WHERE pinned_device_id = ? AND status = 'PENDING' "
                 "RETURNING id",
-                (stamp, stamp, device_id),
+                (DEVICE_REMOVED, DEVICE_REMOVED_ERROR, stamp, stamp, device_id),
             ).fetchall()
             for r in failed:
                 self._message_event(db, EventType.MESSAGE_FAILED, r["id"], now)
