@@ -261,7 +261,7 @@ class MemoryStore(Store):
         for attempts in self.attempts.values():
             for a in attempts:
                 if a.device_id == device_id and a.ended_at is None:
-                    a.ended_at, a.outcome = now, "device_removed"
+                    a.ended_at, a.outcome = now, DEVICE_REMOVED
         for m in self.messages.values():
             if m.device_id == device_id and m.status in (Status.PENDING, Status.QUEUED):
                 m.status, m.device_id, m.lease_until, m.queued_at = Status.PENDING, None, None, None

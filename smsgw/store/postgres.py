@@ -646,9 +646,10 @@ class PostgresStore(Store):
             for r in failed:
                 await self._message_event(conn, EventType.MESSAGE_FAILED, r, now)
             await conn.execute(
-                "UPDATE message_attempts SET ended_at = $1, outcome = 'device_removed' "
-                "WHERE device_id = $2 AND ended_at IS NULL",
+                "UPDATE message_attempts SET ended_at = $1, outcome = $2 "
+                "WHERE device_id = $3 AND ended_at IS NULL",
                 now,
+                DEVICE_REMOVED,
                 device_id,
             )
             status = await conn.execute(

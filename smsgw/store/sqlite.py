@@ -602,9 +602,9 @@ class SqliteStore(Store):
             if cur.rowcount != 1:
                 return False
             db.execute(
-                "UPDATE message_attempts SET ended_at = ?, outcome = 'device_removed' "
+                "UPDATE message_attempts SET ended_at = ?, outcome = ? "
                 "WHERE device_id = ? AND ended_at IS NULL",
-                (stamp, device_id),
+                (stamp, DEVICE_REMOVED, device_id),
             )
             db.execute(
                 "UPDATE messages SET status = 'PENDING', device_id = NULL, lease_until = NULL, "
