@@ -243,6 +243,67 @@ async def test_offers_to_a_replaced_session_fail_over_at_once(
     await new.ws.close()
 
 
+async def test_an_accept_resent_on_a_new_socket_races_the_replacement_and_one_wins(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    """The app restarts with an offer in hand and re-sends its accept on the new socket,
+    right behind its hello: the replacement ends the old session's offer while the accept
+    claims it. Whichever the hub takes, the message has one owner and goes out once."""
+    hub.hub.settings.accept_timeout = 30.0
+    phone, old = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
+    )
+    first = await old.expect("send")
+    new = await RawPhone.open(hub, phone.token)
+    ref = await new.accept(first)  # no wait for the welcome: both frames land together
+    answer = await new.expect("ownership")
+    assert answer["ref"] == ref
+    if answer["owner"]:  # the accept won: attempt 1 is the phone's, nothing is re-offered
+        sent = first
+    else:  # the replacement won: the offer ended, and the new socket gets attempt 2
+        sent = await asyncio.wait_for(new.expect("send"), 5)
+        assert sent["message_id"] == first["message_id"] and sent["attempt"] == 2
+        await new.accept(sent)
+        assert (await new.expect("ownership"))["owner"] is True
+    await new.send("sent", message_id=sent["message_id"], attempt=sent["attempt"])
+    result = (await request).json()
+    assert result["status"] == "SENT" and result["device_id"] == phone.device_id
+    msg = (await api.get(f"/sms/{first['message_id']}")).json()
+    accepted = [a["attempt"] for a in msg["attempts"] if a["accepted_at"] is not None]
+    assert accepted == [sent["attempt"]]  # one owner, ever
+    assert [a["attempt"] for a in msg["attempts"]] == list(range(1, sent["attempt"] + 1))
+    await new.ws.close()
+
+
+async def test_an_accept_resent_after_the_replacement_re_offered_is_refused(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    """The other order of the race above, forced: the replacement has ended the offer and
+    offered attempt 2 before the stale accept of attempt 1 arrives."""
+    hub.hub.settings.accept_timeout = 30.0
+    phone, old = await RawPhone.enrolled(hub, farm)
+    request = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
+    )
+    first = await old.expect("send")
+    new = await RawPhone.open(hub, phone.token)
+    again = await asyncio.wait_for(new.expect("send"), 5)
+    assert again["attempt"] == 2
+    await new.accept(first)
+    assert (await new.expect("ownership"))["owner"] is False
+    await new.accept(again)
+    assert (await new.expect("ownership"))["owner"] is True
+    await new.send("sent", message_id=again["message_id"], attempt=2)
+    assert (await request).json()["status"] == "SENT"
+    msg = (await api.get(f"/sms/{first['message_id']}")).json()
+    assert [(a["attempt"], a["accepted_at"] is not None) for a in msg["attempts"]] == [
+        (1, False),
+        (2, True),
+    ]
+    await new.ws.close()
+
+
 # -- a new message is written once, with its first phone's accept ---------------------
 
 
