@@ -10,12 +10,13 @@
 ``python -m bench.probe latency hub|relay --rates 550,550,550 [--seconds 8]``
     Open-loop runs at the given offered rates: p50 / p95 / p99.
 
-``python -m bench.probe store [--workers 1,4,16,50] [--sync FULL]``
-    The SQLite store alone, in this process (pin it with taskset for steadier figures):
-    ``workers`` concurrent coroutines each storing a message with its offer, accepting it
-    and marking it sent, as a dispatch does. Prints CPU per message of the event loop and
-    of the writer thread, and writes per commit: what a durable transaction costs, and
-    what group commit saves as batches grow.
+``python -m bench.probe store [--workers 1,4,16,50] [--sync FULL] [--postgres URL]``
+    The store alone, in this process (pin it with taskset for steadier figures):
+    ``workers`` concurrent coroutines each writing what a dispatch through a phone of
+    this node writes (the new message with its first phone's accept, then the sent
+    report). Prints CPU per message of each thread of this process and, for SQLite, the
+    writes per commit: what a durable transaction costs, and what group commit saves as
+    batches grow. ``--postgres`` runs it on a fresh schema of that server instead.
 
 ``python -m bench.probe gc``
     A hub started in this process as ``smsgw serve`` starts it: objects the cyclic garbage
@@ -27,15 +28,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bench.run import Fleet, Server, cpu_seconds, load, proc_stat, provision
+import uvloop
+
+from bench.run import Fleet, Server, cpu_seconds, load, proc_stat, provision, provision_store
+from smsgw.store import Store
+from smsgw.store.sqlite import SqliteStore
 
 PHONES, CLIENTS = 20, 50
 
@@ -141,18 +148,46 @@ async def latency(kind: str, rates: list[str], seconds: float) -> None:
             server.stop()
 
 
-async def store(workers: int, sync: str, seconds: float) -> None:
+@contextlib.asynccontextmanager
+async def probe_store(sync: str, postgres: str | None) -> AsyncIterator[Store]:
+    """An open store with the bench's devices: a SQLite file, or a fresh schema on the
+    PostgreSQL server at ``postgres`` (dropped afterwards)."""
+    if postgres is None:
+        with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
+            path = Path(tmp) / "probe.db"
+            await provision(path, PHONES)
+            db: Store = SqliteStore(path, synchronous=sync)
+            await db.open()
+            try:
+                yield db
+            finally:
+                await db.close()
+        return
+    import asyncpg
+
+    from smsgw.store.postgres import PostgresStore, split_url
+
+    schema = f"probe_{os.getpid()}_{int(time.time())}"
+    join = "&" if "?" in postgres else "?"
+    db = PostgresStore(f"{postgres}{join}schema={schema}", max_size=20)
+    await db.open()
+    try:
+        await provision_store(db, PHONES)
+        yield db
+    finally:
+        await db.close()
+        conn = await asyncpg.connect(split_url(postgres)[0])
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+async def store(workers: int, sync: str, seconds: float, postgres: str | None) -> None:
     from datetime import timedelta
 
     from smsgw.clock import new_id, utcnow
     from smsgw.store import Message, Status
-    from smsgw.store.sqlite import SqliteStore
 
-    with tempfile.TemporaryDirectory(prefix="smsgw-probe-") as tmp:
-        path = Path(tmp) / "probe.db"
-        await provision(path, PHONES)  # the bench's own devices
-        db = SqliteStore(path, synchronous=sync)
-        await db.open()
+    async with probe_store(sync, postgres) as db:
         devices = [d.id for d in await db.list_devices()]
         done = 0
         end = time.monotonic() + seconds
@@ -172,29 +207,31 @@ async def store(workers: int, sync: str, seconds: float) -> None:
                     created_at=t,
                     updated_at=t,
                     expires_at=t + timedelta(days=1),
-                    device_id=device,
-                    attempt=1,
-                    lease_until=lease,
                 )
-                await db.create_message(msg, offer_to=device, lease_until=lease)
-                assert await db.accept(msg.id, device, 1, utcnow())
+                # What a dispatch through a phone on this node writes: the new message
+                # with its first phone's accept, then the phone's sent report.
+                assert await db.create_message(
+                    msg, offer_to=device, lease_until=lease, accepted_at=utcnow()
+                )
                 assert await db.mark_sent(msg.id, device, utcnow())
                 done += 1
 
-        writer = db._writer
-        assert writer is not None
-        batches0, writes0 = writer.batches, writer.writes
+        writer = getattr(db, "_writer", None)
+        batches0, writes0 = (writer.batches, writer.writes) if writer else (0, 0)
         threads0, t0 = thread_cpu(os.getpid()), time.monotonic()
         await asyncio.gather(*(worker(w) for w in range(workers)))
         threads1, elapsed = thread_cpu(os.getpid()), time.monotonic() - t0
-        batches, writes = writer.batches - batches0, writer.writes - writes0
-        await db.close()
+        batching = ""
+        if writer is not None:
+            batches, writes = writer.batches - batches0, writer.writes - writes0
+            batching = f", {writes / max(batches, 1):.1f} writes per commit"
     n = max(done, 1)
     per = {k: round(1e6 * (v - threads0.get(k, 0.0)) / n) for k, v in threads1.items()}
     busy = {k: f"{v} us" for k, v in per.items() if v > 0}
+    engine = "postgres" if postgres else f"sqlite synchronous={sync}"
     print(
-        f"store, {workers} workers, synchronous={sync}: {done / elapsed:.0f} messages/s, "
-        f"{writes / max(batches, 1):.1f} writes per commit; CPU per message by thread: {busy}"
+        f"store ({engine}), {workers} workers: {done / elapsed:.0f} messages/s{batching}; "
+        f"CPU per message by thread (this process): {busy}"
     )
 
 
@@ -239,10 +276,12 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="cpu: write py-spy raw stacks here")
     parser.add_argument("--workers", default="1,4,16,50", help="store: concurrent writers")
     parser.add_argument("--sync", default="FULL", help="store: SQLite synchronous mode")
+    parser.add_argument("--postgres", default=None, help="store: a PostgreSQL URL instead")
     args = parser.parse_args()
     if args.what == "store":
         for workers in args.workers.split(","):
-            asyncio.run(store(int(workers), args.sync, min(args.seconds, 6.0)))
+            # on uvloop, as the hub runs
+            uvloop.run(store(int(workers), args.sync, min(args.seconds, 6.0), args.postgres))
     elif args.what == "gc":
         asyncio.run(gc_pause())
     elif args.what == "cpu":

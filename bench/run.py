@@ -35,7 +35,7 @@ import httpx
 
 from smsgw.auth import DEVICE_PREFIX, hash_secret, issue_api_key, new_credential
 from smsgw.clock import new_id, utcnow
-from smsgw.store import Message, Status
+from smsgw.store import Message, Status, Store
 from smsgw.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +97,14 @@ async def provision(db: Path, phones: int, backlog: int = 0) -> tuple[str, list[
     backlog of PENDING messages, directly in the database."""
     store = SqliteStore(db, synchronous="OFF")
     await store.open()
+    try:
+        return await provision_store(store, phones, backlog)
+    finally:
+        await store.close()
+
+
+async def provision_store(store: Store, phones: int, backlog: int = 0) -> tuple[str, list[str]]:
+    """``provision`` into an open store of any kind."""
     now = utcnow()
     key, _ = await issue_api_key(store, "bench", frozenset({"admin"}), now)
     tokens = []
@@ -128,7 +136,6 @@ async def provision(db: Path, phones: int, backlog: int = 0) -> tuple[str, list[
                 expires_at=now + timedelta(days=1),
             )
         )
-    await store.close()
     return key, tokens
 
 
@@ -401,7 +408,8 @@ async def failover_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
     fleet = Fleet(server, tokens, "hub", mute=1)
     try:
         await fleet.start()
-        normal, failed_over = [], []
+        normal: list[float] = []
+        failed_over: list[float] = []
         async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=30) as c:
             for i in range(sizes.failover_requests):
                 t0 = time.perf_counter()
