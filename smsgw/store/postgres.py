@@ -182,6 +182,19 @@ def _day(now: datetime) -> str:
     return now.date().isoformat()
 
 
+async def _reset_for_reuse(conn: Conn) -> None:
+    """What a pooled connection needs before its next use: nothing, unless a transaction
+    was left open (a rollback that never ran).
+
+    asyncpg's default reset sends ``UNLISTEN *; RESET ALL; CLOSE ALL;
+    pg_advisory_unlock_all()`` on every release: one more round trip per transaction and
+    per read, for state this store never leaves on a pooled connection (the listener and
+    migrations have connections of their own; its advisory locks are per transaction;
+    it runs no SET and no cursors outside a transaction)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("reloading webhook subscriptions failed: %s", task.exception())
@@ -223,6 +236,7 @@ class PostgresStore(Store):
             min_size=self.min_size,
             max_size=self.max_size,
             server_settings=self._server_settings(),
+            reset=_reset_for_reuse,
         )
         await self._reload_subscriptions()
         await self._listen()
@@ -673,6 +687,12 @@ class PostgresStore(Store):
         f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES "
         f"({', '.join(f'${i}' for i in range(1, len(MESSAGE_FIELDS) + 1))})"
     )
+    _INSERT_OFFERED_MESSAGE = (
+        f"WITH m AS ({_INSERT_MESSAGE} RETURNING id, created_at) "
+        "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, accepted_at) "
+        f"SELECT id, 1, ${len(MESSAGE_FIELDS) + 1}::text, created_at, "
+        f"${len(MESSAGE_FIELDS) + 2}::timestamptz FROM m"
+    )
 
     async def create_message(
         self,
@@ -726,15 +746,11 @@ class PostgresStore(Store):
     async def _insert_message(
         self, conn: Conn, m: Message, offer_to: str | None, accepted_at: datetime | None = None
     ) -> None:
-        await conn.execute(self._INSERT_MESSAGE, *_message_record(m))
-        if offer_to is not None:
+        if offer_to is None:
+            await conn.execute(self._INSERT_MESSAGE, *_message_record(m))
+        else:  # one statement, one round trip: the message and its first attempt
             await conn.execute(
-                "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, "
-                "accepted_at) VALUES ($1, 1, $2, $3, $4)",
-                m.id,
-                offer_to,
-                m.created_at,
-                accepted_at,
+                self._INSERT_OFFERED_MESSAGE, *_message_record(m), offer_to, accepted_at
             )
         if accepted_at is not None and self._subs.targets(EventType.MESSAGE_QUEUED, m.callback_url):
             await self._event(
@@ -913,28 +929,36 @@ class PostgresStore(Store):
 
         return await self._tx(op)
 
+    # The hot path's second write in one statement (one round trip, not four): the
+    # message, its attempt, the phone's daily count and the recipient's affinity, locked
+    # in that order, as mark_delivered and the separate statements before lock them.
+    # PostgreSQL runs sub-statements that nothing reads in an order of its own (it was
+    # affinity, device, attempt); each one here reads the one before it (a count, so it
+    # runs whatever that matched), which fixes the order. tests/smsgw/store/test_postgres.py
+    # checks it.
+    _MARK_SENT = (
+        "WITH m AS (UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
+        "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
+        f"RETURNING {MESSAGE_COLUMNS}), "
+        "a AS (UPDATE message_attempts SET ended_at = $1, outcome = 'sent', error_code = NULL, "
+        "error = NULL WHERE message_id = $2 AND attempt = (SELECT attempt FROM m) "
+        "AND ended_at IS NULL RETURNING 1), "
+        "d AS (UPDATE devices SET sent_day = $4, "
+        "sent_today = CASE WHEN sent_day = $4 THEN sent_today + 1 ELSE 1 END "
+        "WHERE id = $3 AND EXISTS (SELECT 1 FROM m) AND (SELECT count(*) FROM a) >= 0 "
+        "RETURNING 1), "
+        "r AS (INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
+        "SELECT recipient, $3, $1 FROM m WHERE (SELECT count(*) FROM d) >= 0 "
+        "ON CONFLICT (recipient) DO UPDATE SET "
+        "device_id = excluded.device_id, updated_at = excluded.updated_at) "
+        "SELECT * FROM m"
+    )
+
     async def mark_sent(self, message_id: str, device_id: str, now: datetime) -> str | None:
         async def op(conn: Conn) -> str | None:
-            row = await conn.fetchrow(
-                "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
-                "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
-                f"RETURNING {MESSAGE_COLUMNS}",
-                now,
-                message_id,
-                device_id,
-            )
+            row = await conn.fetchrow(self._MARK_SENT, now, message_id, device_id, _day(now))
             if row is None:
                 return None
-            await _end_attempt(conn, message_id, row["attempt"], "sent", now)
-            await _count_sent(conn, device_id, now)
-            await conn.execute(
-                "INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
-                "VALUES ($1, $2, $3) ON CONFLICT (recipient) DO UPDATE SET "
-                "device_id = excluded.device_id, updated_at = excluded.updated_at",
-                row["recipient"],
-                device_id,
-                now,
-            )
             await self._message_event(conn, EventType.MESSAGE_SENT, row, now)
             return str(row["recipient"])
 

@@ -402,3 +402,57 @@ async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to
         assert got.status is Status.FAILED and got.error_code == "device_removed"
     else:
         assert got.status is Status.PENDING
+
+
+async def test_mark_sent_locks_message_attempt_device_then_affinity(
+    nodes: list[PostgresStore],
+) -> None:
+    """mark_sent is one statement; its parts must still lock rows in the order that
+    mark_delivered and delete_device use, or two of them can deadlock. Seen from outside:
+    while another transaction holds a row, which rows has the waiting mark_sent locked?"""
+    store = nodes[0]
+    phone = await add_device(store, "order")
+    msg = new_message()
+    now = utcnow()
+    assert await store.create_message(msg, offer_to=phone, lease_until=now, accepted_at=now)
+    assert await store.mark_sent(msg.id, phone, now)  # the affinity row exists from now on
+    dsn, schema = split_url(store.url)
+    settings = {"search_path": f'"{schema}"'}
+    holder = await asyncpg.connect(dsn, server_settings=settings)
+    peek = await asyncpg.connect(dsn, server_settings=settings)
+    rows = {
+        "messages": ("SELECT 1 FROM messages WHERE id = $1", msg.id),
+        "attempts": ("SELECT 1 FROM message_attempts WHERE message_id = $1", msg.id),
+        "device": ("SELECT 1 FROM devices WHERE id = $1", phone),
+        "affinity": ("SELECT 1 FROM recipient_affinity WHERE recipient = $1", msg.recipient),
+    }
+
+    async def locked(name: str) -> bool:
+        sql, arg = rows[name]
+        try:
+            async with peek.transaction():
+                await peek.execute(sql + " FOR UPDATE NOWAIT", arg)
+        except asyncpg.LockNotAvailableError:
+            return True
+        return False
+
+    try:
+        order = list(rows)
+        for i, blocked in enumerate(order[1:], start=1):
+            # Sent again, as far as mark_sent can tell.
+            await holder.execute("UPDATE messages SET status = 'QUEUED' WHERE id = $1", msg.id)
+            await holder.execute(
+                "UPDATE message_attempts SET ended_at = NULL WHERE message_id = $1", msg.id
+            )
+            async with holder.transaction():
+                sql, arg = rows[blocked]
+                await holder.execute(sql + " FOR UPDATE", arg)
+                sending = asyncio.create_task(store.mark_sent(msg.id, phone, utcnow()))
+                await asyncio.sleep(0.3)  # until it waits for the row held here
+                assert not sending.done()
+                held = {name: await locked(name) for name in order if name != blocked}
+                assert held == {name: name in order[:i] for name in held}, blocked
+            assert await sending == msg.recipient
+    finally:
+        await holder.close()
+        await peek.close()
