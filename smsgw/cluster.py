@@ -25,6 +25,7 @@ from smsgw.clock import iso, utcnow
 from smsgw.config import Settings
 from smsgw.protocol import CloseCode
 from smsgw.registry import LiveDevice, Registry
+from smsgw.roster import Roster
 from smsgw.session import Session, SessionClosed
 from smsgw.store import Message, Status
 
@@ -90,9 +91,9 @@ class ClusterRegistry(Registry):
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
-        self._local: dict[str, LiveDevice] = {}
-        # Local and remote phones in one dict, so ``all()`` is a view without a copy.
-        self._all: dict[str, LiveDevice] = {}
+        self._local = Roster()
+        # Local and remote phones in one roster, so ``all()`` is a view without a copy.
+        self._all = Roster()
         self._origins: dict[str, _Origin] = {}
         self._dispatcher: Dispatcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -131,8 +132,8 @@ class ClusterRegistry(Registry):
         live.epoch = await self.broker.claim(self._state(live), self.settings.ownership_ttl)
         previous = self._local.get(live.device_id)
         seen = self._all.get(live.device_id)
-        self._local[live.device_id] = live
-        self._all[live.device_id] = live
+        self._local.put(live)
+        self._all.put(live)
         if seen is not None and seen is not previous:
             # It was another node's: offers made through that node get no answer now.
             self.dispatcher.session_closed(seen.session)
@@ -141,9 +142,9 @@ class ClusterRegistry(Registry):
     async def detach(self, live: LiveDevice) -> bool:
         if self._local.get(live.device_id) is not live:
             return False
-        del self._local[live.device_id]
+        self._local.pop(live.device_id)
         if self._all.get(live.device_id) is live:
-            del self._all[live.device_id]
+            self._all.pop(live.device_id)
         for message_id, origin in list(self._origins.items()):
             if origin.device_id != live.device_id:
                 continue
@@ -175,6 +176,11 @@ class ClusterRegistry(Registry):
 
     def is_local(self, live: LiveDevice) -> bool:
         return self._local.get(live.device_id) is live
+
+    def pick(
+        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
+    ) -> LiveDevice | None:
+        return (self._local if local else self._all).pick(affinity=affinity, exclude=exclude)
 
     async def changed(self, live: LiveDevice) -> None:
         if self.is_local(live):
@@ -481,13 +487,13 @@ class ClusterRegistry(Registry):
                 network=state.network,
                 sims=state.sims,
             )
-            self._all[dev] = seen
+            self._all.put(seen)
             self.dispatcher.wake()  # a phone to route to
         seen.epoch = state.epoch
         seen.name, seen.enabled = state.name, state.enabled
         seen.daily_quota, seen.max_in_flight = state.daily_quota, state.max_in_flight
-        seen.battery, seen.charging = state.battery, state.charging
-        seen.signal, seen.network, seen.sims = state.signal, state.network, state.sims
+        seen.set_status(state.battery, state.charging, state.signal, state.network)
+        seen.sims = state.sims
         seen.sent_count, seen.sent_day = state.sent_count, state.sent_day
         seen.connected_at = datetime.fromtimestamp(state.connected_at or 0, UTC)
         seen.last_seen = datetime.fromtimestamp(state.last_seen, UTC)
@@ -496,7 +502,7 @@ class ClusterRegistry(Registry):
         """A remote phone is gone: offers through it fail over now."""
         if device_id in self._local:
             return
-        seen = self._all.pop(device_id, None)
+        seen = self._all.pop(device_id)
         if seen is not None:
             self.dispatcher.session_closed(seen.session)
 

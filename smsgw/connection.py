@@ -409,7 +409,7 @@ async def record_status(
     the phone is online so routing sees it at once, and stored when ``persist``."""
     live = hub.registry.get(device_id)
     if live is not None:
-        live.battery, live.charging, live.signal, live.network = battery, charging, signal, network
+        live.set_status(battery, charging, signal, network)
         live.touch()
     if not persist:
         return

@@ -28,7 +28,7 @@ from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.idempotency import KEEP_SECONDS as IDEMPOTENCY_KEEP
 from smsgw.registry import LiveDevice, Registry
-from smsgw.routing import eligible, free_slots, pick
+from smsgw.routing import eligible, free_slots
 from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 from smsgw.wakeup import Waker
@@ -297,16 +297,15 @@ class Dispatcher:
             if not allow_retry and live.device_id in tried:
                 return None
             return live
-        lives = self.registry.local() if local else self.registry.all()
-        best = pick(lives, affinity=msg.last_device, exclude=tried)
+        best = self.registry.pick(affinity=msg.last_device, exclude=tried, local=local)
         if best is None and allow_retry and tried:
-            best = pick(lives, affinity=msg.last_device)
+            best = self.registry.pick(affinity=msg.last_device, local=local)
         return best
 
     def _has_untried(self, msg: Message) -> bool:
         if msg.pinned_device_id is not None:
             return False
-        return pick(self.registry.all(), exclude=self._tried.get(msg.id, ())) is not None
+        return self.registry.pick(exclude=self._tried.get(msg.id, ())) is not None
 
     async def _offer(
         self,
@@ -348,7 +347,7 @@ class Dispatcher:
             live.device_id, attempt, asyncio.get_running_loop().create_future(), live.session
         )
         self._offers[msg.id] = offer
-        live.last_used = time.monotonic()
+        live.mark_used()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
         msg.attempt = attempt
         # A timer resolving the future, not wait_for: wait_for costs a task per call.

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from smsgw.clock import today, utcnow
+from smsgw.roster import Roster
 from smsgw.session import Session
 from smsgw.store import Device, Status
 
@@ -52,6 +53,10 @@ class LiveDevice:
     # Another node's phone answered "busy" (full with that node's own work, which this
     # node does not see): shown as full here until this monotonic time.
     full_until: float = 0.0
+    # The rosters that file this phone for routing (smsgw/roster.py): set_status() and
+    # mark_used() move it in each. Battery, charging, signal and last_used change only
+    # through them.
+    rosters: list[Roster] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_device(
@@ -104,6 +109,18 @@ class LiveDevice:
     def touch(self) -> None:
         self.last_seen = utcnow()
 
+    def set_status(self, battery: int, charging: bool, signal: int, network: str | None) -> None:
+        """A heartbeat's news; refiled where routing looks (its tier may have changed)."""
+        self.battery, self.charging, self.signal, self.network = battery, charging, signal, network
+        for roster in self.rosters:
+            roster.refile(self)
+
+    def mark_used(self) -> None:
+        """Offered a message now: the back of its tier for the next pick."""
+        self.last_used = time.monotonic()
+        for roster in self.rosters:
+            roster.refile(self)
+
 
 class Registry(abc.ABC):
     async def start(self, dispatcher: Dispatcher) -> None:  # noqa: B027 (optional hook)
@@ -132,6 +149,13 @@ class Registry(abc.ABC):
 
     def is_local(self, live: LiveDevice) -> bool:
         return True
+
+    @abc.abstractmethod
+    def pick(
+        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
+    ) -> LiveDevice | None:
+        """The phone ``routing.pick()`` would choose among ``all()`` (or ``local()``),
+        found without looking at every phone (smsgw/roster.py)."""
 
     def start_draining(self) -> None:
         """This node is shutting down: route no new work to its phones."""
@@ -169,18 +193,21 @@ class Registry(abc.ABC):
 
 class LocalRegistry(Registry):
     def __init__(self) -> None:
-        self._live: dict[str, LiveDevice] = {}
+        self._live = Roster()
 
     async def attach(self, live: LiveDevice) -> LiveDevice | None:
-        previous = self._live.get(live.device_id)
-        self._live[live.device_id] = live
-        return previous
+        return self._live.put(live)
 
     async def detach(self, live: LiveDevice) -> bool:
         if self._live.get(live.device_id) is live:
-            del self._live[live.device_id]
+            self._live.pop(live.device_id)
             return True
         return False
+
+    def pick(
+        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
+    ) -> LiveDevice | None:
+        return self._live.pick(affinity=affinity, exclude=exclude)
 
     def get(self, device_id: str) -> LiveDevice | None:
         return self._live.get(device_id)

@@ -78,14 +78,13 @@ def free_slots(c: Routable) -> int:
     return min(c.max_in_flight - c.in_flight, c.daily_quota - c.sent_today - c.in_flight)
 
 
+def tier(c: Routable) -> tuple[int, bool]:
+    """How healthy a phone is, best first: signal, then power."""
+    return -c.signal, not (c.charging or c.battery >= LOW_BATTERY)
+
+
 def _preference(c: Routable, affinity: str | None) -> tuple[bool, int, bool, float, str]:
-    return (
-        c.device_id != affinity,
-        -c.signal,
-        not (c.charging or c.battery >= LOW_BATTERY),
-        c.last_used,
-        c.device_id,
-    )
+    return (c.device_id != affinity, *tier(c), c.last_used, c.device_id)
 
 
 def rank(
@@ -106,7 +105,10 @@ def pick(
     affinity: str | None = None,
     exclude: Collection[str] = (),
 ) -> R | None:
-    """The best eligible phone: ``rank(...)[0]`` in one pass, without sorting."""
+    """The best eligible phone: ``rank(...)[0]`` in one pass, without sorting.
+
+    The definition; the hub picks through ``roster.Roster.pick()``, which returns the
+    same phone without looking at every one (tests/smsgw/test_roster.py)."""
     best: R | None = None
     best_key: tuple[bool, int, bool, float, str] | None = None
     for c in candidates:

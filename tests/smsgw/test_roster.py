@@ -1,0 +1,140 @@
+"""The roster picks what routing.pick() picks, without looking at every phone."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from smsgw.clock import today
+from smsgw.protocol import CloseCode
+from smsgw.registry import LiveDevice
+from smsgw.roster import Roster
+from smsgw.routing import pick
+from smsgw.session import Session
+from smsgw.store import Message
+
+
+class _NoSession(Session):
+    async def send_command(self, message: Message, attempt: int) -> None:
+        raise AssertionError("not used")
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        raise AssertionError("not used")
+
+
+def phone(rng: random.Random, device_id: str) -> LiveDevice:
+    return LiveDevice(
+        session=_NoSession(),
+        device_id=device_id,
+        name=device_id,
+        enabled=rng.random() > 0.1,
+        daily_quota=rng.choice([3, 50, 10**6]),
+        max_in_flight=rng.choice([1, 2, 8]),
+        battery=rng.randint(0, 100),
+        charging=rng.random() < 0.3,
+        signal=rng.randint(0, 4),
+        network=None,
+        sims=[],
+        sent_count=rng.randint(0, 5),
+        sent_day=today(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_pick_is_routing_pick_over_the_same_phones_through_any_changes(seed: int) -> None:
+    rng = random.Random(seed)
+    roster = Roster()
+    ids = [f"p{i:03d}" for i in range(60)]
+    for step in range(1500):
+        op = rng.random()
+        device_id = rng.choice(ids)
+        live = roster.get(device_id)
+        if live is None or op < 0.08:
+            roster.put(phone(rng, device_id))  # a new phone, or the same one reconnected
+        elif op < 0.12:
+            roster.pop(device_id)
+        elif op < 0.35:
+            live.set_status(rng.randint(0, 100), rng.random() < 0.3, rng.randint(0, 4), None)
+        elif op < 0.6:
+            live.mark_used()
+            live.holding.add(f"m{step}")
+        elif op < 0.8 and live.holding:
+            live.holding.discard(rng.choice(sorted(live.holding)))
+            live.count_sent()
+        elif op < 0.85:
+            live.enabled = not live.enabled
+        elif op < 0.9:
+            live.full_until = time.monotonic() + rng.choice([-1.0, 60.0])
+        affinity = rng.choice([None, rng.choice(ids)])
+        exclude = set(rng.sample(ids, rng.choice([0, 1, 5, 30])))
+        expected = pick(roster.values(), affinity=affinity, exclude=exclude)
+        assert roster.pick(affinity=affinity, exclude=exclude) is expected, step
+
+
+def test_a_replaced_phone_leaves_the_roster_and_its_changes_stay_out() -> None:
+    rng = random.Random(1)
+    roster = Roster()
+    old = phone(rng, "p")
+    old.enabled, old.daily_quota = True, 10**6
+    roster.put(old)
+    new = phone(rng, "p")
+    new.enabled, new.daily_quota = True, 10**6
+    assert roster.put(new) is old
+    assert old.rosters == [] and new.rosters == [roster]
+    old.mark_used()  # the old session's late bookkeeping must not touch the roster
+    old.set_status(5, False, 0, None)
+    assert list(roster.values()) == [new] and roster.pick() is new
+    assert roster.pop("p") is new and roster.pick() is None and len(roster) == 0
+
+
+def test_a_phone_in_two_rosters_is_refiled_in_both() -> None:
+    """A cluster node files its own phones twice: among all phones and among its own."""
+    rng = random.Random(2)
+    everyone, ours = Roster(), Roster()
+    a, b = phone(rng, "a"), phone(rng, "b")
+    for live in (a, b):
+        live.enabled, live.daily_quota, live.max_in_flight = True, 10**6, 8
+        live.set_status(90, True, 4, None)
+        everyone.put(live)
+        ours.put(live)
+    first = everyone.pick()
+    assert first is not None and ours.pick() is first
+    first.mark_used()  # now the other one is the least recently used in both
+    assert everyone.pick() is ours.pick() is not first
+    (b if first is a else a).set_status(90, True, 1, None)  # ...but its signal dropped
+    assert everyone.pick() is ours.pick() is first
+
+
+def test_a_pick_in_a_large_farm_looks_at_few_phones() -> None:
+    """The point of the roster: a pick's cost does not grow with the farm. Counted, not
+    timed: how many phones a pick checks for eligibility."""
+    rng = random.Random(3)
+    roster = Roster()
+    for i in range(5000):
+        live = phone(rng, f"p{i:04d}")
+        live.enabled, live.daily_quota, live.max_in_flight = True, 10**6, 2
+        roster.put(live)
+    checked = 0
+    import smsgw.roster as module
+
+    real = module.eligible
+
+    def counting(c: LiveDevice) -> bool:
+        nonlocal checked
+        checked += 1
+        return real(c)
+
+    module.eligible = counting  # type: ignore[assignment]
+    try:
+        for n in range(1000):
+            live = roster.pick()
+            assert live is not None
+            live.mark_used()
+            live.holding.add(f"m{n}")
+            if len(live.holding) == live.max_in_flight:  # a report frees the oldest slot
+                live.holding.pop()
+    finally:
+        module.eligible = real
+    assert checked < 3 * 1000
