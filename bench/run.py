@@ -8,7 +8,8 @@ the hub starts; it is not what is measured.
 
 Scenarios: dispatch (closed-loop max rate; open-loop latency at fixed offered rates),
 ceiling (the same against ``bench/relay.py``), connections (idle phones: RSS and CPU),
-reconnect storm, backlog drain, failover. Results: a table on stdout,
+reconnect storm, farm (the closed loop with 1,000 or 5,000 phones online), backlog drain,
+failover. Results: a table on stdout,
 ``bench/results/<UTC date>-<sha>.json`` and ``…-latency.png``.
 """
 
@@ -55,10 +56,11 @@ class Sizes:
     idle_window: float  # seconds over which heartbeat CPU is measured
     backlog: int
     failover_requests: int
+    farm_phones: int  # phones online and answering in the farm scenario
 
 
-QUICK = Sizes(20, 50, 6.0, 3, 4.0, (0.25, 0.5, 0.75, 0.9), 2000, 35.0, 5000, 12)
-FULL = Sizes(20, 50, 10.0, 5, 8.0, (0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 10_000, 65.0, 50_000, 20)
+QUICK = Sizes(20, 50, 6.0, 3, 4.0, (0.25, 0.5, 0.75, 0.9), 2000, 35.0, 5000, 12, 1000)
+FULL = Sizes(20, 50, 10.0, 5, 8.0, (0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 10_000, 65.0, 50_000, 20, 5000)
 
 
 def pinned(core: str, *args: str) -> list[str]:
@@ -380,6 +382,38 @@ async def connections_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
         server.stop()
 
 
+async def farm_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """The dispatch scenario's closed loop with a farm's worth of phones online, every one
+    answering: what choosing a phone costs as the farm grows (compare with the 20 phones
+    of ``dispatch_max_per_s``)."""
+    db = work / "farm.db"
+    key, tokens = await provision(db, sizes.farm_phones)
+    server = await Server("hub", db).start()
+    fleet = Fleet(server, tokens, "hub")
+    try:
+        await fleet.start()
+        runs = [
+            await load(
+                server,
+                key,
+                "closed",
+                "--concurrency",
+                str(sizes.clients),
+                "--seconds",
+                str(sizes.seconds),
+            )
+            for _ in range(sizes.repeats)
+        ]
+        return {
+            "phones": sizes.farm_phones,
+            "max_per_s": spread([float(r["per_s"]) for r in runs]),
+            "closed_runs": runs,
+        }
+    finally:
+        await fleet.stop()
+        server.stop()
+
+
 async def drain_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
     db = work / "drain.db"
     _, tokens = await provision(db, sizes.phones, backlog=sizes.backlog)
@@ -483,6 +517,8 @@ def table(flat: dict[str, Any]) -> str:
         ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
         ("reconnect_all_s", "≤ 15 (at 10k)"),
         ("reconnect_errors", "0"),
+        ("farm_phones", ""),
+        ("farm_dispatch_per_s", "(about dispatch_max_per_s)"),
         ("drain_per_s", "≥ 0.8 x dispatch"),
         ("failover_added_ms", "≤ timeout + 50"),
     ]
@@ -492,15 +528,16 @@ def table(flat: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SCENARIOS = ("dispatch", "connections", "farm", "drain", "failover")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
-    parser.add_argument(
-        "--only", nargs="*", default=None, choices=["dispatch", "connections", "drain", "failover"]
-    )
+    parser.add_argument("--only", nargs="*", default=None, choices=[*SCENARIOS])
     args = parser.parse_args()
     sizes = FULL if args.full else QUICK
-    only = set(args.only or ["dispatch", "connections", "drain", "failover"])
+    only = set(args.only or SCENARIOS)
     scenarios: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="smsgw-bench-") as tmp:
         work = Path(tmp)
@@ -509,6 +546,8 @@ async def main() -> None:
             scenarios["ceiling"] = await dispatch_scenario("relay", sizes, work)
         if "connections" in only:
             scenarios["connections"] = await connections_scenario(sizes, work)
+        if "farm" in only:
+            scenarios["farm"] = await farm_scenario(sizes, work)
         if "drain" in only:
             scenarios["drain"] = await drain_scenario(sizes, work)
         if "failover" in only:
@@ -549,6 +588,9 @@ async def main() -> None:
                 )
             }
         )
+    if "farm" in scenarios:
+        flat["farm_phones"] = scenarios["farm"]["phones"]
+        flat["farm_dispatch_per_s"] = scenarios["farm"]["max_per_s"]["median"]
     if "drain" in scenarios:
         flat["drain_per_s"] = scenarios["drain"]["drain_per_s"]
     if "failover" in scenarios:
