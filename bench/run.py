@@ -277,6 +277,22 @@ async def load(server: Server, key: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
+async def closed_runs(server: Server, key: str, sizes: Sizes) -> list[dict[str, Any]]:
+    """``sizes.repeats`` closed-loop runs of ``sizes.clients`` REST clients."""
+    return [
+        await load(
+            server,
+            key,
+            "closed",
+            "--concurrency",
+            str(sizes.clients),
+            "--seconds",
+            str(sizes.seconds),
+        )
+        for _ in range(sizes.repeats)
+    ]
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 1),
@@ -297,18 +313,7 @@ async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, An
     fleet = Fleet(server, tokens, "hub" if kind == "hub" else "relay")
     try:
         await fleet.start()
-        runs = [
-            await load(
-                server,
-                key,
-                "closed",
-                "--concurrency",
-                str(sizes.clients),
-                "--seconds",
-                str(sizes.seconds),
-            )
-            for _ in range(sizes.repeats)
-        ]
+        runs = await closed_runs(server, key, sizes)
         rates = [float(r["per_s"]) for r in runs]
         best = statistics.median(rates)
 
@@ -392,18 +397,7 @@ async def farm_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
     fleet = Fleet(server, tokens, "hub")
     try:
         await fleet.start()
-        runs = [
-            await load(
-                server,
-                key,
-                "closed",
-                "--concurrency",
-                str(sizes.clients),
-                "--seconds",
-                str(sizes.seconds),
-            )
-            for _ in range(sizes.repeats)
-        ]
+        runs = await closed_runs(server, key, sizes)
         return {
             "phones": sizes.farm_phones,
             "max_per_s": spread([float(r["per_s"]) for r in runs]),

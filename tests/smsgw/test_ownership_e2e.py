@@ -223,16 +223,25 @@ async def test_a_stale_failure_report_does_not_cancel_the_current_offer(
     await raw.ws.close()
 
 
-async def test_offers_to_a_replaced_session_fail_over_at_once(
+async def restarted_with_an_offer(
     hub: HubServer, api: httpx.AsyncClient, farm: Farm
-) -> None:
-    hub.hub.settings.accept_timeout = 30.0  # the failover below must not wait for this
+) -> tuple[Phone, asyncio.Task[httpx.Response], dict[str, Any], RawPhone]:
+    """A dispatch offered to a phone whose app then restarts: the phone, the request, the
+    offer its old socket got, and its new socket (hello sent, welcome not yet read)."""
+    hub.hub.settings.accept_timeout = 30.0  # what follows must not wait for this
     phone, old = await RawPhone.enrolled(hub, farm)
     request = asyncio.create_task(
         api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
     )
     first = await old.expect("send")
-    new = await RawPhone.open(hub, phone.token)  # the app restarted: same phone, new socket
+    new = await RawPhone.open(hub, phone.token)  # same phone, new socket
+    return phone, request, first, new
+
+
+async def test_offers_to_a_replaced_session_fail_over_at_once(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    _phone, request, first, new = await restarted_with_an_offer(hub, api, farm)
     await new.expect("welcome")
     again = await asyncio.wait_for(new.expect("send"), 5)  # well before the 30 s timeout
     assert again["message_id"] == first["message_id"] and again["attempt"] == 2
@@ -249,13 +258,7 @@ async def test_an_accept_resent_on_a_new_socket_races_the_replacement_and_one_wi
     """The app restarts with an offer in hand and re-sends its accept on the new socket,
     right behind its hello: the replacement ends the old session's offer while the accept
     claims it. Whichever the hub takes, the message has one owner and goes out once."""
-    hub.hub.settings.accept_timeout = 30.0
-    phone, old = await RawPhone.enrolled(hub, farm)
-    request = asyncio.create_task(
-        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
-    )
-    first = await old.expect("send")
-    new = await RawPhone.open(hub, phone.token)
+    phone, request, first, new = await restarted_with_an_offer(hub, api, farm)
     ref = await new.accept(first)  # no wait for the welcome: both frames land together
     answer = await new.expect("ownership")
     assert answer["ref"] == ref
@@ -281,13 +284,7 @@ async def test_an_accept_resent_after_the_replacement_re_offered_is_refused(
 ) -> None:
     """The other order of the race above, forced: the replacement has ended the offer and
     offered attempt 2 before the stale accept of attempt 1 arrives."""
-    hub.hub.settings.accept_timeout = 30.0
-    phone, old = await RawPhone.enrolled(hub, farm)
-    request = asyncio.create_task(
-        api.post("/sms/dispatch", json={"to": TO, "message": "m", "timeout": 20})
-    )
-    first = await old.expect("send")
-    new = await RawPhone.open(hub, phone.token)
+    _phone, request, first, new = await restarted_with_an_offer(hub, api, farm)
     again = await asyncio.wait_for(new.expect("send"), 5)
     assert again["attempt"] == 2
     await new.accept(first)
