@@ -177,10 +177,8 @@ class ClusterRegistry(Registry):
     def is_local(self, live: LiveDevice) -> bool:
         return self._local.get(live.device_id) is live
 
-    def pick(
-        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
-    ) -> LiveDevice | None:
-        return (self._local if local else self._all).pick(affinity=affinity, exclude=exclude)
+    def _roster(self, local: bool) -> Roster:
+        return self._local if local else self._all
 
     async def changed(self, live: LiveDevice) -> None:
         if self.is_local(live):

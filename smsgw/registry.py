@@ -150,12 +150,16 @@ class Registry(abc.ABC):
     def is_local(self, live: LiveDevice) -> bool:
         return True
 
-    @abc.abstractmethod
     def pick(
         self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
     ) -> LiveDevice | None:
         """The phone ``routing.pick()`` would choose among ``all()`` (or ``local()``),
         found without looking at every phone (smsgw/roster.py)."""
+        return self._roster(local).pick(affinity=affinity, exclude=exclude)
+
+    @abc.abstractmethod
+    def _roster(self, local: bool) -> Roster:
+        """What ``local()`` (or ``all()``) is a view of."""
 
     def start_draining(self) -> None:
         """This node is shutting down: route no new work to its phones."""
@@ -204,10 +208,8 @@ class LocalRegistry(Registry):
             return True
         return False
 
-    def pick(
-        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
-    ) -> LiveDevice | None:
-        return self._live.pick(affinity=affinity, exclude=exclude)
+    def _roster(self, local: bool) -> Roster:
+        return self._live
 
     def get(self, device_id: str) -> LiveDevice | None:
         return self._live.get(device_id)

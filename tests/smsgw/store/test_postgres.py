@@ -407,9 +407,10 @@ async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to
 async def test_mark_sent_locks_message_attempt_device_then_affinity(
     nodes: list[PostgresStore],
 ) -> None:
-    """mark_sent is one statement; its parts must still lock rows in the order that
-    mark_delivered and delete_device use, or two of them can deadlock. Seen from outside:
-    while another transaction holds a row, which rows has the waiting mark_sent locked?"""
+    """mark_sent is one statement; its parts must still lock rows in the one order the
+    other writes use (mark_delivered, delete_device), since two orders are how two
+    transactions deadlock. Seen from outside: while another transaction holds a row,
+    which rows has the waiting mark_sent locked?"""
     store = nodes[0]
     phone = await add_device(store, "order")
     msg = new_message()
