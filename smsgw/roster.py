@@ -87,9 +87,12 @@ class Roster:
 
     def refile(self, live: LiveDevice) -> None:
         """``live``'s tier or last use changed: move it to its new place."""
-        if self._by_id.get(live.device_id) is live:
-            self._unfile(live.device_id)
-            self._file(live)
+        if self._by_id.get(live.device_id) is not live:
+            return
+        if self._filed[live.device_id] == (tier(live), (live.last_used, live.device_id)):
+            return  # most heartbeats: same tier, same place
+        self._unfile(live.device_id)
+        self._file(live)
 
     def pick(
         self, *, affinity: str | None = None, exclude: Collection[str] = ()
