@@ -284,9 +284,11 @@ class ClusterRegistry(Registry):
             live = self._local.get(dev)
             if live is not None:
                 # A draining node keeps its phones disabled whatever an admin sets.
-                live.name = str(env["name"])
-                live.enabled = bool(env["enabled"]) and not self.draining
-                live.daily_quota = int(env["daily_quota"])
+                live.configure(
+                    name=str(env["name"]),
+                    enabled=bool(env["enabled"]) and not self.draining,
+                    daily_quota=int(env["daily_quota"]),
+                )
                 self._spawn(self._publish_now(live))
                 self.dispatcher.wake()
         elif kind == "news":
@@ -488,11 +490,12 @@ class ClusterRegistry(Registry):
             self._all.put(seen)
             self.dispatcher.wake()  # a phone to route to
         seen.epoch = state.epoch
-        seen.name, seen.enabled = state.name, state.enabled
-        seen.daily_quota, seen.max_in_flight = state.daily_quota, state.max_in_flight
-        seen.set_status(state.battery, state.charging, state.signal, state.network)
-        seen.sims = state.sims
+        seen.max_in_flight, seen.sims = state.max_in_flight, state.sims
+        # The count before configure(): it refiles, and the roster asks whether the
+        # phone is spent.
         seen.sent_count, seen.sent_day = state.sent_count, state.sent_day
+        seen.configure(name=state.name, enabled=state.enabled, daily_quota=state.daily_quota)
+        seen.set_status(state.battery, state.charging, state.signal, state.network)
         seen.connected_at = datetime.fromtimestamp(state.connected_at or 0, UTC)
         seen.last_seen = datetime.fromtimestamp(state.last_seen, UTC)
 

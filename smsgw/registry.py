@@ -53,9 +53,11 @@ class LiveDevice:
     # Another node's phone answered "busy" (full with that node's own work, which this
     # node does not see): shown as full here until this monotonic time.
     full_until: float = 0.0
-    # The rosters that file this phone for routing (smsgw/roster.py): set_status() and
-    # mark_used() move it in each. Battery, charging, signal and last_used change only
-    # through them.
+    # The rosters that file this phone for routing (smsgw/roster.py): set_status(),
+    # mark_used() and configure() move it in each. Battery, charging, signal and
+    # last_used change only through them, and enabled and daily_quota only through
+    # configure() once the phone is in a roster (a roster sets aside spent phones until
+    # one of these tells it otherwise).
     rosters: list[Roster] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -112,12 +114,19 @@ class LiveDevice:
     def set_status(self, battery: int, charging: bool, signal: int, network: str | None) -> None:
         """A heartbeat's news; refiled where routing looks (its tier may have changed)."""
         self.battery, self.charging, self.signal, self.network = battery, charging, signal, network
-        for roster in self.rosters:
-            roster.refile(self)
+        self._refile()
 
     def mark_used(self) -> None:
         """Offered a message now: the back of its tier for the next pick."""
         self.last_used = time.monotonic()
+        self._refile()
+
+    def configure(self, *, name: str, enabled: bool, daily_quota: int) -> None:
+        """An admin's change (or news of one): a phone that was spent may not be now."""
+        self.name, self.enabled, self.daily_quota = name, enabled, daily_quota
+        self._refile()
+
+    def _refile(self) -> None:
         for roster in self.rosters:
             roster.refile(self)
 

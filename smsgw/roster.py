@@ -9,10 +9,14 @@ it may use, so it returns what ``routing.pick()`` returns over the same phones, 
 after looking at one or two of them.
 
 Eligibility (in flight, daily quota, enabled) is checked during the walk rather than
-filed, because it changes with every offer and report and with the clock. The phones
-that are busy were used most recently and sit at the back of their tier, so a walk
-rarely meets them; a phone that stays ineligible without being used (its daily quota
-spent, disabled) stays near the front and every pick steps over it.
+filed, because it changes with every offer and report. The phones that are busy were used
+most recently and sit at the back of their tier, so a walk rarely meets them. A phone
+that is *spent* (``routing.spent()``: disabled, or its day's quota used up) would stay
+near the front, unused, and every pick would step over it: with most of a farm at its
+daily cap, as a busy farm is by evening, that is the cost of looking at every phone
+again. So a walk that meets a spent phone sets it aside ("parked"), and it comes back
+when something that can end that changes: an admin's change (``LiveDevice.configure()``),
+any refile, or a new day (the first pick of a day takes every parked phone back).
 
 A phone's place is kept up to date by ``LiveDevice.set_status()`` and
 ``LiveDevice.mark_used()``, which refile it in every roster that holds it.
@@ -24,7 +28,8 @@ import bisect
 from collections.abc import Collection, ItemsView, Iterator, KeysView, ValuesView
 from typing import TYPE_CHECKING
 
-from smsgw.routing import eligible, tier
+from smsgw.clock import today
+from smsgw.routing import eligible, spent, tier
 
 if TYPE_CHECKING:
     from smsgw.registry import LiveDevice
@@ -41,6 +46,8 @@ class Roster:
         self._tiers: dict[Tier, list[Place]] = {}
         self._order: list[Tier] = []  # the tiers that hold phones, best first
         self._filed: dict[str, tuple[Tier, Place]] = {}
+        self._parked: dict[str, LiveDevice] = {}  # spent phones, out of the tiers
+        self._parked_on = ""  # the day the parked phones were last looked at
 
     # -- the dict part ----------------------------------------------------------------
 
@@ -79,7 +86,8 @@ class Roster:
     def pop(self, device_id: str) -> LiveDevice | None:
         live = self._by_id.pop(device_id, None)
         if live is not None:
-            self._unfile(device_id)
+            if self._parked.pop(device_id, None) is None:
+                self._unfile(device_id)
             live.rosters.remove(self)
         return live
 
@@ -88,6 +96,11 @@ class Roster:
     def refile(self, live: LiveDevice) -> None:
         """``live``'s tier or last use changed: move it to its new place."""
         if self._by_id.get(live.device_id) is not live:
+            return
+        if live.device_id in self._parked:
+            if not spent(live):
+                del self._parked[live.device_id]
+                self._file(live)
             return
         if self._filed[live.device_id] == (tier(live), (live.last_used, live.device_id)):
             return  # most heartbeats: same tier, same place
@@ -102,15 +115,34 @@ class Roster:
             live = self._by_id.get(affinity)
             if live is not None and eligible(live):
                 return live
+        day = today()
+        if day != self._parked_on:
+            self._parked_on = day
+            self._unpark_all()  # yesterday's quotas are spent no more
         by_id = self._by_id
+        found: LiveDevice | None = None
+        to_park: list[LiveDevice] = []
         for key in self._order:
             for _, device_id in self._tiers[key]:
                 if device_id in exclude:
                     continue
                 live = by_id[device_id]
                 if eligible(live):
-                    return live
-        return None
+                    found = live
+                    break
+                if spent(live):
+                    to_park.append(live)
+            if found is not None:
+                break
+        for live in to_park:  # not during the walk: it would change the lists walked
+            self._unfile(live.device_id)
+            self._parked[live.device_id] = live
+        return found
+
+    def _unpark_all(self) -> None:
+        parked, self._parked = self._parked, {}
+        for live in parked.values():
+            self._file(live)
 
     def _file(self, live: LiveDevice) -> None:
         key, place = tier(live), (live.last_used, live.device_id)

@@ -72,6 +72,12 @@ def eligible(c: Routable) -> bool:
     )
 
 
+def spent(c: Routable) -> bool:
+    """Ineligible until an admin or the calendar says otherwise (disabled, or the day's
+    quota used up): unlike a full in-flight window, no report of the phone's ends it."""
+    return not c.enabled or c.sent_today >= c.daily_quota
+
+
 def free_slots(c: Routable) -> int:
     if not eligible(c):
         return 0

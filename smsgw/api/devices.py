@@ -163,13 +163,14 @@ async def patch_device(call: Call) -> DeviceOut:
         raise ApiError(404, "device_not_found", f"no device {call.path('device_id')}")
     live = call.hub.registry.get(device.id)
     if live is not None:
-        live.name, live.enabled = device.name, device.enabled
+        quota = live.daily_quota
         if "daily_quota" in fields:
-            live.daily_quota = (
+            quota = (
                 device.daily_quota
                 if device.daily_quota is not None
                 else call.hub.settings.default_daily_quota
             )
+        live.configure(name=device.name, enabled=device.enabled, daily_quota=quota)
         await call.hub.registry.changed(live)  # the node holding its socket, if not us
     call.hub.dispatcher.wake()
     return _out(call, device)

@@ -197,6 +197,19 @@ async def test_disabled_and_over_quota_phones_are_skipped(
     devices = {d["id"]: d for d in (await api.get("/devices/")).json()["items"]}
     assert devices[a.device_id]["sent_today"] == 1 and devices[a.device_id]["daily_quota"] == 1
     assert devices[b.device_id]["enabled"] is False
+    # Both were set aside by the roster as spent; an admin's change brings one back, and
+    # the waiting message goes to it.
+    await api.patch(f"/devices/{a.device_id}", json={"daily_quota": 2})
+    mid = r3.json()["message_id"]
+
+    async def sent_by_a() -> bool:
+        msg = (await api.get(f"/sms/{mid}")).json()
+        return bool(msg["status"] == "SENT" and msg["device_id"] == a.device_id)
+
+    await wait_for(sent_by_a, what="the waiting message sent by the phone whose quota rose")
+    await api.patch(f"/devices/{b.device_id}", json={"enabled": True})
+    r4 = await dispatch(api, to="+12025550004")
+    assert r4.status_code == 200 and r4.json()["device_id"] == b.device_id
 
 
 async def test_a_dispatch_waits_for_a_busy_phone_to_free_a_slot(

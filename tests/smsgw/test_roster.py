@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import date, timedelta
 
 import pytest
 
+import smsgw.registry
+import smsgw.roster
 from smsgw.clock import today
 from smsgw.protocol import CloseCode
 from smsgw.registry import LiveDevice
@@ -42,8 +45,23 @@ def phone(rng: random.Random, device_id: str) -> LiveDevice:
     )
 
 
+@pytest.fixture
+def calendar(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The date as the registry and the roster see it, moved on by ``calendar[0]`` days."""
+    shift = [0]
+
+    def shifted() -> str:
+        return (date.fromisoformat(today()) + timedelta(days=shift[0])).isoformat()
+
+    monkeypatch.setattr(smsgw.registry, "today", shifted)
+    monkeypatch.setattr(smsgw.roster, "today", shifted)
+    return shift
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_a_pick_is_routing_pick_over_the_same_phones_through_any_changes(seed: int) -> None:
+def test_a_pick_is_routing_pick_over_the_same_phones_through_any_changes(
+    seed: int, calendar: list[int]
+) -> None:
     rng = random.Random(seed)
     roster = Roster()
     ids = [f"p{i:03d}" for i in range(60)]
@@ -62,11 +80,17 @@ def test_a_pick_is_routing_pick_over_the_same_phones_through_any_changes(seed: i
             live.holding.add(f"m{step}")
         elif op < 0.8 and live.holding:
             live.holding.discard(rng.choice(sorted(live.holding)))
-            live.count_sent()
-        elif op < 0.85:
-            live.enabled = not live.enabled
+            if rng.random() < 0.7:  # sent; otherwise failed, which uses no quota
+                live.count_sent()
+        elif op < 0.83:
+            live.configure(name=live.name, enabled=not live.enabled, daily_quota=live.daily_quota)
+        elif op < 0.86:
+            quota = max(0, live.sent_today + rng.choice([-1, 0, 1, 2]))
+            live.configure(name=live.name, enabled=live.enabled, daily_quota=quota)
         elif op < 0.9:
             live.full_until = time.monotonic() + rng.choice([-1.0, 60.0])
+        elif op < 0.92:
+            calendar[0] += 1  # midnight: every quota is unused again
         affinity = rng.choice([None, rng.choice(ids)])
         exclude = set(rng.sample(ids, rng.choice([0, 1, 5, 30])))
         expected = pick(roster.values(), affinity=affinity, exclude=exclude)
@@ -138,3 +162,48 @@ def test_a_pick_in_a_large_farm_looks_at_few_phones() -> None:
     finally:
         module.eligible = real
     assert checked < 3 * 1000
+
+
+def test_spent_phones_are_set_aside_until_an_admin_or_the_calendar_brings_them_back(
+    calendar: list[int],
+) -> None:
+    """A farm mostly at its daily cap: the spent phones are looked at once, not on every
+    pick; re-enabled or raised, or the next day, they are picked again."""
+    rng = random.Random(4)
+    roster = Roster()
+    phones = []
+    for i in range(1000):
+        live = phone(rng, f"p{i:04d}")
+        live.enabled, live.max_in_flight = True, 1
+        live.daily_quota, live.sent_count = (5, 5) if i >= 10 else (10**6, 0)
+        roster.put(live)
+        phones.append(live)
+    module = smsgw.roster
+    checked = 0
+    real = module.eligible
+
+    def counting(c: LiveDevice) -> bool:
+        nonlocal checked
+        checked += 1
+        return real(c)
+
+    module.eligible = counting  # type: ignore[assignment]
+    try:
+        for _ in range(500):
+            live = roster.pick()
+            assert live is not None and live in phones[:10]
+            live.mark_used()
+    finally:
+        module.eligible = real
+    assert checked < 990 + 3 * 500  # each spent phone once, then about one per pick
+
+    spent = phones[500]
+    spent.configure(name=spent.name, enabled=True, daily_quota=6)  # raised by an admin
+    spent.set_status(100, True, 4, None)  # and the best signal in the farm
+    assert roster.pick() is spent
+    spent.configure(name=spent.name, enabled=False, daily_quota=6)
+    assert roster.pick() is not spent
+    calendar[0] += 1
+    back = [p for p in phones[10:] if p is not spent]
+    assert roster.pick(exclude={p.device_id for p in phones[:10]}) in back
+    assert pick(roster.values()) is roster.pick()
