@@ -18,6 +18,11 @@
     writes per commit: what a durable transaction costs, and what group commit saves as
     batches grow. ``--postgres`` runs it on a fresh schema of that server instead.
 
+``python -m bench.probe roster``
+    What choosing a phone costs, in this process: ``Roster.pick()`` + ``mark_used()``
+    against ``routing.pick()`` over the same phones, for farms of several sizes with
+    none or most of their phones spent (at their daily quota).
+
 ``python -m bench.probe gc``
     A hub started in this process as ``smsgw serve`` starts it: objects the cyclic garbage
     collector tracks, and how long a full collection pauses the loop, before and after
@@ -267,9 +272,68 @@ async def gc_pause() -> None:
             await hub.stop()
 
 
+def roster_picks() -> None:
+    import timeit
+
+    from smsgw.clock import today
+    from smsgw.registry import LiveDevice
+    from smsgw.roster import Roster
+    from smsgw.routing import pick
+    from smsgw.session import Session
+
+    class Idle(Session):  # nothing is sent: only routing runs
+        async def send_command(self, message: object, attempt: int) -> None:
+            raise NotImplementedError
+
+        async def close(self, code: object, reason: str) -> None:
+            raise NotImplementedError
+
+    for phones, spent in ((20, 0), (1000, 0), (1000, 900), (10_000, 0), (10_000, 9000)):
+        roster = Roster()
+        for i in range(phones):
+            capped = i < spent
+            roster.put(
+                LiveDevice(
+                    session=Idle(),
+                    device_id=f"p{i:05d}",
+                    name="",
+                    enabled=True,
+                    daily_quota=5 if capped else 10**9,
+                    max_in_flight=10**9,
+                    battery=90,
+                    charging=True,
+                    signal=i % 5,
+                    network=None,
+                    sims=[],
+                    sent_count=5 if capped else 0,
+                    sent_day=today(),
+                )
+            )
+
+        def with_roster(roster: Roster = roster) -> None:
+            live = roster.pick()
+            assert live is not None
+            live.mark_used()
+
+        def with_routing(roster: Roster = roster) -> None:
+            live = pick(roster.values())
+            assert live is not None
+            live.mark_used()
+
+        figures = []
+        for fn in (with_roster, with_routing):
+            number = 2000 if fn is with_roster else max(5, 20_000 // phones)
+            best = min(timeit.repeat(fn, number=number, repeat=5)) / number
+            figures.append(f"{best * 1e6:,.1f} us")
+        print(
+            f"{phones:>6} phones, {spent:>5} spent: Roster.pick {figures[0]}, "
+            f"routing.pick {figures[1]} (each with mark_used)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["cpu", "latency", "store", "gc"])
+    parser.add_argument("what", choices=["cpu", "latency", "store", "gc", "roster"])
     parser.add_argument("kind", nargs="?", choices=["hub", "relay"], default="hub")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", default="550", help="latency: comma-separated offered rates")
@@ -284,6 +348,8 @@ def main() -> None:
             uvloop.run(store(int(workers), args.sync, min(args.seconds, 6.0), args.postgres))
     elif args.what == "gc":
         asyncio.run(gc_pause())
+    elif args.what == "roster":
+        roster_picks()
     elif args.what == "cpu":
         asyncio.run(cpu(args.kind, args.seconds, args.profile))
     else:
