@@ -28,7 +28,7 @@ from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.idempotency import KEEP_SECONDS as IDEMPOTENCY_KEEP
 from smsgw.registry import LiveDevice, Registry
-from smsgw.routing import eligible, free_slots
+from smsgw.routing import eligible, free_slots, spent
 from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 from smsgw.wakeup import Waker
@@ -177,7 +177,7 @@ class Dispatcher:
                 if msg.pinned_device_id is not None
                 else self.registry.all()
             )
-            if not any(d.enabled and d.sent_today < d.daily_quota for d in pool):
+            if all(spent(d) for d in pool):
                 return None
             fut: asyncio.Future[None] = loop.create_future()
             self._slot_waiters.append(fut)
