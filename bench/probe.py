@@ -45,7 +45,16 @@ from typing import Any
 
 import uvloop
 
-from bench.run import Fleet, Server, cpu_seconds, load, proc_stat, provision, provision_store
+from bench.run import (
+    Fleet,
+    Server,
+    cpu_seconds,
+    load,
+    postgres_schema,
+    proc_stat,
+    provision,
+    provision_store,
+)
 from smsgw.store import Store
 from smsgw.store.sqlite import SqliteStore
 
@@ -168,22 +177,16 @@ async def probe_store(sync: str, postgres: str | None) -> AsyncIterator[Store]:
             finally:
                 await db.close()
         return
-    import asyncpg
+    from smsgw.store.postgres import PostgresStore
 
-    from smsgw.store.postgres import PostgresStore, split_url
-
-    schema = f"probe_{os.getpid()}_{int(time.time())}"
-    join = "&" if "?" in postgres else "?"
-    db = PostgresStore(f"{postgres}{join}schema={schema}", max_size=20)
-    await db.open()
-    try:
-        await provision_store(db, PHONES)
-        yield db
-    finally:
-        await db.close()
-        conn = await asyncpg.connect(split_url(postgres)[0])
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+    async with postgres_schema(postgres) as url:
+        pg = PostgresStore(url, max_size=20)
+        await pg.open()
+        try:
+            await provision_store(pg, PHONES)
+            yield pg
+        finally:
+            await pg.close()
 
 
 async def store(workers: int, sync: str, seconds: float, postgres: str | None) -> None:

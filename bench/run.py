@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,12 +148,48 @@ async def provision_store(
     return key, tokens
 
 
+@contextlib.asynccontextmanager
+async def postgres_schema(url: str) -> AsyncIterator[str]:
+    """A fresh, migrated schema on the PostgreSQL server at ``url``, dropped afterwards:
+    yields the database URL that names it."""
+    import asyncpg
+
+    from smsgw.store.postgres import PostgresStore, split_url
+
+    schema = f"bench_{os.getpid()}_{time.time_ns()}"
+    join = "&" if "?" in url else "?"
+    named = f"{url}{join}schema={schema}"
+    store = PostgresStore(named)
+    await store.open()  # creates the schema and runs the migrations
+    await store.close()
+    try:
+        yield named
+    finally:
+        conn = await asyncpg.connect(split_url(url)[0])
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def provision_url(database_url: str, phones: int) -> tuple[str, list[str]]:
+    """``provision`` into the PostgreSQL schema named by ``database_url``."""
+    from smsgw.store.postgres import PostgresStore
+
+    store = PostgresStore(database_url)
+    await store.open()
+    try:
+        return await provision_store(store, phones)
+    finally:
+        await store.close()
+
+
 class Server:
     """The hub or the relay, pinned to the hub core."""
 
-    def __init__(self, kind: str, db: Path | None = None) -> None:
+    def __init__(self, kind: str, db: Path | str | None = None) -> None:
         self.kind = kind
-        self.db = db
+        self.db = db  # a SQLite file, or a database URL
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -164,7 +202,7 @@ class Server:
         if self.kind == "hub":
             assert self.db is not None
             env.update(
-                SMSGW_DATABASE_URL=f"sqlite:///{self.db}",
+                SMSGW_DATABASE_URL=self.db if isinstance(self.db, str) else f"sqlite:///{self.db}",
                 SMSGW_HOST="127.0.0.1",
                 SMSGW_PORT=str(self.port),
                 SMSGW_LOG_LEVEL="warning",
@@ -309,14 +347,27 @@ def spread(values: list[float]) -> dict[str, float]:
 # -- scenarios ----------------------------------------------------------------------------
 
 
-async def dispatch_scenario(kind: str, sizes: Sizes, work: Path) -> dict[str, Any]:
+async def dispatch_scenario(
+    kind: str, sizes: Sizes, work: Path, postgres: str | None = None
+) -> dict[str, Any]:
     """Closed-loop max rate (repeats), then open-loop latency at fractions of it, and at
-    half of it ``repeats`` times: one run's p99 moves by 2-4x on a shared VM."""
+    half of it ``repeats`` times: one run's p99 moves by 2-4x on a shared VM. The hub on
+    a fresh schema of the PostgreSQL server at ``postgres``, if given."""
+    if kind == "hub" and postgres is not None:
+        async with postgres_schema(postgres) as url:
+            key, tokens = await provision_url(url, sizes.phones)
+            return await _dispatch_runs(Server(kind, url), key, tokens, sizes)
     db = work / f"{kind}.db"
     key, tokens = await provision(db, sizes.phones) if kind == "hub" else ("", [""] * sizes.phones)
-    server = await Server(kind, db).start()
-    fleet = Fleet(server, tokens, "hub" if kind == "hub" else "relay")
+    return await _dispatch_runs(Server(kind, db), key, tokens, sizes)
+
+
+async def _dispatch_runs(
+    server: Server, key: str, tokens: list[str], sizes: Sizes
+) -> dict[str, Any]:
+    fleet = Fleet(server, tokens, "hub" if server.kind == "hub" else "relay")
     try:
+        await server.start()
         await fleet.start()
         runs = await closed_runs(server, key, sizes)
         rates = [float(r["per_s"]) for r in runs]
@@ -546,14 +597,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
     parser.add_argument("--only", nargs="*", default=None, choices=[*SCENARIOS])
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="the dispatch scenario only, its hub on a fresh schema of this PostgreSQL server",
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else QUICK
-    only = set(args.only or SCENARIOS)
+    only = {"dispatch"} if args.postgres else set(args.only or SCENARIOS)
     scenarios: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="smsgw-bench-") as tmp:
         work = Path(tmp)
         if "dispatch" in only:
-            scenarios["hub"] = await dispatch_scenario("hub", sizes, work)
+            scenarios["hub"] = await dispatch_scenario("hub", sizes, work, args.postgres)
             scenarios["ceiling"] = await dispatch_scenario("relay", sizes, work)
         if "connections" in only:
             scenarios["connections"] = await connections_scenario(sizes, work)
@@ -614,6 +671,7 @@ async def main() -> None:
     result = {
         **flat,
         "mode": "full" if args.full else "quick",
+        "store": "postgres" if args.postgres else "sqlite",
         "git_sha": sha,
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -625,10 +683,11 @@ async def main() -> None:
         "scenarios": scenarios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{stamp}-{sha}.json"
+    name = f"{stamp}-{sha}" + ("-postgres" if args.postgres else "")
+    out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     if "hub" in scenarios:
-        plot(result, RESULTS / f"{stamp}-{sha}-latency.png")
+        plot(result, RESULTS / f"{name}-latency.png")
     print(table(flat))
     print(f"\nwritten: {out.relative_to(ROOT)}")
 
