@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_message_chars: int = Field(default=1600, ge=1)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Connections the kernel queues before the hub accepts them. When a farm reconnects at
+    # once (a hub restart, a network blip), the queue overflows and every SYN it drops
+    # waits 1, 3, 7, 15 s for its retry. The kernel caps this at net.core.somaxconn.
+    listen_backlog: int = Field(default=65535, ge=1)
     sqlite_synchronous: str = "FULL"
     # PostgreSQL connection pool per hub node (SMSGW_DB_POOL_SIZE is the maximum).
     db_pool_size: int = Field(default=10, ge=1)

@@ -44,6 +44,7 @@ def uvicorn_config(
         "lifespan": "on",
         "access_log": False,
         "timeout_graceful_shutdown": 10,
+        "backlog": settings.listen_backlog,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
