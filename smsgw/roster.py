@@ -18,8 +18,9 @@ again. So a walk that meets a spent phone sets it aside ("parked"), and it comes
 when something that can end that changes: an admin's change (``LiveDevice.configure()``),
 any refile, or a new day (the first pick of a day takes every parked phone back).
 
-A phone's place is kept up to date by ``LiveDevice.set_status()`` and
-``LiveDevice.mark_used()``, which refile it in every roster that holds it.
+A phone's place is kept up to date by ``LiveDevice.set_status()``,
+``LiveDevice.mark_used()`` and ``LiveDevice.configure()``, which refile it in every
+roster that holds it.
 """
 
 from __future__ import annotations
