@@ -320,6 +320,26 @@ async def load(server: Server, key: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
+async def settle(server: Server, key: str, limit: float = 300.0) -> float:
+    """Wait until the hub has nothing left from the run before (no message PENDING or
+    QUEUED): an overloaded run leaves a backlog that the outbox works off during the
+    next one, which would then measure two loads at once. Returns the seconds waited."""
+    t0 = time.monotonic()
+    if server.kind != "hub":
+        await asyncio.sleep(1.0)  # the relay keeps nothing: its requests end with the run
+        return 1.0
+    async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=60) as c:
+        while time.monotonic() - t0 < limit:
+            busy = False
+            for status in ("PENDING", "QUEUED"):
+                r = await c.get(f"{server.url}/sms/", params={"status": status, "limit": 1})
+                busy = busy or bool(r.json()["items"])
+            if not busy:
+                break
+            await asyncio.sleep(0.5)
+    return round(time.monotonic() - t0, 1)
+
+
 async def closed_runs(server: Server, key: str, sizes: Sizes) -> list[dict[str, Any]]:
     """``sizes.repeats`` closed-loop runs of ``sizes.clients`` REST clients."""
     return [
@@ -374,6 +394,7 @@ async def _dispatch_runs(
         best = statistics.median(rates)
 
         async def open_loop(fraction: float) -> dict[str, Any]:
+            settled = await settle(server, key)
             r = await load(
                 server,
                 key,
@@ -385,7 +406,7 @@ async def _dispatch_runs(
                 "--concurrency",
                 str(sizes.clients),
             )
-            return {"fraction": fraction, **r}
+            return {"fraction": fraction, "settled_s": settled, **r}
 
         curve = [await open_loop(fraction) for fraction in sizes.fractions]
         half = [at_half(curve)]
