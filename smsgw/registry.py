@@ -173,7 +173,7 @@ class Registry(abc.ABC):
     def start_draining(self) -> None:
         """This node is shutting down: route no new work to its phones."""
         for live in self.local():
-            live.enabled = False
+            live.configure(name=live.name, enabled=False, daily_quota=live.daily_quota)
 
     async def tell_nodes(self, news: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """This node changed state that every node keeps in memory (the opt-out list,

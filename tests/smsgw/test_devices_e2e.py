@@ -155,6 +155,28 @@ async def test_device_list_patch_and_delete(
     assert (await api.delete(f"/devices/{phone.device_id}")).status_code == 404
 
 
+async def test_an_admin_change_does_not_re_enable_a_phone_of_a_draining_node(
+    hub: HubServer, api: httpx.AsyncClient, farm: Farm
+) -> None:
+    phone = await farm.add(send_delay=1.0)  # holds its message: the drain waits for it
+    first = asyncio.create_task(
+        api.post("/sms/dispatch", json={"to": "+12025550101", "message": "x"})
+    )
+    await wait_for(lambda: bool(phone.store.held()), what="the message on the phone")
+    drain = asyncio.create_task(hub.hub.drain())
+    await wait_for(lambda: hub.hub.draining, what="the drain")
+    r = await api.patch(f"/devices/{phone.device_id}", json={"name": "renamed", "enabled": True})
+    assert r.status_code == 200 and r.json()["name"] == "renamed"
+    live = hub.hub.registry.get(phone.device_id)
+    assert live is not None and live.enabled is False and live.name == "renamed"
+    second = await api.post(
+        "/sms/dispatch", json={"to": "+12025550102", "message": "y", "timeout": 0.5}
+    )
+    assert second.status_code == 202  # no new work for a phone that is leaving
+    assert (await first).json()["status"] == "SENT"
+    await drain
+
+
 async def test_http_heartbeat_updates_state_and_needs_a_device_token(
     hub: HubServer, farm: Farm, api: httpx.AsyncClient
 ) -> None:
