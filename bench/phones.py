@@ -70,14 +70,15 @@ class Phone(asyncio.Protocol):
             return
         if reply:
             self.transport.write(reply)
-        if self.codec.open and not was_open:
+        if self.codec.open and not was_open and not self.codec.closed:
             self.transport.write(frame(TEXT, HELLO))
         for text in texts:
             self.fleet.received(self, json.loads(text))
 
     def send(self, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(frame(TEXT, text.encode()))
+        assert self.transport is not None and self.codec is not None
+        if not self.codec.closed:  # no data frames after the closing handshake
+            self.transport.write(frame(TEXT, text.encode()))
 
     def heartbeat(self) -> None:
         self.beats += 1

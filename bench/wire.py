@@ -72,6 +72,8 @@ class ClientCodec:
         self.closed = False  # a close frame arrived (and was answered)
 
     def receive(self, data: bytes) -> tuple[list[str], bytes]:
+        if self.closed:
+            return [], b""  # the closing handshake is done on our side: ignore the rest
         buf = self._buffer + data if self._buffer else data
         texts: list[str] = []
         reply = b""
@@ -100,6 +102,8 @@ class ClientCodec:
                 if size - start < 8:
                     break
                 (n,) = struct.unpack_from("!Q", buf, start)
+                if n >> 63:
+                    raise WireError("a 64-bit frame length with its top bit set")
                 start += 8
             if size - start < n:
                 break
@@ -125,5 +129,9 @@ class ClientCodec:
         for line in fields:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if headers.get("upgrade", "").lower() != "websocket":
+            raise WireError("no Upgrade: websocket in the response")
+        if "upgrade" not in (t.strip() for t in headers.get("connection", "").lower().split(",")):
+            raise WireError("no Connection: upgrade in the response")
         if headers.get("sec-websocket-accept", "").encode() != self._accept:
             raise WireError("wrong Sec-WebSocket-Accept")

@@ -71,15 +71,24 @@ def test_ping_is_answered_and_close_is_echoed() -> None:
     assert isinstance(pong, Frame) and pong.opcode is Opcode.PONG and pong.data == b"hi"
     assert isinstance(close, Frame) and close.opcode is Opcode.CLOSE
     assert Close.parse(close.data).code == 1001
+    assert client.receive(b"\x81\x01x") == ([], b"")  # after the close: nothing more
 
 
 def test_a_refused_upgrade_or_a_wrong_accept_is_an_error() -> None:
     _, accept = upgrade_request("h", "/", {})
     with pytest.raises(WireError, match="401"):
         ClientCodec(accept).receive(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
     with pytest.raises(WireError, match="Accept"):
         ClientCodec(accept).receive(
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n"
+            upgrade + b"Connection: Upgrade\r\nSec-WebSocket-Accept: nope\r\n\r\n"
+        )
+    with pytest.raises(WireError, match="Connection"):
+        ClientCodec(accept).receive(upgrade + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    with pytest.raises(WireError, match="Upgrade"):
+        ClientCodec(accept).receive(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
 
 
