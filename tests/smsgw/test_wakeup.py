@@ -380,11 +380,12 @@ async def test_a_phone_is_woken_at_most_once_per_interval(
     await wait_for(lambda: len(fcm.sent_to("tok-deaf")) >= 3, 10, "three wakes")
     wakes = fcm.sent_to("tok-deaf")
     gaps = [b.at - a.at for a, b in itertools.pairwise(wakes)]
-    # The interval counts from the hub's decision. The first request reached the fake a
-    # little after its decision (it also fetched the OAuth token first), so the first gap
-    # may be short by that much; the later ones are not.
-    assert gaps[0] >= interval - 0.3, gaps
-    assert all(gap >= interval - 0.05 for gap in gaps[1:]), gaps
+    # The interval counts from the hub's decision; the fake sees each wake after it went
+    # through firebase-admin's threads and HTTP (and the first after an OAuth token
+    # fetch), up to ~0.2 s later on a loaded machine, so a gap between arrivals may be
+    # short by that much (0.84 s was seen in CI). Without the cooling, wakes would come
+    # every check, 0.5 s apart (wakeup.CHECK_GAP): still caught.
+    assert all(gap >= interval - 0.3 for gap in gaps), gaps
     # ... and not much later than that either: the outbox round keeps asking.
     assert all(gap < interval + 1.5 for gap in gaps), gaps
 
