@@ -98,7 +98,6 @@ class ClusterRegistry(Registry):
         self._dispatcher: Dispatcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.draining = False
 
     @property
     def node_id(self) -> str:
@@ -238,7 +237,6 @@ class ClusterRegistry(Registry):
     def start_draining(self) -> None:
         """Offers from other nodes are refused from now on (they fail over at once), and
         this node's phones are shown as disabled so nobody routes new work to them."""
-        self.draining = True
         super().start_draining()
         self._spawn(self._refresh())
 
@@ -283,10 +281,10 @@ class ClusterRegistry(Registry):
         elif kind == "update":
             live = self._local.get(dev)
             if live is not None:
-                # A draining node keeps its phones disabled whatever an admin sets.
-                live.configure(
+                self.configure(
+                    live,
                     name=str(env["name"]),
-                    enabled=bool(env["enabled"]) and not self.draining,
+                    enabled=bool(env["enabled"]),
                     daily_quota=int(env["daily_quota"]),
                 )
                 self._spawn(self._publish_now(live))

@@ -170,10 +170,19 @@ class Registry(abc.ABC):
     def _roster(self, local: bool) -> Roster:
         """What ``local()`` (or ``all()``) is a view of."""
 
+    # This node is shutting down (start_draining): its phones stay disabled.
+    draining: bool = False
+
     def start_draining(self) -> None:
         """This node is shutting down: route no new work to its phones."""
+        self.draining = True
         for live in self.local():
-            live.configure(name=live.name, enabled=False, daily_quota=live.daily_quota)
+            self.configure(live, name=live.name, enabled=False, daily_quota=live.daily_quota)
+
+    def configure(self, live: LiveDevice, *, name: str, enabled: bool, daily_quota: int) -> None:
+        """Apply an admin's settings to a phone this node holds; a draining node keeps
+        its phones disabled whatever the admin sets."""
+        live.configure(name=name, enabled=enabled and not self.draining, daily_quota=daily_quota)
 
     async def tell_nodes(self, news: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """This node changed state that every node keeps in memory (the opt-out list,

@@ -44,7 +44,7 @@ from typing import Any
 from smsgw.clock import today, utcnow
 from smsgw.config import Settings
 from smsgw.registry import Registry
-from smsgw.routing import Candidate, eligible, rank
+from smsgw.routing import Candidate, eligible, rank, spent
 from smsgw.store import Device, Message, Store
 
 log = logging.getLogger("smsgw.wakeup")
@@ -418,9 +418,7 @@ class Waker:
                 sleepers.append(s)
         if not sleepers:
             return []
-        online_usable = sum(
-            1 for live in self.registry.all() if live.enabled and live.sent_today < live.daily_quota
-        )
+        online_usable = sum(1 for live in self.registry.all() if not spent(live))
         # Enough to decide how many phones the backlog needs, never the whole outbox.
         limit = min(BACKLOG_LIMIT, settings.max_in_flight * (len(sleepers) + online_usable) + 1)
         waiting = dict(known)

@@ -170,11 +170,9 @@ async def patch_device(call: Call) -> DeviceOut:
                 if device.daily_quota is not None
                 else call.hub.settings.default_daily_quota
             )
-        # A draining node keeps its phones disabled whatever an admin sets (as the
-        # cluster's "update" does for a phone on another node).
-        enabled = device.enabled and not call.hub.draining
-        live.configure(name=device.name, enabled=enabled, daily_quota=quota)
-        await call.hub.registry.changed(live)  # the node holding its socket, if not us
+        registry = call.hub.registry
+        registry.configure(live, name=device.name, enabled=device.enabled, daily_quota=quota)
+        await registry.changed(live)  # the node holding its socket, if not us
     call.hub.dispatcher.wake()
     return _out(call, device)
 
