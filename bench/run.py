@@ -97,12 +97,15 @@ def proc_stat(pid: int) -> tuple[float, int]:
 
 
 async def provision(
-    db: Path, phones: int, backlog: int = 0, spent: int = 0
+    db: Path | str, phones: int, backlog: int = 0, spent: int = 0
 ) -> tuple[str, list[str]]:
     """Create an admin key, ``phones`` devices (with a quota that never binds, except for
     the first ``spent``: a quota of 0, as a phone at its daily cap) and a backlog of
-    PENDING messages, directly in the database."""
-    store = SqliteStore(db, synchronous="OFF")
+    PENDING messages, directly in the database: a SQLite file, or the PostgreSQL schema a
+    database URL names."""
+    from smsgw.store.postgres import PostgresStore
+
+    store: Store = PostgresStore(db) if isinstance(db, str) else SqliteStore(db, synchronous="OFF")
     await store.open()
     try:
         return await provision_store(store, phones, backlog, spent)
@@ -150,38 +153,22 @@ async def provision_store(
 
 @contextlib.asynccontextmanager
 async def postgres_schema(url: str) -> AsyncIterator[str]:
-    """A fresh, migrated schema on the PostgreSQL server at ``url``, dropped afterwards:
-    yields the database URL that names it."""
+    """A fresh schema on the PostgreSQL server at ``url``, dropped afterwards: yields the
+    database URL that names it (the first ``PostgresStore`` opened on it migrates it)."""
     import asyncpg
 
-    from smsgw.store.postgres import PostgresStore, split_url
+    from smsgw.store.postgres import split_url
 
     schema = f"bench_{os.getpid()}_{time.time_ns()}"
     join = "&" if "?" in url else "?"
-    named = f"{url}{join}schema={schema}"
-    store = PostgresStore(named)
-    await store.open()  # creates the schema and runs the migrations
-    await store.close()
     try:
-        yield named
+        yield f"{url}{join}schema={schema}"  # the first store opened on it creates it
     finally:
         conn = await asyncpg.connect(split_url(url)[0])
         try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
-
-
-async def provision_url(database_url: str, phones: int) -> tuple[str, list[str]]:
-    """``provision`` into the PostgreSQL schema named by ``database_url``."""
-    from smsgw.store.postgres import PostgresStore
-
-    store = PostgresStore(database_url)
-    await store.open()
-    try:
-        return await provision_store(store, phones)
-    finally:
-        await store.close()
 
 
 class Server:
@@ -375,7 +362,7 @@ async def dispatch_scenario(
     a fresh schema of the PostgreSQL server at ``postgres``, if given."""
     if kind == "hub" and postgres is not None:
         async with postgres_schema(postgres) as url:
-            key, tokens = await provision_url(url, sizes.phones)
+            key, tokens = await provision(url, sizes.phones)
             return await _dispatch_runs(Server(kind, url), key, tokens, sizes)
     db = work / f"{kind}.db"
     key, tokens = await provision(db, sizes.phones) if kind == "hub" else ("", [""] * sizes.phones)
