@@ -50,6 +50,7 @@ from bench.run import (
     Server,
     cpu_seconds,
     load,
+    phone_mode,
     postgres_schema,
     proc_stat,
     provision,
@@ -85,7 +86,7 @@ async def started(kind: str, work: Path) -> tuple[Server, Fleet, str]:
     db = work / "probe.db"
     key, tokens = await provision(db, PHONES) if kind == "hub" else ("", [""] * PHONES)
     server = await Server(kind, db).start()
-    fleet = Fleet(server, tokens, "hub" if kind == "hub" else "relay")
+    fleet = Fleet(server, tokens, phone_mode(kind))
     await fleet.start()
     await load(server, key, "closed", "--concurrency", str(CLIENTS), "--seconds", "2")  # warm
     return server, fleet, key
@@ -337,7 +338,7 @@ def roster_picks() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("what", choices=["cpu", "latency", "store", "gc", "roster"])
-    parser.add_argument("kind", nargs="?", choices=["hub", "relay"], default="hub")
+    parser.add_argument("kind", nargs="?", choices=["hub", "floor", "relay"], default="hub")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", default="550", help="latency: comma-separated offered rates")
     parser.add_argument("--profile", default=None, help="cpu: write py-spy raw stacks here")
