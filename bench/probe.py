@@ -62,12 +62,13 @@ from smsgw.store.sqlite import SqliteStore
 PHONES, CLIENTS = 20, 50
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread of a process (name:tid)."""
-    out: dict[str, float] = {}
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """(CPU seconds, of which in the kernel) per thread of a process (name:tid)."""
+    out: dict[str, tuple[float, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        out[f"{raw[raw.index('(') + 1 : raw.rindex(')')]}:{tid}"] = cpu_seconds(raw)
+        system = int(raw.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+        out[f"{raw[raw.index('(') + 1 : raw.rindex(')')]}:{tid}"] = (cpu_seconds(raw), system)
     return out
 
 
@@ -127,10 +128,14 @@ async def cpu(kind: str, seconds: float, profile: str | None) -> None:
         f"CPU {100 * (cpu1 - cpu0) / elapsed:.0f}% of a core, "
         f"{1000 * (cpu1 - cpu0) / n:.3f} ms per message"
     )
-    for name, used in threads1.items():
-        d = used - threads0.get(name, 0.0)
+    for name, (used, system) in threads1.items():
+        before, system_before = threads0.get(name, (0.0, 0.0))
+        d = used - before
         if d > 0.05:
-            print(f"  thread {name}: {100 * d / elapsed:.0f}%, {1000 * d / n:.3f} ms per message")
+            print(
+                f"  thread {name}: {100 * d / elapsed:.0f}%, {1000 * d / n:.3f} ms per message "
+                f"({100 * (system - system_before) / d:.0f}% of it in the kernel)"
+            )
     busy = {
         k: f"{100 * (cores1[k][0] - cores0[k][0]) / max(1, cores1[k][1] - cores0[k][1]):.0f}%"
         for k in cores1
@@ -235,7 +240,9 @@ async def store(workers: int, sync: str, seconds: float, postgres: str | None) -
             batches, writes = writer.batches - batches0, writer.writes - writes0
             batching = f", {writes / max(batches, 1):.1f} writes per commit"
     n = max(done, 1)
-    per = {k: round(1e6 * (v - threads0.get(k, 0.0)) / n) for k, v in threads1.items()}
+    per = {
+        k: round(1e6 * (v - threads0.get(k, (0.0, 0.0))[0]) / n) for k, (v, _) in threads1.items()
+    }
     busy = {k: f"{v} us" for k, v in per.items() if v > 0}
     engine = "postgres" if postgres else f"sqlite synchronous={sync}"
     print(

@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,33 @@ async def test_offer_accept_is_a_compare_and_set(store: Store) -> None:
     assert await store.mark_delivered(msg.id, b, now)
     assert not await store.mark_sent(msg.id, b, now)  # never backwards
     assert await store.recent_affinities(10) == [("+12025551111", b)]
+
+
+async def test_a_send_ends_its_attempt_and_counts_for_its_phone_on_its_utc_day(
+    store: Store,
+) -> None:
+    a, b = await add_device(store, "a"), await add_device(store, "b")
+    day = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    sends = [
+        (day, "2026-03-01", 1),
+        (day + timedelta(seconds=2), "2026-03-02", 1),  # a new UTC day starts again at 1
+        (day + timedelta(seconds=3), "2026-03-02", 2),
+    ]
+    for at, sent_day, count in sends:
+        msg = await add_message(store)
+        assert await store.offer(msg.id, a, 0, at, at + timedelta(seconds=5))
+        assert await store.accept(msg.id, a, 1, at)
+        assert await store.mark_sent(msg.id, b, at) is None  # not b's: counts for nobody
+        assert await store.mark_sent(msg.id, a, at) == msg.recipient
+        assert await store.mark_sent(msg.id, a, at) is None  # a repeat counts once
+        device = await store.get_device(a)
+        assert device is not None and (device.sent_day, device.sent_today) == (sent_day, count)
+        got = await store.get_message(msg.id, with_attempts=True)
+        assert got is not None and got.status is Status.SENT and got.sent_at == at
+        [attempt] = got.attempts
+        assert (attempt.device_id, attempt.outcome, attempt.ended_at) == (a, "sent", at)
+    other = await store.get_device(b)
+    assert other is not None and other.sent_today == 0
 
 
 async def test_release_that_loses_to_accept_returns_none(store: Store) -> None:
