@@ -178,8 +178,9 @@ def _parse_cached(raw: str, region: str | None) -> NumberInfo | _Failure:
             if first is None:
                 first = _Failure(INVALID_NUMBER, _parse_error(exc))
             continue
-        if phonenumbers.is_valid_number(number):
-            return _info(number, valid=True)
+        number_type = phonenumbers.number_type(number)
+        if number_type != PhoneNumberType.UNKNOWN:
+            return _info(number, number_type)
         if not isinstance(first, phonenumbers.PhoneNumber):
             first = number
     assert first is not None
@@ -197,9 +198,13 @@ def _parse_error(exc: NumberParseException) -> str:
     return messages.get(exc.error_type, "not a phone number")
 
 
-def _info(number: phonenumbers.PhoneNumber, valid: bool | None = None) -> NumberInfo:
-    if valid is None:
-        valid = phonenumbers.is_valid_number(number)
+def _info(number: phonenumbers.PhoneNumber, number_type: int | None = None) -> NumberInfo:
+    # A number is valid exactly when it has a type (number_type() returns UNKNOWN for an
+    # invalid one; is_valid_number() asks the same metadata the same question), so the
+    # type, which is wanted anyway, decides validity: a third of an uncached parse saved.
+    if number_type is None:
+        number_type = phonenumbers.number_type(number)
+    valid = number_type != PhoneNumberType.UNKNOWN
     country_code = int(number.country_code or 0)
     country: str | None
     if valid:
@@ -214,6 +219,6 @@ def _info(number: phonenumbers.PhoneNumber, valid: bool | None = None) -> Number
         valid=valid,
         country=country,
         country_code=country_code,
-        number_type=_type_name(phonenumbers.number_type(number)),
+        number_type=_type_name(number_type),
         number=number,
     )

@@ -259,3 +259,33 @@ def test_results_are_cached_per_input_and_region() -> None:
     assert info.maxsize == numbers.CACHE_SIZE
     assert info.currsize == 4
     assert info.hits == 4
+
+
+def test_validity_is_phonenumbers_own_for_every_region_and_random_digits() -> None:
+    """``describe`` takes a number's validity from its type (one metadata walk fewer):
+    it must agree with ``phonenumbers.is_valid_number`` everywhere, valid or not."""
+    import random
+
+    import phonenumbers
+
+    samples = [
+        example
+        for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+        for kind in range(12)
+        if (example := phonenumbers.example_number_for_type(region, kind)) is not None
+    ]
+    rng = random.Random(7)
+    codes = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 12)))
+        try:
+            samples.append(phonenumbers.parse(f"+{rng.choice(codes)}{digits}", None))
+        except phonenumbers.NumberParseException:
+            continue
+    valid = 0
+    for number in samples:
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        info = describe(e164, None)
+        assert info.valid == phonenumbers.is_valid_number(number), e164
+        valid += info.valid
+    assert 0 < valid < len(samples)  # both kinds were checked
