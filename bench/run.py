@@ -62,7 +62,7 @@ class Sizes:
     farm_phones: int  # phones online and answering in the farm scenario
 
 
-QUICK = Sizes(20, 50, 6.0, 3, 4.0, (0.25, 0.5, 0.75, 0.9), 2000, 35.0, 5000, 12, 1000)
+QUICK = Sizes(20, 50, 4.0, 3, 3.0, (0.25, 0.5, 0.9), 2000, 35.0, 5000, 12, 1000)
 FULL = Sizes(20, 50, 10.0, 5, 8.0, (0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 10_000, 65.0, 50_000, 20, 5000)
 
 
