@@ -653,6 +653,22 @@ def table(flat: dict[str, Any]) -> str:
 SCENARIOS = ("dispatch", "connections", "farm", "drain", "failover")
 
 
+def results_name(stamp: str, sha: str, full: bool, only: set[str], *, postgres: bool) -> str:
+    """``<date>-<sha>`` for a full run of every scenario; anything less says what it was
+    (``-postgres``, ``-quick``, ``-only-farm``…), and no run overwrites an earlier one's
+    files (a quick or partial run of the same commit used to replace a full run's)."""
+    name = f"{stamp}-{sha}" + ("-postgres" if postgres else "")
+    if not full:
+        name += "-quick"
+    if not postgres and only != set(SCENARIOS):
+        name += "-only-" + "-".join(s for s in SCENARIOS if s in only)
+    taken, n = name, 1
+    while (RESULTS / f"{taken}.json").exists():
+        n += 1
+        taken = f"{name}-{n}"
+    return taken
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
@@ -755,7 +771,7 @@ async def main() -> None:
         "scenarios": scenarios,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"{stamp}-{sha}" + ("-postgres" if args.postgres else "")
+    name = results_name(stamp, sha, args.full, only, postgres=bool(args.postgres))
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     if "hub" in scenarios:
