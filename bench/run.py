@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,6 +92,42 @@ def proc_stat(pid: int) -> tuple[float, int]:
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
     return cpu, rss
+
+
+# The kernel settings that decide whether a reconnect storm waits on dropped connection
+# attempts (docs/deploy.md, "the listen queue").
+LISTEN_SYSCTLS = ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog")
+
+
+def sysctl(name: str) -> int:
+    return int(Path("/proc/sys", name).read_text())
+
+
+def listen_overflows() -> int:
+    """Connection attempts the kernel dropped because a listen queue was full (all
+    sockets of this host, since boot), from /proc/net/netstat."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+@contextlib.contextmanager
+def listen_queue(size: int | None) -> Iterator[dict[str, int]]:
+    """The host's listen-queue limits, raised to ``size`` for the run if given (as
+    docs/deploy.md tells operators of big nodes to do; needs root) and put back after.
+    Yields the limits the run had."""
+    before = {name: sysctl(name) for name in LISTEN_SYSCTLS}
+    if size is not None:
+        for name in LISTEN_SYSCTLS:
+            Path("/proc/sys", name).write_text(str(size))
+    try:
+        yield {name.rsplit("/", 1)[1]: sysctl(name) for name in LISTEN_SYSCTLS}
+    finally:
+        if size is not None:
+            for name, value in before.items():
+                Path("/proc/sys", name).write_text(str(value))
 
 
 # -- set-up -----------------------------------------------------------------------------
@@ -463,7 +499,9 @@ async def connections_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
         assert fleet.proc is not None
         cpu2, _ = proc_stat(server.pid)
         load2, _ = proc_stat(fleet.proc.pid)
+        overflows = listen_overflows()
         storm = await fleet.command("storm")
+        overflows = listen_overflows() - overflows
         cpu3, _ = proc_stat(server.pid)
         load3, _ = proc_stat(fleet.proc.pid)
         took = max(storm["seconds"], 1e-3)
@@ -483,6 +521,9 @@ async def connections_scenario(sizes: Sizes, work: Path) -> dict[str, Any]:
             # the figure is the load generator's more than the hub's.
             "reconnect_hub_cpu_pct": round(100 * (cpu3 - cpu2) / took, 1),
             "reconnect_phones_cpu_pct": round(100 * (load3 - load2) / took, 1),
+            # Attempts dropped on a full listen queue: each waits for the phone's kernel
+            # to retry (after 1, 3, 7, 15, 31 s), however idle the hub is meanwhile.
+            "reconnect_listen_overflows": overflows,
             "online_after_storm": sum(1 for d in devices if d["online"]),
         }
     finally:
@@ -637,6 +678,7 @@ def table(flat: dict[str, Any]) -> str:
         ("heartbeat_cpu_pct_of_core", "< 10 (at 10k)"),
         ("reconnect_all_s", "≤ 15 (at 10k)"),
         ("reconnect_errors", "0"),
+        ("reconnect_listen_overflows", "(dropped attempts: retried after 1, 3, 7… s)"),
         ("farm_phones", ""),
         ("farm_dispatch_per_s", "(about dispatch_max_per_s)"),
         ("farm_spent_phones", ""),
@@ -679,11 +721,22 @@ async def main() -> None:
         default=None,
         help="the dispatch scenario only, its hub on a fresh schema of this PostgreSQL server",
     )
+    parser.add_argument(
+        "--listen-queue",
+        type=int,
+        metavar="N",
+        default=None,
+        help="raise net.core.somaxconn and net.ipv4.tcp_max_syn_backlog to N for the run "
+        "(root; put back afterwards), as docs/deploy.md advises for big nodes",
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else QUICK
     only = {"dispatch"} if args.postgres else set(args.only or SCENARIOS)
     scenarios: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="smsgw-bench-") as tmp:
+    with (
+        listen_queue(args.listen_queue) as kernel,
+        tempfile.TemporaryDirectory(prefix="smsgw-bench-") as tmp,
+    ):
         work = Path(tmp)
         if "dispatch" in only:
             scenarios.update(await dispatch_scenario(sizes, work, args.postgres))
@@ -741,6 +794,7 @@ async def main() -> None:
                     "heartbeat_cpu_pct_of_core",
                     "reconnect_all_s",
                     "reconnect_errors",
+                    "reconnect_listen_overflows",
                 )
             }
         )
@@ -767,6 +821,7 @@ async def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "pinned": bool(shutil.which("taskset")),
+            **kernel,
         },
         "scenarios": scenarios,
     }
