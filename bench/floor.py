@@ -33,12 +33,13 @@ import time
 import uuid
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
+
+from bench.relay import phone_session, serve
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -139,20 +140,14 @@ async def dispatch(request: Request) -> Response:
     return JSONResponse({"message_id": message_id, "status": "SENT"})
 
 
+def answered(frame: dict[str, Any]) -> None:
+    fut = waiting.get((frame.get("message_id", ""), frame["type"]))
+    if fut is not None and not fut.done():
+        fut.set_result(frame)
+
+
 async def device(ws: WebSocket) -> None:
-    await ws.accept()
-    await ws.send_text(json.dumps({"type": "welcome", "id": "w", "heartbeat_interval": 30}))
-    phones.append(ws)
-    try:
-        while True:
-            frame = json.loads(await ws.receive_text())
-            fut = waiting.get((frame.get("message_id", ""), frame["type"]))
-            if fut is not None and not fut.done():
-                fut.set_result(frame)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        phones.remove(ws)
+    await phone_session(ws, phones, answered)
 
 
 app = Starlette(
@@ -165,16 +160,4 @@ app = Starlette(
 if __name__ == "__main__":
     writer.path = sys.argv[2]
     writer.start()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="auto",  # the hub's event loop and HTTP parser, as in bench/relay.py
-        http="auto",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=65536,
-        ws_ping_interval=None,
-        log_level="warning",
-        access_log=False,
-    )
+    serve(app, int(sys.argv[1]))

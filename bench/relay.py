@@ -13,6 +13,8 @@ import itertools
 import json
 import sys
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -53,21 +55,49 @@ async def dispatch(request: Request) -> Response:
     return JSONResponse({"message_id": message_id, "status": "SENT"})
 
 
-async def device(ws: WebSocket) -> None:
+async def phone_session(
+    ws: WebSocket, connected: list[WebSocket], on_frame: Callable[[dict[str, Any]], None]
+) -> None:
+    """One phone's socket: welcomed, listed in ``connected`` while it lasts, each frame it
+    sends handed to ``on_frame``."""
     await ws.accept()
     await ws.send_text(json.dumps({"type": "welcome", "id": "w", "heartbeat_interval": 30}))
-    phones.append(ws)
+    connected.append(ws)
     try:
         while True:
-            frame = json.loads(await ws.receive_text())
-            if frame.get("type") == "sent":
-                fut = waiting.get(frame["message_id"])
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            on_frame(json.loads(await ws.receive_text()))
     except WebSocketDisconnect:
         pass
     finally:
-        phones.remove(ws)
+        connected.remove(ws)
+
+
+def sent(frame: dict[str, Any]) -> None:
+    if frame.get("type") == "sent":
+        fut = waiting.get(frame["message_id"])
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+async def device(ws: WebSocket) -> None:
+    await phone_session(ws, phones, sent)
+
+
+def serve(app: Starlette, port: int) -> None:
+    """uvicorn with the hub's server settings (smsgw/server.py)."""
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="auto",  # the hub's event loop and HTTP parser
+        http="auto",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=65536,
+        ws_ping_interval=None,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 app = Starlette(
@@ -78,16 +108,4 @@ app = Starlette(
 )
 
 if __name__ == "__main__":
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="auto",  # the hub's event loop and HTTP parser (smsgw/server.py)
-        http="auto",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=65536,
-        ws_ping_interval=None,
-        log_level="warning",
-        access_log=False,
-    )
+    serve(app, int(sys.argv[1]))
