@@ -49,6 +49,7 @@ from bench.run import (
     Fleet,
     Server,
     cpu_seconds,
+    kernel_seconds,
     load,
     phone_mode,
     postgres_schema,
@@ -67,8 +68,8 @@ def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        system = int(raw.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
-        out[f"{raw[raw.index('(') + 1 : raw.rindex(')')]}:{tid}"] = (cpu_seconds(raw), system)
+        name = f"{raw[raw.index('(') + 1 : raw.rindex(')')]}:{tid}"
+        out[name] = (cpu_seconds(raw), kernel_seconds(raw))
     return out
 
 

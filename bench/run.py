@@ -78,10 +78,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ticks(stat: str) -> tuple[int, int]:
+    """(user, system) clock ticks from the text of a /proc/.../stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_seconds(stat: str) -> float:
     """User + system CPU seconds from the text of a /proc/.../stat file."""
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(_ticks(stat)) / os.sysconf("SC_CLK_TCK")
+
+
+def kernel_seconds(stat: str) -> float:
+    """System (kernel) CPU seconds from the text of a /proc/.../stat file."""
+    return _ticks(stat)[1] / os.sysconf("SC_CLK_TCK")
 
 
 def proc_stat(pid: int) -> tuple[float, int]:
