@@ -79,11 +79,17 @@ class Writer(threading.Thread):
                     batch.append(self.jobs.get_nowait())
                 except queue.Empty:
                     break
-            db.execute("BEGIN IMMEDIATE")
-            for sql, params, _ in batch:
-                db.execute(sql, params)
-            db.execute("COMMIT")
-            batch[0][2].get_loop().call_soon_threadsafe(_deliver, batch)
+            error: Exception | None = None
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for sql, params, _ in batch:
+                    db.execute(sql, params)
+                db.execute("COMMIT")
+            except Exception as exc:  # nothing of the batch is durable: its callers fail
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                error = exc
+            batch[0][2].get_loop().call_soon_threadsafe(_deliver, batch, error)
 
     def write(self, sql: str, *params: Any) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -91,10 +97,14 @@ class Writer(threading.Thread):
         return fut
 
 
-def _deliver(batch: list[Job]) -> None:
+def _deliver(batch: list[Job], error: Exception | None) -> None:
     for _, _, fut in batch:
-        if not fut.done():
+        if fut.done():
+            continue
+        if error is None:
             fut.set_result(None)
+        else:
+            fut.set_exception(error)
 
 
 writer = Writer()

@@ -81,3 +81,51 @@ async def test_a_dispatch_is_offered_owned_durably_sent_and_acknowledged(
             reply = await call
     assert reply.status_code == 200
     assert reply.json() == {"message_id": message_id, "status": "SENT"}
+
+
+async def test_a_write_that_fails_fails_its_dispatch_and_the_floor_serves_on(
+    floor: tuple[str, Path],
+) -> None:
+    url, db = floor
+    async with websockets.connect(f"ws://{url}/ws/device") as phone:
+        assert json.loads(await phone.recv())["type"] == "welcome"
+        # The disk refuses the ownership write (here: a trigger), as a full disk would.
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        async with httpx.AsyncClient(timeout=10) as c:
+
+            async def dispatch() -> tuple[httpx.Response, str]:
+                call = asyncio.create_task(
+                    c.post(
+                        f"http://{url}/sms/dispatch", json={"to": "+12025550100", "message": "x"}
+                    )
+                )
+                offer = json.loads(await phone.recv())
+                await phone.send(
+                    json.dumps(
+                        {
+                            "type": "accepted",
+                            "id": "p",
+                            "message_id": offer["message_id"],
+                            "attempt": 1,
+                        }
+                    )
+                )
+                return call, offer["message_id"]
+
+            call, _ = await dispatch()
+            assert (await call).status_code == 500  # an answer, not a request left hanging
+            assert rows(db) == []  # and the phone was never told it owns the message
+            with sqlite3.connect(db) as conn:
+                conn.execute("DROP TRIGGER refuse")
+            call, message_id = await dispatch()
+            assert json.loads(await phone.recv())["type"] == "ownership"
+            await phone.send(
+                json.dumps({"type": "sent", "id": "q", "message_id": message_id, "attempt": 1})
+            )
+            assert json.loads(await phone.recv())["type"] == "ack"
+            assert (await call).status_code == 200
+            assert rows(db) == [(message_id, "+12025550100", "x", "SENT", 1)]
