@@ -231,7 +231,7 @@ async def store(workers: int, sync: str, seconds: float, postgres: str | None) -
                 assert await db.mark_sent(msg.id, device, utcnow())
                 done += 1
 
-        writer = getattr(db, "_writer", None)
+        writer = db.sqlite.writer if isinstance(db, SqliteStore) else None
         batches0, writes0 = (writer.batches, writer.writes) if writer else (0, 0)
         threads0, t0 = thread_cpu(os.getpid()), time.monotonic()
         await asyncio.gather(*(worker(w) for w in range(workers)))

@@ -67,16 +67,14 @@ def make_event(type_: EventType, subject: str, data: dict[str, Any], now: dateti
 
 
 class Subscriptions:
-    """The enabled webhooks by event type, kept by a store next to its database so the
+    """The enabled webhooks by event type, kept by the store next to its database so the
     transaction that changes a message knows at once whom to tell (and writes nothing
-    when nobody listens). Updated by the same writer that changes the webhooks table."""
+    when nobody listens). Updated once a change to the webhooks table has committed
+    (a message's own ``callback_url`` is read from its row, not from here)."""
 
     def __init__(self) -> None:
         self._hooks: dict[str, tuple[str, frozenset[str]]] = {}  # id -> (url, events)
         self._by_type: dict[str, list[Target]] = {}
-        # Whether any stored message may carry a callback_url: until one does, a message
-        # transition needs no read to find out.
-        self.callbacks = False
         self._lock = threading.Lock()
 
     def load(self, hooks: Iterable[tuple[str, str, Iterable[str], bool]]) -> None:
@@ -103,8 +101,9 @@ class Subscriptions:
         self._by_type = by_type
 
     def wanted(self, type_: EventType) -> bool:
-        """Could anyone want this event? False means: write nothing, read nothing."""
-        return bool(self._by_type.get(type_)) or (self.callbacks and type_ in MESSAGE_EVENTS)
+        """Does a webhook want this event? False means: write nothing, read nothing (a
+        message event may still go to the message's callback_url: see ``targets``)."""
+        return bool(self._by_type.get(type_))
 
     def targets(self, type_: EventType, callback_url: str | None = None) -> list[Target]:
         found = list(self._by_type.get(type_, ()))

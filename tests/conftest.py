@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from smsgw.store import Store
 from tests.harness import Farm, HubServer
 from tests.nginx import nginx_binary
-from tests.pgtest import harness_store, in_ci, postgres_url
+from tests.pgtest import harness_store, in_ci, pass_store, postgres_url
 
 # Skipped in the SMSGW_TEST_STORE=postgres pass: they exercise SQLite itself (its files,
 # its migrations, URLs they build), which the default pass already covers.
@@ -51,6 +52,15 @@ async def hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[H
     server = await HubServer(tmp_path / "hub.db", **(marker.kwargs if marker else {})).start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def engine_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store of the pass's engine (a SQLite file, or PostgreSQL in the PostgreSQL pass)
+    for tests that drive the dispatcher or the webhook worker without a hub."""
+    store = await pass_store(tmp_path / "store.db")
+    yield store
+    await store.close()
 
 
 @pytest.fixture

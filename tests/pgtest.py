@@ -25,6 +25,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from smsgw.config import Settings
+from smsgw.store import Store, create_store
+
 CI_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -104,6 +107,14 @@ async def hub_database_url(db_path: Path) -> str:
         await drop_schema(base, schema)
         _harness_schemas.add(schema)
     return with_schema(base, schema)
+
+
+async def pass_store(db_path: Path) -> Store:
+    """An open store on this pass's engine: a SQLite file at ``db_path``, or with
+    ``SMSGW_TEST_STORE=postgres`` a PostgreSQL schema of its own."""
+    store = create_store(Settings(database_url=await hub_database_url(db_path)))
+    await store.open()
+    return store
 
 
 def _drop_harness_schemas() -> None:

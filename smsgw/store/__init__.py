@@ -1,9 +1,13 @@
-"""Storage behind one interface; the engine is chosen by the scheme of the database URL."""
+"""Storage behind one interface; the engine is chosen by the scheme of the database URL.
+
+``memory://`` (and ``sqlite:///:memory:``) is SQLite too: one in-memory database for
+development and fast tests, gone when the hub stops.
+"""
 
 from __future__ import annotations
 
 from smsgw.config import Settings
-from smsgw.store.base import (
+from smsgw.store.records import (
     FINAL_STATUSES,
     ApiKey,
     Attempt,
@@ -22,10 +26,10 @@ from smsgw.store.base import (
     Otp,
     Stats,
     Status,
-    Store,
     Template,
     Webhook,
 )
+from smsgw.store.store import Store
 
 __all__ = [
     "FINAL_STATUSES",
@@ -55,14 +59,11 @@ __all__ = [
 
 def create_store(settings: Settings) -> Store:
     url = settings.database_url
-    if url == "memory://":
-        from smsgw.store.memory import MemoryStore
+    if url == "memory://" or url.startswith("sqlite:///"):
+        from smsgw.store.sqlite import MEMORY, SqliteStore
 
-        return MemoryStore()
-    if url.startswith("sqlite:///"):
-        from smsgw.store.sqlite import SqliteStore
-
-        return SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+        path = MEMORY if url == "memory://" else settings.sqlite_path
+        return SqliteStore(path, synchronous=settings.sqlite_synchronous)
     if url.startswith(("postgresql://", "postgres://")):
         from smsgw.store.postgres import PostgresStore
 

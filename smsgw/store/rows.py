@@ -1,4 +1,4 @@
-"""Database rows to store records, shared by the SQLite and PostgreSQL engines.
+"""Database rows to store records (and a message back to its column values), for both engines.
 
 Both engines keep the same tables with the same column names; they differ only in how a
 value comes back. SQLite stores timestamps as ISO 8601 text and flags as 0/1, asyncpg
@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from smsgw.clock import parse_iso
-from smsgw.store.base import (
+from smsgw.store.records import (
     ApiKey,
     Attempt,
     Batch,
@@ -112,6 +112,42 @@ DELIVERY_COLUMNS = (
     "d.updated_at, e.payload"
 )
 """What :func:`delivery` reads, from ``webhook_deliveries d JOIN events e``."""
+
+
+def message_values(m: Message) -> tuple[Any, ...]:
+    """The values of :data:`MESSAGE_FIELDS`, in order (for INSERT and COPY)."""
+    return (
+        m.id,
+        m.recipient,
+        m.body,
+        m.status.value,
+        m.device_id,
+        m.pinned_device_id,
+        m.sim_slot,
+        m.parts,
+        m.attempt,
+        m.lease_until,
+        m.next_attempt_at,
+        m.error_code,
+        m.error,
+        m.created_at,
+        m.updated_at,
+        m.queued_at,
+        m.sent_at,
+        m.delivered_at,
+        m.failed_at,
+        m.expires_at,
+        m.priority,
+        m.send_at,
+        m.cancelled_at,
+        m.custom_id,
+        json.dumps(m.metadata) if m.metadata is not None else None,
+        m.encoding,
+        m.sensitive,
+        m.template_id,
+        m.batch_id,
+        m.callback_url,
+    )
 
 
 def message(row: Row, d: Decoder) -> Message:

@@ -13,7 +13,7 @@ import pytest
 from smsgw.auth import Scope
 from smsgw.config import Settings
 from smsgw.hub import Hub
-from tests.harness import HubServer
+from tests.harness import Farm, HubProcess, HubServer
 
 
 def smsgw(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -100,3 +100,23 @@ def test_database_urls_are_printed_without_their_password() -> None:
     )
     assert redact_url("postgresql://smsgw@db/smsgw") == "postgresql://smsgw@db/smsgw"
     assert redact_url("sqlite:///./smsgw.db") == "sqlite:///./smsgw.db"
+
+
+async def test_a_hub_on_memory_serves_a_dispatch(tmp_path: Path) -> None:
+    """``SMSGW_DATABASE_URL=memory:// make run``: the hub process starts on one in-memory
+    database that its writer and reader share, enrolls a phone and sends through it."""
+    hub = await HubProcess(tmp_path / "unused.db", database_url="memory://").start()
+    farm = Farm(lambda: hub.url)
+    try:
+        phone = await farm.add()
+        async with hub.client() as api:
+            r = await api.post("/sms/dispatch", json={"to": "+12025550123", "message": "hi"})
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "SENT" and r.json()["device_id"] == phone.device_id
+            assert phone.transmitted_ids == [r.json()["message_id"]]
+            got = (await api.get(f"/sms/{r.json()['message_id']}")).json()
+            assert got["status"] in {"SENT", "DELIVERED"} and got["body"] == "hi"
+        assert not (tmp_path / "unused.db").exists()  # nothing on disk
+    finally:
+        await farm.close()
+        await hub.stop()

@@ -1,9 +1,10 @@
 """Cross-node races found in review, each pinned by a test: ClusterRegistry + LocalBroker +
-the real Dispatcher on a MemoryStore, phones simulated as plain Sessions (no sockets), so
-each race can be staged step by step: busy remote phones must not use up a message's
-attempts, a stalled broker must not outlast a dispatch's deadline, slots reserved on
-another node's phone must come back when its answer is lost, and a phone that moved must
-not be reported offline by the node it left."""
+the real Dispatcher on the store of the pass's engine (a SQLite file, or PostgreSQL),
+phones simulated as plain Sessions (no sockets), so each race can be staged step by step:
+busy remote phones must not use up a message's attempts, a stalled broker must not
+outlast a dispatch's deadline, slots reserved on another node's phone must come back when
+its answer is lost, and a phone that moved must not be reported offline by the node it
+left."""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from smsgw.dispatcher import Dispatcher
 from smsgw.protocol import CloseCode
 from smsgw.registry import LiveDevice
 from smsgw.session import Session
-from smsgw.store import Message, Status
-from smsgw.store.memory import MemoryStore
+from smsgw.store import Message, Status, Store
 from tests.builders import live_device, new_message
 
 
@@ -63,7 +63,7 @@ class FakePhone(Session):
 
 
 class Node:
-    def __init__(self, bus: LocalBus, name: str, store: MemoryStore, s: Settings) -> None:
+    def __init__(self, bus: LocalBus, name: str, store: Store, s: Settings) -> None:
         self.store = store
         self.broker = LocalBroker(bus, name)
         self.registry = ClusterRegistry(self.broker, s)
@@ -98,13 +98,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_slow_broker_hangs_a_dispatch_past_its_deadline() -> None:
+async def test_a_slow_broker_hangs_a_dispatch_past_its_deadline(engine_store: Store) -> None:
     """dispatcher._offer awaits session.send_command() *before* the accept timer can
     help; RemoteSession.send_command awaits a Redis PUBLISH with no timeout (redis-py's
     socket_timeout defaults to None). A stalled Redis connection therefore holds the
     synchronous dispatch (and the HTTP request, the phone's slot and ``_active``) forever,
     whatever deadline the client asked for."""
-    bus, store, s = LocalBus(), MemoryStore(), settings()
+    bus, store, s = LocalBus(), engine_store, settings()
     a = await Node(bus, "a", store, s).start()
     b = await Node(bus, "b", store, s).start()
     await b.connect("P")
@@ -131,7 +131,9 @@ async def test_a_slow_broker_hangs_a_dispatch_past_its_deadline() -> None:
     )
 
 
-async def test_remote_slot_leaks_when_the_phone_moves_before_its_old_node_lets_go() -> None:
+async def test_remote_slot_leaks_when_the_phone_moves_before_its_old_node_lets_go(
+    engine_store: Store,
+) -> None:
     """A offers M to P on node B; P accepts (A's view of P now holds M). P's network
     changes and it reconnects to node C before B noticed the old socket died: C's claim
     fences B, so B's release() returns False and no "down" is published; A learns of C's
@@ -139,7 +141,7 @@ async def test_remote_slot_leaks_when_the_phone_moves_before_its_old_node_lets_g
     set, same RemoteSession). P then reports M SENT to C, which has no origin for it and
     tells nobody. A's view of P keeps M in ``holding`` for as long as P stays connected:
     each such move eats one of P's slots on A, until A never offers to P again."""
-    bus, store, s = LocalBus(), MemoryStore(), settings()
+    bus, store, s = LocalBus(), engine_store, settings()
     a = await Node(bus, "a", store, s).start()
     b = await Node(bus, "b", store, s).start()
     c = await Node(bus, "c", store, s).start()
@@ -175,13 +177,13 @@ async def test_remote_slot_leaks_when_the_phone_moves_before_its_old_node_lets_g
     )
 
 
-async def test_late_accept_after_origin_expiry_leaks_a_remote_slot() -> None:
+async def test_late_accept_after_origin_expiry_leaks_a_remote_slot(engine_store: Store) -> None:
     """B forgets the origin of a forwarded offer at accept_timeout + 1 s; A gives up at
     accept_timeout and tries release_offer. If the phone's accept commits in between
     (slow database on A, or A's release failed), A's release loses, A re-reads the row,
     finds P the owner and puts M back in its view's holding. But B no longer has an
     origin, so P's SENT report is never passed to A: the slot stays taken on A."""
-    bus, store, s = LocalBus(), MemoryStore(), settings()
+    bus, store, s = LocalBus(), engine_store, settings()
     a = await Node(bus, "a", store, s).start()
     b = await Node(bus, "b", store, s).start()
     phone_b, _ = await b.connect("P")
@@ -210,14 +212,16 @@ async def test_late_accept_after_origin_expiry_leaks_a_remote_slot() -> None:
     assert mid not in view.holding, f"A's view of P still holds {mid} after it was SENT"
 
 
-async def test_old_node_reports_offline_after_the_new_node_reported_online() -> None:
+async def test_old_node_reports_offline_after_the_new_node_reported_online(
+    engine_store: Store,
+) -> None:
     """P moves from B to C while B's socket is still open (network change): C's hello
     writes device.online; C's claim fences B, B closes, and DeviceConnection._detach asks
     registry.detach(), which returns True even though release() said another node owns
     P now. B then writes record_device_status(offline=True): a device.offline event
     *after* the device.online, and B's stale battery/signal over C's. Webhook receivers
     (and the per-subject order they rely on) end on "offline" for a phone that is online."""
-    bus, store, s = LocalBus(), MemoryStore(), settings()
+    bus, store, s = LocalBus(), engine_store, settings()
     b = await Node(bus, "b", store, s).start()
     c = await Node(bus, "c", store, s).start()
     _, live_b = await b.connect("P")
@@ -231,14 +235,16 @@ async def test_old_node_reports_offline_after_the_new_node_reported_online() -> 
     )
 
 
-async def test_busy_remote_phones_burn_every_attempt_and_fail_the_message() -> None:
+async def test_busy_remote_phones_burn_every_attempt_and_fail_the_message(
+    engine_store: Store,
+) -> None:
     """A node sees another node's phones as free (its view's in_flight counts only its
     own offers). When those phones are busy on their own node (its outbox filled them,
     e.g. during a batch), each offer from A comes back "busy" -> DISCONNECTED ->
     release_offer, which counts an attempt. With >= max_attempts such phones one
     synchronous dispatch burns every attempt within milliseconds and the message ends
     FAILED (max_attempts) although no phone ever refused it and all are healthy."""
-    bus, store, s = LocalBus(), MemoryStore(), settings(max_attempts=10)
+    bus, store, s = LocalBus(), engine_store, settings(max_attempts=10)
     a = await Node(bus, "a", store, s).start()
     b = await Node(bus, "b", store, s).start()
     for i in range(10):

@@ -1,4 +1,5 @@
-"""The outbox round's bounds, on the in-process store and registry (no sockets)."""
+"""The outbox round's bounds, on the store of the pass's engine and an in-process registry
+(no sockets)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from smsgw.dispatcher import ROUND_LIMIT, Dispatcher
 from smsgw.protocol import CloseCode
 from smsgw.registry import LocalRegistry
 from smsgw.session import Session
-from smsgw.store import Message
-from smsgw.store.memory import MemoryStore
+from smsgw.store import Message, Store
 from tests.builders import live_device, new_message
 
 
@@ -27,19 +27,24 @@ class Silent(Session):
         pass
 
 
-class CountingStore(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.limits: list[int] = []
+def count_limits(store: Store) -> list[int]:
+    """The ``limit`` of every ``due_messages`` call the store gets from now on."""
+    limits: list[int] = []
+    due = store.due_messages
 
-    async def due_messages(self, now: datetime, limit: int) -> list[Message]:
-        self.limits.append(limit)
-        return await super().due_messages(now, limit)
+    async def counted(now: datetime, limit: int) -> list[Message]:
+        limits.append(limit)
+        return await due(now, limit)
+
+    store.due_messages = counted  # type: ignore[method-assign]
+    return limits
 
 
-async def test_a_round_takes_at_most_round_limit_and_asks_for_the_next() -> None:
-    store = CountingStore()
-    await store.open()
+async def test_a_round_takes_at_most_round_limit_and_asks_for_the_next(
+    engine_store: Store,
+) -> None:
+    store = engine_store
+    limits = count_limits(store)
     registry = LocalRegistry()
     settings = Settings(admin_key="x" * 32, max_in_flight=4, accept_timeout=60.0)
     dispatcher = Dispatcher(store, registry, settings)
@@ -50,9 +55,8 @@ async def test_a_round_takes_at_most_round_limit_and_asks_for_the_next() -> None
         await store.create_message(new_message())
     try:
         assert await dispatcher.drain_once() == ROUND_LIMIT
-        assert store.limits == [ROUND_LIMIT]  # counted free slots up to the limit, no more
+        assert limits == [ROUND_LIMIT]  # counted free slots up to the limit, no more
         assert dispatcher._maybe_due  # a full round: the outbox goes on at once
         assert await dispatcher.drain_once() == 20  # the rest, in the next round
     finally:
         await dispatcher.stop()
-        await store.close()

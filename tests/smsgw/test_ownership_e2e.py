@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from android_client.outbox import MemoryPhoneStore
-from smsgw.store.base import DEVICE_REMOVED_ERROR
+from smsgw.store.rules import DEVICE_REMOVED_ERROR
 from tests.harness import Farm, HubProcess, HubServer, Phone, wait_for
 
 TO = "+12025550999"
@@ -376,28 +377,15 @@ def fail_inserts_once(
     insert = store._insert_message
     failed: list[str] = []
 
-    def fails(m: Any, offer_to: str | None, accepted_at: Any) -> bool:
+    def insert_or_fail(
+        m: Any, offer_to: str | None = None, accepted_at: Any = None
+    ) -> Generator[Any, Any, None]:
         if offer_to is not None and (accepted_at is not None) == accepted and not failed:
             failed.append(m.id)
-            return True
-        return False
+            raise OSError("disk I/O error")
+        yield from insert(m, offer_to, accepted_at)
 
-    if asyncio.iscoroutinefunction(insert):  # PostgreSQL
-
-        async def insert_async(conn: Any, m: Any, offer_to: Any, accepted_at: Any = None) -> None:
-            if fails(m, offer_to, accepted_at):
-                raise OSError("disk I/O error")
-            await insert(conn, m, offer_to, accepted_at)
-
-        monkeypatch.setattr(store, "_insert_message", insert_async)
-    else:
-
-        def insert_sync(db: Any, m: Any, offer_to: Any, accepted_at: Any = None) -> None:
-            if fails(m, offer_to, accepted_at):
-                raise OSError("disk I/O error")
-            insert(db, m, offer_to, accepted_at)
-
-        monkeypatch.setattr(store, "_insert_message", insert_sync)
+    monkeypatch.setattr(store, "_insert_message", insert_or_fail)
     return failed
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from smsgw.config import Settings
 from smsgw.hub import Hub
-from smsgw.store.memory import MemoryStore
+from smsgw.store.sqlite import MEMORY, SqliteStore
 from tests.harness import Farm, HubProcess, HubServer, wait_for
 
 TOTAL = 400
@@ -121,17 +121,19 @@ async def test_hub_killed_mid_load_loses_nothing_and_sends_nothing_twice(
         await hub.stop()
 
 
-class _StuckStore(MemoryStore):
-    """A store whose close never returns, like a database connection that hangs."""
+class _StuckStore(SqliteStore):
+    """A store whose close never returns, like a database connection that hangs (after
+    it let its threads go, so the test's process can end)."""
 
     async def close(self) -> None:
+        await super().close()
         await asyncio.Event().wait()
 
 
 async def test_a_stuck_part_cannot_keep_the_hub_from_stopping(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hub = Hub.build(Settings(admin_key="x" * 32), store=_StuckStore())
+    hub = Hub.build(Settings(admin_key="x" * 32), store=_StuckStore(MEMORY))
     await hub.start()
     loop = asyncio.get_running_loop()
     started = loop.time()

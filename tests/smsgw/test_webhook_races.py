@@ -1,6 +1,6 @@
 """Webhook races found in review, each pinned by a test: a worker whose lease ran out
 cannot overwrite what the worker that took over recorded (store contract, every engine),
-and one dead endpoint cannot starve the others (the worker, on the memory store)."""
+and one dead endpoint cannot starve the others (the worker, on the pass's engine)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import httpx
 from smsgw.clock import new_id, utcnow
 from smsgw.config import Settings
 from smsgw.store import DeliveryAttempt, DeliveryStatus, Inbound, Store
-from smsgw.store.memory import MemoryStore
 from smsgw.webhook_worker import WebhookWorker
 from tests.smsgw.store.test_events_contract import add_hook
 from tests.smsgw.store.test_store_contract import add_device, store
@@ -90,14 +89,13 @@ async def test_a_stale_worker_turns_a_delivered_delivery_back_to_pending(store: 
     )
 
 
-async def test_one_dead_endpoint_starves_every_other_webhook() -> None:
+async def test_one_dead_endpoint_starves_every_other_webhook(engine_store: Store) -> None:
     """The worker claims up to MAX_IN_FLIGHT (256) deliveries regardless of endpoint and
     then queues them behind the per-endpoint semaphore. A receiver that times out holds
     all 256 in-flight places (draining at concurrency/timeout per second), so a healthy
     endpoint's event waits for the dead one's backlog: minutes with the defaults (10 s
     timeout, concurrency 4 -> 0.4 deliveries/s)."""
-    store = MemoryStore()
-    await store.open()
+    store = engine_store
     device = await add_device(store, "a")
     settings = Settings(admin_key="x" * 32, webhook_timeout=0.5, webhook_poll_interval=0.05)  # type: ignore[call-arg]
     await add_hook(store, "sms.received", url="http://dead.example/h")

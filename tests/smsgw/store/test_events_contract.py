@@ -315,3 +315,24 @@ async def test_a_message_stored_with_its_accept_is_what_create_and_accept_leave(
     assert kind == "message.queued"
     assert data == {**events[two_writes.id][1], "message_id": one_write.id}
     assert await store.mark_sent(one_write.id, device, now) == one_write.recipient
+
+
+async def test_a_webhook_removed_behind_a_stale_cache_costs_the_change_nothing(
+    store: Store,
+) -> None:
+    """Another node removed the webhook a moment ago and this node's cache has not heard
+    yet (NOTIFY is on its way): the state change stands, with no delivery for the gone
+    endpoint. Before, its delivery row broke the webhook foreign key and failed the
+    change itself, a phone's accept or report with it."""
+    device = await add_device(store, "a")
+    hook = await add_hook(store, "message.queued", "message.sent")
+    other = await add_hook(store, "message.sent")
+    assert await store.delete_webhook(hook.id)
+    store._subs.set(hook.id, hook.url, hook.events, True)  # the stale cache
+    msg = await add_message(store)
+    now = utcnow()
+    assert await store.offer(msg.id, device, 0, now, now + timedelta(seconds=5))
+    assert await store.accept(msg.id, device, 1, now)
+    assert await store.mark_sent(msg.id, device, now) == msg.recipient
+    claimed = await store.claim_deliveries(utcnow(), utcnow() + timedelta(seconds=60), 10)
+    assert [(d.webhook_id, d.event_type) for d in claimed] == [(other.id, "message.sent")]

@@ -26,9 +26,11 @@ from smsgw.config import Settings
 from smsgw.events import EventType
 from smsgw.store import Batch, Message, Status, Webhook, create_store
 from smsgw.store.migrations import load_migrations
-from smsgw.store.postgres import PostgresStore, split_url
+from smsgw.store.postgres import PostgresStore, _Tx, split_url
+from smsgw.store.sql import Stmt, UniqueViolation
 from tests.builders import new_message
 from tests.pgtest import drop_schema, fresh_schema_name, require_postgres, with_schema
+from tests.smsgw.store.test_events_contract import add_hook
 from tests.smsgw.store.test_store_contract import add_device, add_message
 
 NODES = 3
@@ -72,7 +74,7 @@ def test_url_schema_parameter_is_taken_out_of_the_dsn() -> None:
 def test_create_store_picks_postgres_by_scheme() -> None:
     for url in ("postgresql://h/db", "postgres://h/db?schema=x"):
         store = create_store(Settings(database_url=url, db_pool_size=7))
-        assert isinstance(store, PostgresStore) and store.max_size == 7
+        assert isinstance(store, PostgresStore) and store.postgres.max_size == 7
 
 
 async def test_nodes_starting_together_migrate_once(schema_url: str) -> None:
@@ -269,7 +271,7 @@ async def test_a_batch_of_10000_is_one_transaction(nodes: list[PostgresStore]) -
     assert elapsed < 10, f"10,000 messages took {elapsed:.1f}s"
     # A batch that fails part-way leaves nothing behind (duplicate id -> the whole COPY).
     dup = Batch(id=new_id(), name="dup", total=2, rejected=0, created_at=now)
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(UniqueViolation):  # the store's own error, whichever engine
         await nodes[0].create_batch(dup, [messages[0], messages[1]])
     assert await nodes[0].get_batch(dup.id) is None
 
@@ -344,27 +346,9 @@ async def test_smsgw_migrate_on_postgres(schema_url: str) -> None:
     assert await versions(schema_url) == [m.version for m in load_migrations("postgres")]
 
 
-class _PausedAfterSweep:
-    """A connection of delete_device's transaction that stops after its sweep of the
-    phone's messages, before the device row is marked removed."""
-
-    def __init__(self, conn: Any, swept: asyncio.Event, go: asyncio.Event) -> None:
-        self._conn, self._swept, self._go = conn, swept, go
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def execute(self, sql: str, *args: Any) -> Any:
-        result = await self._conn.execute(sql, *args)
-        if sql.startswith("UPDATE messages SET status = 'PENDING'"):
-            self._swept.set()
-            await self._go.wait()
-        return result
-
-
 @pytest.mark.parametrize("pinned", [False, True])
 async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to_the_phone(
-    nodes: list[PostgresStore], pinned: bool
+    nodes: list[PostgresStore], pinned: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """delete_device on one node, paused between its sweep and the device update, while
     another node stores a new message accepted by (or on offer to) that phone: the insert
@@ -373,12 +357,18 @@ async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to
     remover, other = nodes[0], nodes[1]
     phone = await add_device(remover, "p")
     swept, go = asyncio.Event(), asyncio.Event()
-    tx = remover._tx
+    run = _Tx.do
 
-    async def paused_tx(fn: Callable[[Any], Awaitable[T]]) -> T:
-        return await tx(lambda conn: fn(_PausedAfterSweep(conn, swept, go)))
+    async def paused_after_sweep(tx: _Tx, stmt: Stmt) -> Any:
+        """delete_device's transaction stops after its sweep of the phone's messages,
+        before the device row is marked removed."""
+        result = await run(tx, stmt)
+        if stmt.sql.startswith("UPDATE messages SET status = 'PENDING'"):
+            swept.set()
+            await go.wait()
+        return result
 
-    remover._tx = paused_tx  # type: ignore[method-assign]
+    monkeypatch.setattr(_Tx, "do", paused_after_sweep)
     removal = asyncio.create_task(remover.delete_device(phone, utcnow()))
     await asyncio.wait_for(swept.wait(), 5)
     now = utcnow()
@@ -417,7 +407,7 @@ async def test_mark_sent_locks_message_attempt_device_then_affinity(
     now = utcnow()
     assert await store.create_message(msg, offer_to=phone, lease_until=now, accepted_at=now)
     assert await store.mark_sent(msg.id, phone, now)  # the affinity row exists from now on
-    dsn, schema = split_url(store.url)
+    dsn, schema = split_url(store.postgres.url)
     settings = {"search_path": f'"{schema}"'}
     holder = await asyncpg.connect(dsn, server_settings=settings)
     peek = await asyncpg.connect(dsn, server_settings=settings)
@@ -457,3 +447,41 @@ async def test_mark_sent_locks_message_attempt_device_then_affinity(
     finally:
         await holder.close()
         await peek.close()
+
+
+async def test_a_transition_racing_the_removal_of_its_webhook_stands(
+    nodes: list[PostgresStore],
+) -> None:
+    """A webhook is being removed (its transaction not yet committed, so no node has
+    heard) while a phone's accept on another node raises an event for it: the accept
+    waits for the removal, then stands, with no delivery for the gone webhook. Without
+    the key-share lock, the foreign key check failed the accept itself."""
+    a, b = nodes[0], nodes[1]
+    device = await add_device(a, "hook-race")
+    hook = await add_hook(a, "message.queued")
+
+    async def known_on_b() -> bool:
+        return bool(b._subs.targets(EventType.MESSAGE_QUEUED))
+
+    await _eventually(known_on_b, "node B to learn of the webhook")
+    msg = await add_message(a)
+    now = utcnow()
+    assert await b.offer(msg.id, device, 0, now, now + timedelta(seconds=5))
+    dsn, schema = split_url(a.postgres.url)
+    holder = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
+    try:
+        removal = holder.transaction()
+        await removal.start()
+        await holder.execute("DELETE FROM webhooks WHERE id = $1", hook.id)
+        accept = asyncio.create_task(b.accept(msg.id, device, 1, utcnow()))
+        await asyncio.sleep(0.3)
+        waited = not accept.done()
+        await removal.commit()
+        assert waited  # it waited for the removal...
+        assert await accept  # ...and then stood
+    finally:
+        await holder.close()
+    got = await a.get_message(msg.id)
+    assert got is not None and got.status is Status.QUEUED and got.device_id == device
+    claimed = await b.claim_deliveries(utcnow(), utcnow() + timedelta(minutes=1), 10)
+    assert claimed == []

@@ -1,5 +1,6 @@
-"""The store contract (the compare-and-set rules that keep one owner per message), on the
-real SQLite file and on the in-process store; and SQLite migrations."""
+"""The store contract (the compare-and-set rules that keep one owner per message), on a
+SQLite file, on SQLite's shared in-memory database (``memory://``) and on PostgreSQL; and
+SQLite migrations and group commit."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pytest
 
 from smsgw.clock import new_id, utcnow
 from smsgw.store import Inbound, Message, MessageFilter, OptOut, Status, Store
-from smsgw.store.memory import MemoryStore
 from smsgw.store.migrations import load_migrations
 from smsgw.store.postgres import PostgresStore
-from smsgw.store.sqlite import SqliteStore
+from smsgw.store.sql import Op, execute, fetch
+from smsgw.store.sqlite import MEMORY, SqliteStore
 from tests.builders import new_message
 from tests.pgtest import (
     drop_schema,
@@ -43,10 +44,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await pg.close()
         await drop_schema(base, schema)
         return
-    s: Store = SqliteStore(tmp_path / "hub.db") if request.param == "sqlite" else MemoryStore()
+    s: Store = SqliteStore(tmp_path / "hub.db" if request.param == "sqlite" else MEMORY)
     await s.open()
     yield s
     await s.close()
+
+
+def select(sql: str, *args: object) -> Op[list[sqlite3.Row]]:
+    found: list[sqlite3.Row] = yield fetch(sql, *args)
+    return found
 
 
 async def add_message(store: Store, **kw: object) -> Message:
@@ -75,7 +81,7 @@ async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "m.db")
     await s.open()
     assert await s.migrate() == []
-    rows = await s._all("SELECT version FROM schema_migrations")
+    rows = await s.driver.read(lambda: select("SELECT version FROM schema_migrations"))
     expected = [m.version for m in load_migrations("sqlite")]
     assert [r[0] for r in rows] == expected and expected[0] == "0001_init"
     await s.close()
@@ -447,6 +453,17 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await store.close()
 
 
+def hold(gate: threading.Event) -> Op[None]:
+    """A write that keeps the writer thread busy until ``gate`` opens."""
+    gate.wait(10)
+    yield execute("SELECT 1")
+
+
+def half_then_fail(message_id: str) -> Op[None]:
+    yield execute("UPDATE messages SET body = 'half-written' WHERE id = $1", message_id)
+    raise RuntimeError("this write fails after changing a row")
+
+
 async def test_sqlite_a_failing_write_fails_alone_in_its_batch(sqlite_store: SqliteStore) -> None:
     """Group commit: writes queued together share a transaction, and one that raises
     leaves no trace while the others commit."""
@@ -454,20 +471,15 @@ async def test_sqlite_a_failing_write_fails_alone_in_its_batch(sqlite_store: Sql
     existing = await add_message(store)
     # Hold the writer so the next writes queue up and go into one batch.
     gate = threading.Event()
-    held = asyncio.ensure_future(store._write(lambda db: gate.wait(10)))
+    held = asyncio.ensure_future(store.driver.write(lambda: hold(gate)))
     await asyncio.sleep(0.05)
-
-    def half_then_fail(db: sqlite3.Connection) -> None:
-        db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (existing.id,))
-        raise RuntimeError("this write fails after changing a row")
-
-    writer = store._writer
+    writer = store.sqlite.writer
     assert writer is not None
     batches = writer.batches
     first, second = new_id(), new_id()
     writes = [
         asyncio.ensure_future(store.create_message(new_message(id=first, body="batch"))),
-        asyncio.ensure_future(store._write(half_then_fail)),
+        asyncio.ensure_future(store.driver.write(lambda: half_then_fail(existing.id))),
         asyncio.ensure_future(store.create_message(new_message(id=existing.id))),  # duplicate
         asyncio.ensure_future(store.create_message(new_message(id=second, body="batch"))),
     ]
@@ -488,13 +500,8 @@ async def test_sqlite_a_failing_write_fails_alone_in_its_batch(sqlite_store: Sql
 
 async def test_sqlite_a_lone_failing_write_leaves_no_trace(sqlite_store: SqliteStore) -> None:
     msg = await add_message(sqlite_store)
-
-    def fails(db: sqlite3.Connection) -> None:
-        db.execute("UPDATE messages SET body = 'half-written' WHERE id = ?", (msg.id,))
-        raise RuntimeError("fails")
-
     with pytest.raises(RuntimeError):
-        await sqlite_store._write(fails)
+        await sqlite_store.driver.write(lambda: half_then_fail(msg.id))
     got = await sqlite_store.get_message(msg.id)
     assert got is not None and got.body == "hi"
     await add_message(sqlite_store)  # the writer goes on

@@ -1,0 +1,87 @@
+"""Bulk sends, and the counts of what went where (``/stats``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from smsgw.store import rows
+from smsgw.store.operations import Operations
+from smsgw.store.records import Batch, Message, Stats
+from smsgw.store.rows import MESSAGE_FIELDS
+from smsgw.store.sql import Op, copy, execute, fetch, fetchrow, fetchval, read
+
+
+class Batches(Operations):
+    async def create_batch(self, batch: Batch, messages: list[Message]) -> None:
+        """The batch and all its messages in one transaction."""
+        await self._driver.write(lambda: self._create_batch(batch, messages))
+
+    def _create_batch(self, batch: Batch, messages: list[Message]) -> Op[None]:
+        yield execute(
+            "INSERT INTO batches (id, name, total, rejected, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            batch.id,
+            batch.name,
+            batch.total,
+            batch.rejected,
+            batch.created_at,
+        )
+        if messages:
+            yield copy("messages", MESSAGE_FIELDS, [rows.message_values(m) for m in messages])
+
+    @read
+    def get_batch(self, batch_id: str) -> Op[Batch | None]:
+        """With ``by_status`` counted from its messages."""
+        row = yield fetchrow("SELECT * FROM batches WHERE id = $1", batch_id)
+        if row is None:
+            return None
+        counts = yield fetch(
+            "SELECT status, count(*) FROM messages WHERE batch_id = $1 GROUP BY status",
+            batch_id,
+        )
+        return rows.batch(row, {r[0]: r[1] for r in counts}, self.dec)
+
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        """Counts over messages, inbound SMS and OTP codes created in [since, until)."""
+        return await self._driver.read(lambda: self._stats(since, until), snapshot=True)
+
+    def _stats(self, since: datetime, until: datetime) -> Op[Stats]:
+        in_range = "created_at >= $1 AND created_at < $2"
+        found = yield fetch(
+            f"SELECT status, count(*) FROM messages WHERE {in_range} GROUP BY status",
+            since,
+            until,
+        )
+        by_status: dict[str, int] = {r[0]: r[1] for r in found}
+        by_day: dict[str, dict[str, int]] = {}
+        found = yield fetch(
+            f"SELECT {self.d.utc_day('created_at')}, status, count(*) FROM messages "
+            f"WHERE {in_range} GROUP BY 1, 2",
+            since,
+            until,
+        )
+        for day, status, n in found:
+            by_day.setdefault(day, {})[status] = n
+        by_device: dict[str, dict[str, int]] = {}
+        found = yield fetch(
+            f"SELECT device_id, status, count(*) FROM messages WHERE {in_range} "
+            "AND device_id IS NOT NULL AND status != 'PENDING' GROUP BY 1, 2",
+            since,
+            until,
+        )
+        for device, status, n in found:
+            by_device.setdefault(device, {})[status] = n
+        found = yield fetch(
+            "SELECT coalesce(error_code, 'unknown'), count(*) FROM messages "
+            f"WHERE {in_range} AND status = 'FAILED' GROUP BY 1",
+            since,
+            until,
+        )
+        reasons: dict[str, int] = {r[0]: r[1] for r in found}
+        inbound = yield fetchval(
+            f"SELECT count(*) FROM inbound_messages WHERE {in_range}", since, until
+        )
+        otp = yield fetchrow(
+            f"SELECT count(*), count(verified_at) FROM otp_codes WHERE {in_range}", since, until
+        )
+        return Stats(by_status, by_day, by_device, reasons, inbound, otp[0], otp[1])

@@ -1,0 +1,143 @@
+"""Every difference between SQLite and PostgreSQL the store's operations meet, in one place.
+
+The operations (``messages.py``, ``devices.py``, ...) write their SQL once, in the subset
+both engines share, with PostgreSQL's ``$1`` placeholders. What does not fit that subset
+is asked of the dialect, like Django's ``DatabaseOperations``:
+
+- placeholders and values: SQLite gets ``?1`` for ``$1`` (a ``$1::type`` cast is
+  PostgreSQL's alone and dropped), timestamps as ISO 8601 text (they sort as text), and
+  lists as JSON; rows come back through the engine's :class:`~smsgw.store.rows.Decoder`;
+- row locks and advisory locks: PostgreSQL serves several nodes at once and needs them;
+  SQLite's single writer thread already runs one write at a time, so they are nothing;
+- ``NOTIFY`` of webhook changes to the other nodes, ``= ANY(array)``, the UTC day of a
+  timestamp, a query planner hint SQLite needs, and which unique-key error is which.
+
+What stays in the drivers is how statements run (threads and group commit, or a pool).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from smsgw.clock import iso
+from smsgw.store.rows import POSTGRES, SQLITE, Decoder
+from smsgw.store.sql import NOOP, Stmt, UniqueViolation, execute
+
+# The class half of the (class, hashtext(device id)) advisory locks that order a phone's
+# removal against inserts of messages on offer to it. The two-key space does not overlap
+# the single 64-bit key of the migration lock.
+DEVICE_LOCK_CLASS = 0x534D  # "SM"
+# Webhook changes are announced on this channel (payload: the schema) so every node's
+# subscription cache follows at once.
+NOTIFY_CHANNEL = "smsgw_webhooks"
+
+_PLACEHOLDER = re.compile(r"\$(\d+)(?:::[a-z_]+(?:\[\])?)?")
+# SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
+_SQLITE_UNIQUE = frozenset({1555, 2067})
+
+
+class Dialect:
+    """The PostgreSQL forms; :class:`SqliteDialect` overrides what SQLite does otherwise."""
+
+    name = "postgres"  # also the suffix of this engine's migration files
+    decoder: Decoder = POSTGRES
+    for_update = " FOR UPDATE"
+    """Appended to a SELECT whose row the transaction then changes."""
+    for_key_share = " FOR KEY SHARE"
+    """Appended to a SELECT of a row a new row will reference: it cannot go meanwhile."""
+
+    def __init__(self, schema: str | None = None) -> None:
+        self.schema = schema
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args
+
+    def skip_locked(self, of: str | None = None) -> str:
+        """Appended to a claiming SELECT: rows another node holds are left to it."""
+        return f" FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
+
+    def any_text(self, param: str) -> str:
+        """``column <this>``: the column is one of the list of strings passed as ``param``."""
+        return f"= ANY({param}::text[])"
+
+    def utc_day(self, column: str) -> str:
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def indexed_by(self, index: str) -> str:
+        return ""
+
+    def lock_device(self, device_id: str, *, shared: bool) -> Stmt:
+        """Orders a phone's removal (exclusive) against new messages offered to it (shared)."""
+        fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        return execute(f"SELECT {fn}($1, hashtext($2))", DEVICE_LOCK_CLASS, device_id)
+
+    def webhooks_changed(self) -> Stmt:
+        """Tells every node's listener, when (and only if) the transaction commits."""
+        return execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, self.schema or "")
+
+    def error(self, exc: Exception) -> Exception:
+        """The store's exception for an engine's (unique violations are told apart)."""
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            return UniqueViolation(str(exc))
+        return exc
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    decoder = SQLITE
+    for_update = ""
+    for_key_share = ""
+
+    def sql(self, text: str) -> str:
+        return _sqlite_sql(text)
+
+    def args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(_sqlite_value(a) for a in args)
+
+    def skip_locked(self, of: str | None = None) -> str:
+        return ""
+
+    def any_text(self, param: str) -> str:
+        return f"IN (SELECT value FROM json_each({param}))"
+
+    def utc_day(self, column: str) -> str:
+        return f"substr({column}, 1, 10)"  # ISO 8601 UTC text
+
+    def indexed_by(self, index: str) -> str:
+        # Without statistics SQLite prefers the wider index on device_id, which holds
+        # every message the phone ever sent, over the partial one of what it owns now.
+        return f" INDEXED BY {index}"
+
+    def lock_device(self, device_id: str, *, shared: bool) -> Stmt:
+        return NOOP
+
+    def webhooks_changed(self) -> Stmt:
+        return NOOP  # one process: the store updates its own cache
+
+    def error(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorcode in _SQLITE_UNIQUE:
+            return UniqueViolation(str(exc))
+        return exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _sqlite_sql(text: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", text)
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, list):
+        return json.dumps(value)
+    return value

@@ -1,0 +1,223 @@
+"""What an operation of the store asks of its database, and the two loops that answer it.
+
+Every operation (offer, accept, report, ...) is written once, as a generator: it yields a
+:class:`Stmt` and is sent back its result (a count, rows, a row, a value), or has the
+database's error thrown in. It does no I/O of its own, so the same operation runs on both
+engines: the SQLite driver steps it on its writer thread against ``sqlite3``
+(:func:`run_sync`), the PostgreSQL driver on the event loop against asyncpg
+(:func:`run_async`). A driver decides only how and in which transaction; the rules and
+the SQL live in the operation. SQL is written with PostgreSQL's ``$1, $2, ...``
+placeholders; what differs between the engines is in ``dialect.py``.
+
+``@write`` and ``@read`` turn a generator method into the store's async method. Drivers
+take a factory rather than a generator because a write may run twice: the SQLite writer
+replays a batch after one of its writes failed, PostgreSQL replays a transaction it
+aborted for a deadlock.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from smsgw.store.dialect import Dialect
+
+T = TypeVar("T")
+P = ParamSpec("P")
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.Enum):
+    EXECUTE = "execute"  # -> the number of rows it changed
+    FETCH = "fetch"  # -> every row
+    FETCHROW = "fetchrow"  # -> the first row, or None
+    FETCHVAL = "fetchval"  # -> the first column of the first row, or None
+    MANY = "many"  # args: one argument tuple per run -> None
+    COPY = "copy"  # sql: a table; args: (columns, records) -> None
+    NOOP = "noop"  # what one engine needs and the other does not (a lock, a NOTIFY)
+    AFTER = "after"  # args: (fn,): called on the event loop once the transaction committed
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    kind: Kind
+    sql: str = ""
+    args: tuple[Any, ...] = ()
+
+
+Op = Generator[Stmt, Any, T]
+"""An operation: yields statements, is sent their results, returns its answer."""
+
+NOOP = Stmt(Kind.NOOP)
+
+
+def execute(sql: str, *args: Any) -> Stmt:
+    return Stmt(Kind.EXECUTE, sql, args)
+
+
+def fetch(sql: str, *args: Any) -> Stmt:
+    return Stmt(Kind.FETCH, sql, args)
+
+
+def fetchrow(sql: str, *args: Any) -> Stmt:
+    return Stmt(Kind.FETCHROW, sql, args)
+
+
+def fetchval(sql: str, *args: Any) -> Stmt:
+    return Stmt(Kind.FETCHVAL, sql, args)
+
+
+def many(sql: str, rows: Iterable[Sequence[Any]]) -> Stmt:
+    return Stmt(Kind.MANY, sql, tuple(tuple(r) for r in rows))
+
+
+def after_commit(fn: Callable[[], None]) -> Stmt:
+    """``fn`` runs on the event loop once this write has committed, and never if it did
+    not (an in-memory cache that must follow only what is durable, a wake-up)."""
+    return Stmt(Kind.AFTER, "", (fn,))
+
+
+def copy(table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]) -> Stmt:
+    """Bulk insert: PostgreSQL's COPY, SQLite's ``executemany``, in the same transaction."""
+    return Stmt(Kind.COPY, table, (tuple(columns), [tuple(r) for r in records]))
+
+
+class Params:
+    """Numbers the arguments of a statement built piece by piece (filters, SET lists)."""
+
+    def __init__(self, *first: Any) -> None:
+        self.values: list[Any] = list(first)
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+class Rollback(Exception):
+    """Raised by an operation whose precondition failed after it wrote: its writes are
+    undone and the caller gets ``value``, not an exception."""
+
+    def __init__(self, value: Any = None) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class UniqueViolation(Exception):
+    """A unique constraint refused a write (each driver maps its engine's error to this)."""
+
+
+class Driver(Protocol):
+    """Runs operations: the SQLite driver or the PostgreSQL one."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def open(self) -> list[str]:
+        """Connect and apply pending migrations; returns what was applied."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def migrate(self) -> list[str]: ...
+
+    async def write(self, make: Callable[[], Op[T]]) -> T:
+        """Run the operation in a transaction of its own (SQLite: shared with the writes
+        queued beside it, each undone alone if it fails); durable when this returns, its
+        ``after_commit`` functions called by then."""
+
+    async def read(self, make: Callable[[], Op[T]], *, snapshot: bool = False) -> T:
+        """Run a read-only operation; ``snapshot``: all its statements see one state."""
+
+    async def watch(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Call ``changed`` when another process may have changed the webhooks."""
+
+
+class _Stepper(Generic[T]):
+    """An operation being run: feeds it each result (or error) and takes its next
+    statement, until it returns."""
+
+    __slots__ = ("op", "value")
+
+    def __init__(self, op: Op[T]) -> None:
+        self.op = op
+        self.value: Any = None
+
+    def step(self, result: Any = None, error: Exception | None = None) -> Stmt | None:
+        try:
+            return self.op.send(result) if error is None else self.op.throw(error)
+        except StopIteration as done:
+            self.value = done.value
+            return None
+
+
+def run_sync(op: Op[T], do: Callable[[Stmt], Any]) -> T:
+    """Run ``op``, each statement by ``do`` (a thread's own connection)."""
+    stepper = _Stepper(op)
+    stmt = stepper.step()
+    while stmt is not None:
+        try:
+            result = do(stmt)
+        except Exception as exc:
+            stmt = stepper.step(error=exc)
+        else:
+            stmt = stepper.step(result)
+    return stepper.value  # type: ignore[no-any-return]
+
+
+async def run_async(op: Op[T], do: Callable[[Stmt], Awaitable[Any]]) -> T:
+    """Run ``op``, awaiting each statement of ``do``."""
+    stepper = _Stepper(op)
+    stmt = stepper.step()
+    while stmt is not None:
+        try:
+            result = await do(stmt)
+        except Exception as exc:
+            stmt = stepper.step(error=exc)
+        else:
+            stmt = stepper.step(result)
+    return stepper.value  # type: ignore[no-any-return]
+
+
+def run_after(after: list[Callable[[], None]]) -> None:
+    """Call what a committed write asked for, each once (many events of one write wake
+    the worker once), on the event loop; one that fails does not stop the others."""
+    for fn in dict.fromkeys(after):
+        try:
+            fn()
+        except Exception:
+            log.exception("after-commit call %r failed", fn)
+
+
+class HasDriver(Protocol):
+    _driver: Driver
+
+
+S = TypeVar("S", bound=HasDriver)
+Method = Callable[Concatenate[S, P], Op[T]]
+AsyncMethod = Callable[Concatenate[S, P], Coroutine[Any, Any, T]]
+
+
+def write(fn: Method[S, P, T]) -> AsyncMethod[S, P, T]:
+    """The store's method that runs this operation as a durable write."""
+
+    @functools.wraps(fn)
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._driver.write(lambda: fn(self, *args, **kwargs))
+
+    return run
+
+
+def read(fn: Method[S, P, T]) -> AsyncMethod[S, P, T]:
+    """The store's method that runs this operation as a read."""
+
+    @functools.wraps(fn)
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._driver.read(lambda: fn(self, *args, **kwargs))
+
+    return run
