@@ -222,4 +222,3 @@ def test_an_error_the_operation_does_not_catch_reaches_the_driver() -> None:
 
     with pytest.raises(OSError):
         run_sync(failing(), broken)
-
