@@ -10,7 +10,6 @@ from smsgw.events import EventType, device_event_types
 from smsgw.store import rows
 from smsgw.store.operations import Operations
 from smsgw.store.records import Device, Message
-from smsgw.store.rows import MESSAGE_COLUMNS
 from smsgw.store.rules import DEVICE_REMOVED, DEVICE_REMOVED_ERROR
 from smsgw.store.sql import Op, Params, Rollback, execute, fetch, fetchrow, fetchval, read, write
 
@@ -215,7 +214,7 @@ class Devices(Operations):
             return False
         # Excludes a concurrent insert of a message on offer to this phone (see
         # Messages._insert_offered), so the sweep below cannot miss it.
-        yield self.d.lock_device(device_id, shared=False)
+        yield from self.d.lock_device(device_id, shared=False)
         # Messages first, then attempts, then the device: the order every transaction
         # locks rows in, so a report racing the removal cannot deadlock with it.
         yield execute(
@@ -229,7 +228,7 @@ class Devices(Operations):
         failed = yield fetch(
             "UPDATE messages SET status = 'FAILED', error_code = $3, error = $4, "
             "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
-            f"AND status = 'PENDING' RETURNING {MESSAGE_COLUMNS}",
+            f"AND status = 'PENDING' RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
             now,
             device_id,
             DEVICE_REMOVED,

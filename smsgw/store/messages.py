@@ -33,7 +33,7 @@ from smsgw.store.rules import (
     settle_first_offer,
     utc_day,
 )
-from smsgw.store.sql import Op, Params, execute, fetch, fetchrow, fetchval, read, write
+from smsgw.store.sql import Op, Params, Stmt, execute, fetch, fetchrow, fetchval, read, write
 
 
 class Messages(Operations):
@@ -73,20 +73,28 @@ class Messages(Operations):
         # for this transaction (and then its sweep sees the message) or went first (and
         # is seen below). An advisory lock, not the device row, because the removal locks
         # that row last, after the messages it sweeps.
-        yield self.d.lock_device(device_id, shared=True)
-        removed = yield fetchval(
-            "SELECT 1 FROM devices WHERE id = $1 AND revoked_at IS NOT NULL", device_id
+        yield from self.d.lock_device(device_id, shared=True)
+        # The first attempt, unless the phone was removed: the check and the write in one
+        # statement (the attempt has no foreign key to wait for the message's row).
+        offered = yield execute(
+            "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, "
+            "accepted_at) SELECT $1::text, 1, $2::text, $3::timestamptz, $4::timestamptz "
+            "WHERE NOT EXISTS (SELECT 1 FROM devices WHERE id = $2 AND revoked_at IS NOT NULL)",
+            message.id,
+            device_id,
+            message.created_at,
+            accepted_at,
         )
-        if removed is not None:  # see create_message
-            if accepted_at is None:
-                plain = replace(message)
-                offered_to_removed(plain, device_id, now)
-                yield from self._insert_message(plain)
-                if plain.status is Status.FAILED:
-                    yield from self._record_event(EventType.MESSAGE_FAILED, plain, now)
-            return False
-        yield from self._insert_message(message, device_id, accepted_at)
-        return True
+        if offered == 1:
+            yield from self._insert_message(message, accepted_at)
+            return True
+        if accepted_at is None:  # see create_message
+            plain = replace(message)
+            offered_to_removed(plain, device_id, now)
+            yield from self._insert_message(plain)
+            if plain.status is Status.FAILED:
+                yield from self._record_event(EventType.MESSAGE_FAILED, plain, now)
+        return False
 
     @read
     def get_message(self, message_id: str, *, with_attempts: bool = False) -> Op[Message | None]:
@@ -197,11 +205,12 @@ class Messages(Operations):
         current (e.g. the phone's accept won the race)."""
         status = after_release(attempt, max_attempts)
         current = "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5"
+        returning = self._returning(EventType.MESSAGE_FAILED)
         if status is Status.FAILED:
             row = yield fetchrow(
                 "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
                 "error_code = $6, error = $1, failed_at = $2, updated_at = $2 "
-                f"{current} RETURNING {MESSAGE_COLUMNS}",
+                f"{current} RETURNING {returning}",
                 max_attempts_error(attempt, outcome),
                 now,
                 message_id,
@@ -212,7 +221,7 @@ class Messages(Operations):
         else:
             row = yield fetchrow(
                 "UPDATE messages SET device_id = NULL, lease_until = NULL, "
-                f"next_attempt_at = $1, updated_at = $2 {current} RETURNING {MESSAGE_COLUMNS}",
+                f"next_attempt_at = $1, updated_at = $2 {current} RETURNING id",
                 retry_at,
                 now,
                 message_id,
@@ -221,7 +230,7 @@ class Messages(Operations):
             )
         if row is None:
             return None
-        yield from self._end_attempt(message_id, attempt, outcome, now)
+        yield self._end_attempt(message_id, attempt, outcome, now)
         if status is Status.FAILED:
             yield from self._message_event(EventType.MESSAGE_FAILED, row, now)
         return status
@@ -233,7 +242,7 @@ class Messages(Operations):
         row = yield fetchrow(
             "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $1, "
             "updated_at = $1 WHERE id = $2 AND status = 'PENDING' AND attempt = $3 "
-            f"AND device_id = $4 RETURNING {MESSAGE_COLUMNS}",
+            f"AND device_id = $4 RETURNING {self._returning(EventType.MESSAGE_QUEUED)}",
             now,
             message_id,
             attempt,
@@ -264,15 +273,15 @@ class Messages(Operations):
         row = yield fetchrow(
             "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
             "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
-            f"RETURNING {MESSAGE_COLUMNS}",
+            f"RETURNING {self._returning(EventType.MESSAGE_SENT)}",
             now,
             message_id,
             device_id,
         )
         if row is None:
             return None
-        yield from self._end_attempt(message_id, row["attempt"], "sent", now)
-        yield from self._count_sent(device_id, now)
+        yield self._end_attempt(message_id, row["attempt"], "sent", now)
+        yield self._count_sent(device_id, now)
         yield execute(
             "INSERT INTO recipient_affinity (recipient, device_id, updated_at) "
             "VALUES ($1, $2, $3) ON CONFLICT (recipient) DO UPDATE SET "
@@ -284,8 +293,8 @@ class Messages(Operations):
         yield from self._message_event(EventType.MESSAGE_SENT, row, now)
         return str(row["recipient"])
 
-    def _count_sent(self, device_id: str, now: datetime) -> Op[None]:
-        yield execute(
+    def _count_sent(self, device_id: str, now: datetime) -> Stmt:
+        return execute(
             "UPDATE devices SET sent_day = $1, "
             "sent_today = CASE WHEN sent_day = $1 THEN sent_today + 1 ELSE 1 END WHERE id = $2",
             utc_day(now),
@@ -308,13 +317,13 @@ class Messages(Operations):
         updated = yield fetchrow(
             "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
             "sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 "
-            f"RETURNING {MESSAGE_COLUMNS}",
+            f"RETURNING {self._returning(EventType.MESSAGE_DELIVERED)}",
             now,
             message_id,
         )
-        yield from self._end_attempt(message_id, row["attempt"], "sent", now)
+        yield self._end_attempt(message_id, row["attempt"], "sent", now)
         if row["sent_at"] is None:
-            yield from self._count_sent(device_id, now)
+            yield self._count_sent(device_id, now)
         yield from self._message_event(EventType.MESSAGE_DELIVERED, updated, now)
         return True
 
@@ -368,14 +377,14 @@ class Messages(Operations):
             final = yield fetchrow(
                 "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = $1, "
                 f"error = $2, failed_at = $3, updated_at = $3 WHERE id = $4 "
-                f"RETURNING {MESSAGE_COLUMNS}",
+                f"RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
                 error_code,
                 error,
                 now,
                 message_id,
             )
         outcome = failure_outcome(retryable)
-        yield from self._end_attempt(message_id, current, outcome, now, error_code, error)
+        yield self._end_attempt(message_id, current, outcome, now, error_code, error)
         if status is Status.FAILED:
             yield from self._message_event(EventType.MESSAGE_FAILED, final, now)
         return status
@@ -394,7 +403,7 @@ class Messages(Operations):
             message_id,
         )
         if row is not None:
-            yield from self._end_attempt(message_id, row["attempt"], "cancelled", now)
+            yield self._end_attempt(message_id, row["attempt"], "cancelled", now)
             yield from self._message_event(EventType.MESSAGE_CANCELLED, row, now)
         else:
             row = yield from self._message_row(message_id)
@@ -412,7 +421,7 @@ class Messages(Operations):
             "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
             "AND (lease_until IS NULL OR lease_until <= $1) "
             f"ORDER BY id{self.d.skip_locked()}) "
-            f"AND status = 'PENDING' RETURNING {MESSAGE_COLUMNS}",
+            f"AND status = 'PENDING' RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
             now,
             EXPIRED,
             EXPIRED_ERROR,

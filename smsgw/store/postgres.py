@@ -106,29 +106,27 @@ class _Tx:
         self.after: list[Callable[[], None]] = []
 
     async def do(self, stmt: Stmt) -> Any:
-        conn, kind = self.conn, stmt.kind
+        kind, sql, args = stmt
+        conn = self.conn
         try:
             if kind is Kind.FETCHROW:
-                return await conn.fetchrow(stmt.sql, *stmt.args)
+                return await conn.fetchrow(sql, *args)
             if kind is Kind.EXECUTE:
-                return _count(await conn.execute(stmt.sql, *stmt.args))
+                return _count(await conn.execute(sql, *args))
             if kind is Kind.FETCH:
-                return await conn.fetch(stmt.sql, *stmt.args)
+                return await conn.fetch(sql, *args)
             if kind is Kind.FETCHVAL:
-                return await conn.fetchval(stmt.sql, *stmt.args)
-            if kind is Kind.MANY:
-                return await conn.executemany(stmt.sql, stmt.args)
-            if kind is Kind.COPY:
-                columns, records = stmt.args
-                # Up to 10,000 rows in one round trip, inside the same transaction.
-                return await conn.copy_records_to_table(
-                    stmt.sql,
-                    records=records,
-                    columns=list(columns),
-                    schema_name=self.dialect.schema,
-                )
+                return await conn.fetchval(sql, *args)
             if kind is Kind.AFTER:
-                self.after.append(stmt.args[0])
+                self.after.append(args[0])
+            elif kind is Kind.MANY:
+                await conn.executemany(sql, args)
+            elif kind is Kind.COPY:
+                columns, records = args
+                # Up to 10,000 rows in one round trip, inside the same transaction.
+                await conn.copy_records_to_table(
+                    sql, records=records, columns=list(columns), schema_name=self.dialect.schema
+                )
             return None
         except Exception as exc:
             mapped = self.dialect.error(exc)

@@ -45,6 +45,8 @@ class Row(Protocol):
 
     def __getitem__(self, key: str, /) -> Any: ...
 
+    def __len__(self) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Decoder:

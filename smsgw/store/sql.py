@@ -21,8 +21,7 @@ import enum
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from smsgw.store.dialect import Dialect
@@ -39,52 +38,46 @@ class Kind(enum.Enum):
     FETCHVAL = "fetchval"  # -> the first column of the first row, or None
     MANY = "many"  # args: one argument tuple per run -> None
     COPY = "copy"  # sql: a table; args: (columns, records) -> None
-    NOOP = "noop"  # what one engine needs and the other does not (a lock, a NOTIFY)
     AFTER = "after"  # args: (fn,): called on the event loop once the transaction committed
 
 
-@dataclass(frozen=True, slots=True)
-class Stmt:
-    kind: Kind
-    sql: str = ""
-    args: tuple[Any, ...] = ()
+Stmt = tuple[Kind, str, tuple[Any, ...]]
+"""(kind, sql, args): a plain tuple, because one is made for every statement run."""
 
 
 Op = Generator[Stmt, Any, T]
 """An operation: yields statements, is sent their results, returns its answer."""
 
-NOOP = Stmt(Kind.NOOP)
-
 
 def execute(sql: str, *args: Any) -> Stmt:
-    return Stmt(Kind.EXECUTE, sql, args)
+    return (Kind.EXECUTE, sql, args)
 
 
 def fetch(sql: str, *args: Any) -> Stmt:
-    return Stmt(Kind.FETCH, sql, args)
+    return (Kind.FETCH, sql, args)
 
 
 def fetchrow(sql: str, *args: Any) -> Stmt:
-    return Stmt(Kind.FETCHROW, sql, args)
+    return (Kind.FETCHROW, sql, args)
 
 
 def fetchval(sql: str, *args: Any) -> Stmt:
-    return Stmt(Kind.FETCHVAL, sql, args)
+    return (Kind.FETCHVAL, sql, args)
 
 
 def many(sql: str, rows: Iterable[Sequence[Any]]) -> Stmt:
-    return Stmt(Kind.MANY, sql, tuple(tuple(r) for r in rows))
+    return (Kind.MANY, sql, tuple(tuple(r) for r in rows))
 
 
 def after_commit(fn: Callable[[], None]) -> Stmt:
     """``fn`` runs on the event loop once this write has committed, and never if it did
     not (an in-memory cache that must follow only what is durable, a wake-up)."""
-    return Stmt(Kind.AFTER, "", (fn,))
+    return (Kind.AFTER, "", (fn,))
 
 
 def copy(table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]) -> Stmt:
     """Bulk insert: PostgreSQL's COPY, SQLite's ``executemany``, in the same transaction."""
-    return Stmt(Kind.COPY, table, (tuple(columns), [tuple(r) for r in records]))
+    return (Kind.COPY, table, (tuple(columns), [tuple(r) for r in records]))
 
 
 class Params:
@@ -138,50 +131,36 @@ class Driver(Protocol):
         """Call ``changed`` when another process may have changed the webhooks."""
 
 
-class _Stepper(Generic[T]):
-    """An operation being run: feeds it each result (or error) and takes its next
-    statement, until it returns."""
-
-    __slots__ = ("op", "value")
-
-    def __init__(self, op: Op[T]) -> None:
-        self.op = op
-        self.value: Any = None
-
-    def step(self, result: Any = None, error: Exception | None = None) -> Stmt | None:
-        try:
-            return self.op.send(result) if error is None else self.op.throw(error)
-        except StopIteration as done:
-            self.value = done.value
-            return None
-
-
 def run_sync(op: Op[T], do: Callable[[Stmt], Any]) -> T:
     """Run ``op``, each statement by ``do`` (a thread's own connection)."""
-    stepper = _Stepper(op)
-    stmt = stepper.step()
-    while stmt is not None:
-        try:
-            result = do(stmt)
-        except Exception as exc:
-            stmt = stepper.step(error=exc)
-        else:
-            stmt = stepper.step(result)
-    return stepper.value  # type: ignore[no-any-return]
+    send, throw = op.send, op.throw
+    try:
+        stmt = send(None)
+        while True:
+            try:
+                result = do(stmt)
+            except Exception as exc:
+                stmt = throw(exc)  # the operation may catch it (a unique key taken)
+            else:
+                stmt = send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 async def run_async(op: Op[T], do: Callable[[Stmt], Awaitable[Any]]) -> T:
     """Run ``op``, awaiting each statement of ``do``."""
-    stepper = _Stepper(op)
-    stmt = stepper.step()
-    while stmt is not None:
-        try:
-            result = await do(stmt)
-        except Exception as exc:
-            stmt = stepper.step(error=exc)
-        else:
-            stmt = stepper.step(result)
-    return stepper.value  # type: ignore[no-any-return]
+    send, throw = op.send, op.throw
+    try:
+        stmt = send(None)
+        while True:
+            try:
+                result = await do(stmt)
+            except Exception as exc:
+                stmt = throw(exc)
+            else:
+                stmt = send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def run_after(after: list[Callable[[], None]]) -> None:

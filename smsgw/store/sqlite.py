@@ -253,12 +253,13 @@ class SqliteDriver:
         return await run_async(make(), self._read_stmt)
 
     async def _read_stmt(self, stmt: Stmt) -> Any:
+        kind, sql, args = stmt
         d = self.dialect
         try:
-            found = await self._reader_db().execute_fetchall(d.sql(stmt.sql), d.args(stmt.args))
+            found = await self._reader_db().execute_fetchall(d.sql(sql), args)
         except Exception as exc:
             raise d.error(exc) from exc
-        return _result(stmt.kind, list(found))
+        return _result(kind, list(found))
 
     def run(self, db: sqlite3.Connection, op: Op[T]) -> tuple[T, After]:
         """Run ``op`` on the writer thread's connection ``db``; its result, and what it
@@ -267,29 +268,27 @@ class SqliteDriver:
         return run_sync(op, lambda stmt: self._write_stmt(db, stmt, after)), after
 
     def _write_stmt(self, db: sqlite3.Connection, stmt: Stmt, after: After) -> Any:
-        kind, d = stmt.kind, self.dialect
+        kind, sql, args = stmt
+        d = self.dialect
         try:
             if kind is Kind.EXECUTE:
-                return db.execute(d.sql(stmt.sql), d.args(stmt.args)).rowcount
-            if kind is Kind.NOOP:
-                return None
+                return db.execute(d.sql(sql), args).rowcount
+            if kind is Kind.FETCHROW or kind is Kind.FETCH or kind is Kind.FETCHVAL:
+                # fetchall even for one row: a RETURNING statement must run to its end
+                # before the transaction can commit.
+                return _result(kind, db.execute(d.sql(sql), args).fetchall())
             if kind is Kind.AFTER:
-                after.append(stmt.args[0])
-                return None
-            if kind is Kind.MANY:
-                db.executemany(d.sql(stmt.sql), [d.args(a) for a in stmt.args])
-                return None
-            if kind is Kind.COPY:
-                columns, records = stmt.args
+                after.append(args[0])
+            elif kind is Kind.MANY:
+                db.executemany(d.sql(sql), args)
+            elif kind is Kind.COPY:
+                columns, records = args
                 marks = ", ".join("?" * len(columns))
                 db.executemany(
-                    f"INSERT INTO {stmt.sql} ({', '.join(columns)}) VALUES ({marks})",
-                    [d.args(r) for r in records],
+                    f"INSERT INTO {sql} ({', '.join(columns)}) VALUES ({marks})",
+                    records,
                 )
-                return None
-            # fetchall even for one row: a RETURNING statement must run to its end
-            # before the transaction can commit.
-            return _result(kind, db.execute(d.sql(stmt.sql), d.args(stmt.args)).fetchall())
+            return None
         except Exception as exc:
             mapped = d.error(exc)
             if mapped is exc:
@@ -298,10 +297,10 @@ class SqliteDriver:
 
 
 def _result(kind: Kind, found: list[Any]) -> Any:
-    if kind is Kind.FETCH:
-        return found
     if kind is Kind.FETCHROW:
         return found[0] if found else None
+    if kind is Kind.FETCH:
+        return found
     if kind is Kind.FETCHVAL:
         return found[0][0] if found else None
     raise TypeError(f"a read cannot {kind.value}")

@@ -37,7 +37,7 @@ class Webhooks(Operations):
             hook.created_at,
             hook.updated_at,
         )
-        yield self.d.webhooks_changed()
+        yield from self.d.webhooks_changed()
         yield after_commit(lambda: self._subs.set(hook.id, hook.url, hook.events, hook.enabled))
 
     @read
@@ -84,7 +84,7 @@ class Webhooks(Operations):
             f"UPDATE webhooks SET updated_at = $2{sets} WHERE id = $1 RETURNING *", *p.values
         )
         hook = rows.webhook(new, self.dec)
-        yield self.d.webhooks_changed()
+        yield from self.d.webhooks_changed()
         yield after_commit(lambda: self._subs.set(hook.id, hook.url, hook.events, hook.enabled))
         return hook
 
@@ -108,7 +108,7 @@ class Webhooks(Operations):
     def delete_webhook(self, webhook_id: str) -> Op[bool]:
         """Remove it with its deliveries."""
         n = yield execute("DELETE FROM webhooks WHERE id = $1", webhook_id)
-        yield self.d.webhooks_changed()
+        yield from self.d.webhooks_changed()
         yield after_commit(lambda: self._subs.remove(webhook_id))
         return bool(n == 1)
 
@@ -143,7 +143,7 @@ class Webhooks(Operations):
                 f"UPDATE webhook_deliveries SET next_attempt_at = $1 "
                 f"WHERE id {self.d.any_text('$2')}",
                 lease_until,
-                [r["id"] for r in found],
+                self.d.text_list([r["id"] for r in found]),
             )
         return [rows.delivery(r, self.dec) for r in found]
 
@@ -232,7 +232,7 @@ class Webhooks(Operations):
             disabled_reason(failing_since),
             hook_id,
         )
-        yield self.d.webhooks_changed()
+        yield from self.d.webhooks_changed()
         yield after_commit(lambda: self._subs.remove(hook_id))
         return status, True
 
@@ -279,7 +279,7 @@ class Webhooks(Operations):
             attempts = yield fetch(
                 f"SELECT * FROM webhook_attempts WHERE delivery_id {self.d.any_text('$1')} "
                 "ORDER BY attempt",
-                list(by_id),
+                self.d.text_list(list(by_id)),
             )
             rows.add_history(by_id, attempts, self.dec)
         return deliveries

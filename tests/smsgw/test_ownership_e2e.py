@@ -374,18 +374,18 @@ def fail_inserts_once(
     after ``create_message`` has set the message up (as a disk error would): the insert
     with the phone's accept (``accepted``) or the one of an offer that ended."""
     store = hub.hub.store
-    insert = store._insert_message
+    insert = store._insert_offered
     failed: list[str] = []
 
     def insert_or_fail(
-        m: Any, offer_to: str | None = None, accepted_at: Any = None
-    ) -> Generator[Any, Any, None]:
-        if offer_to is not None and (accepted_at is not None) == accepted and not failed:
+        m: Any, device_id: str, accepted_at: Any, now: Any
+    ) -> Generator[Any, Any, bool]:
+        if (accepted_at is not None) == accepted and not failed:
             failed.append(m.id)
             raise OSError("disk I/O error")
-        yield from insert(m, offer_to, accepted_at)
+        return (yield from insert(m, device_id, accepted_at, now))
 
-    monkeypatch.setattr(store, "_insert_message", insert_or_fail)
+    monkeypatch.setattr(store, "_insert_offered", insert_or_fail)
     return failed
 
 

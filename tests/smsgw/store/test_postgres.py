@@ -363,7 +363,7 @@ async def test_a_removal_in_flight_orders_the_insert_of_a_new_message_offered_to
         """delete_device's transaction stops after its sweep of the phone's messages,
         before the device row is marked removed."""
         result = await run(tx, stmt)
-        if stmt.sql.startswith("UPDATE messages SET status = 'PENDING'"):
+        if stmt[1].startswith("UPDATE messages SET status = 'PENDING'"):
             swept.set()
             await go.wait()
         return result

@@ -157,13 +157,12 @@ def test_sqlite_gets_its_placeholders_and_values() -> None:
     assert d.sql("SELECT $1::text, $12, $2::timestamptz WHERE x = ANY($3::text[])") == (
         "SELECT ?1, ?12, ?2 WHERE x = ANY(?3)"
     )
-    assert d.args((NOW, ["a", "b"], True, None)) == (
-        "2026-12-07T12:00:00.000000Z",
-        '["a", "b"]',
-        True,
-        None,
-    )
-    assert Dialect().args((NOW,)) == (NOW,)  # asyncpg takes a datetime as it is
+    db = sqlite3.connect(":memory:")
+    stored = db.execute(d.sql("SELECT $1, $2"), (NOW, d.text_list(["a", "b"]))).fetchone()
+    assert stored == ("2026-12-07T12:00:00.000000Z", '["a", "b"]')  # sorts as time does
+    later = db.execute("SELECT ? > ?", (NOW + timedelta(microseconds=1), NOW)).fetchone()
+    assert later == (1,)
+    assert Dialect().text_list(["a"]) == ["a"]  # asyncpg takes the list itself
 
 
 def test_unique_violations_are_the_stores_own_error_on_both_engines() -> None:
@@ -196,8 +195,9 @@ def test_an_operation_sees_results_and_errors_of_its_statements() -> None:
         return "done"
 
     def do(stmt: Stmt) -> object:
-        assert stmt.kind is Kind.EXECUTE
-        if stmt.sql.startswith("INSERT"):
+        kind, sql, _ = stmt
+        assert kind is Kind.EXECUTE
+        if sql.startswith("INSERT"):
             raise UniqueViolation("t.k")
         return 3
 
