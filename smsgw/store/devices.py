@@ -226,9 +226,12 @@ class Devices(Operations):
         )
         # A message pinned to a removed phone can never leave: fail it visibly.
         failed = yield fetch(
-            "UPDATE messages SET status = 'FAILED', error_code = $3, error = $4, "
-            "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
-            f"AND status = 'PENDING' RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
+            self._returning(
+                "UPDATE messages SET status = 'FAILED', error_code = $3, error = $4, "
+                "failed_at = $1, updated_at = $1 WHERE pinned_device_id = $2 "
+                "AND status = 'PENDING' RETURNING",
+                EventType.MESSAGE_FAILED,
+            ),
             now,
             device_id,
             DEVICE_REMOVED,

@@ -136,24 +136,15 @@ class SqliteDialect(Dialect):
         return exc
 
 
-_texts: dict[datetime, str] = {}
-
-
 def _text(dt: datetime) -> str:
-    """``iso(dt)``, remembered: an operation passes its ``now`` to several statements,
-    and formatting one costs a microsecond on the writer thread.
-
-    Registered as sqlite3's adapter for ``datetime``, so the C code binding a statement's
-    values calls it for timestamps alone and nothing runs for the others (a comprehension
-    over every value cost the writer 2.5 us a dispatch). sqlite3's adapters are
-    process-wide: any datetime bound to SQLite in a hub process is stored this way,
-    which replaces Python's own default (deprecated since 3.12)."""
-    text = _texts.get(dt)
-    if text is None:
-        if len(_texts) >= 512:
-            _texts.clear()
-        text = _texts[dt] = iso(dt) or ""
-    return text
+    return iso(dt) or ""
 
 
-sqlite3.register_adapter(datetime, _text)
+# sqlite3's adapter for ``datetime``: the C code binding a statement's values calls it
+# for timestamps alone, and nothing runs for the other values (a comprehension over every
+# value cost the writer thread 2.5 us a dispatch). Remembered in C (lru_cache): an
+# operation passes its ``now`` to several statements, and formatting one costs a
+# microsecond on the writer thread, where every microsecond of Python holds up the event
+# loop. sqlite3's adapters are process-wide: any datetime bound to SQLite in a hub
+# process is stored this way, which replaces Python's own default (deprecated in 3.12).
+sqlite3.register_adapter(datetime, functools.lru_cache(maxsize=1024)(_text))

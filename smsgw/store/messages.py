@@ -33,7 +33,17 @@ from smsgw.store.rules import (
     settle_first_offer,
     utc_day,
 )
-from smsgw.store.sql import Op, Params, Stmt, execute, fetch, fetchrow, fetchval, read, write
+from smsgw.store.sql import (
+    Op,
+    Params,
+    Stmt,
+    execute,
+    fetch,
+    fetchrow,
+    fetchval,
+    read,
+    write,
+)
 
 
 class Messages(Operations):
@@ -205,12 +215,14 @@ class Messages(Operations):
         current (e.g. the phone's accept won the race)."""
         status = after_release(attempt, max_attempts)
         current = "WHERE id = $3 AND status = 'PENDING' AND attempt = $4 AND device_id = $5"
-        returning = self._returning(EventType.MESSAGE_FAILED)
         if status is Status.FAILED:
             row = yield fetchrow(
-                "UPDATE messages SET status = 'FAILED', device_id = NULL, lease_until = NULL, "
-                "error_code = $6, error = $1, failed_at = $2, updated_at = $2 "
-                f"{current} RETURNING {returning}",
+                self._returning(
+                    "UPDATE messages SET status = 'FAILED', device_id = NULL, "
+                    "lease_until = NULL, error_code = $6, error = $1, failed_at = $2, "
+                    f"updated_at = $2 {current} RETURNING",
+                    EventType.MESSAGE_FAILED,
+                ),
                 max_attempts_error(attempt, outcome),
                 now,
                 message_id,
@@ -240,9 +252,12 @@ class Messages(Operations):
         """CAS: the phone becomes the owner if the message is on offer to it under this
         attempt (or it already owns it under this attempt: accept is idempotent)."""
         row = yield fetchrow(
-            "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $1, "
-            "updated_at = $1 WHERE id = $2 AND status = 'PENDING' AND attempt = $3 "
-            f"AND device_id = $4 RETURNING {self._returning(EventType.MESSAGE_QUEUED)}",
+            self._returning(
+                "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $1, "
+                "updated_at = $1 WHERE id = $2 AND status = 'PENDING' AND attempt = $3 "
+                "AND device_id = $4 RETURNING",
+                EventType.MESSAGE_QUEUED,
+            ),
             now,
             message_id,
             attempt,
@@ -271,9 +286,11 @@ class Messages(Operations):
     def mark_sent(self, message_id: str, device_id: str, now: datetime) -> Op[str | None]:
         """QUEUED -> SENT for the owner; returns the recipient, or None if nothing changed."""
         row = yield fetchrow(
-            "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
-            "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
-            f"RETURNING {self._returning(EventType.MESSAGE_SENT)}",
+            self._returning(
+                "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
+                "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' RETURNING",
+                EventType.MESSAGE_SENT,
+            ),
             now,
             message_id,
             device_id,
@@ -315,9 +332,11 @@ class Messages(Operations):
             return False
         # A delivery report may overtake the sent report; it implies sent.
         updated = yield fetchrow(
-            "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
-            "sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 "
-            f"RETURNING {self._returning(EventType.MESSAGE_DELIVERED)}",
+            self._returning(
+                "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
+                "sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 RETURNING",
+                EventType.MESSAGE_DELIVERED,
+            ),
             now,
             message_id,
         )
@@ -375,9 +394,12 @@ class Messages(Operations):
             )
         else:
             final = yield fetchrow(
-                "UPDATE messages SET status = 'FAILED', lease_until = NULL, error_code = $1, "
-                f"error = $2, failed_at = $3, updated_at = $3 WHERE id = $4 "
-                f"RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
+                self._returning(
+                    "UPDATE messages SET status = 'FAILED', lease_until = NULL, "
+                    "error_code = $1, error = $2, failed_at = $3, updated_at = $3 "
+                    "WHERE id = $4 RETURNING",
+                    EventType.MESSAGE_FAILED,
+                ),
                 error_code,
                 error,
                 now,
@@ -416,12 +438,14 @@ class Messages(Operations):
         # left alone (the next sweep sees it), and two sweeps never wait on each other's
         # row sets, so they cannot deadlock.
         expired: list[Row] = yield fetch(
-            "UPDATE messages SET status = 'FAILED', error_code = $2, device_id = NULL, "
-            "error = $3, failed_at = $1, updated_at = $1 WHERE id IN ("
-            "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
-            "AND (lease_until IS NULL OR lease_until <= $1) "
-            f"ORDER BY id{self.d.skip_locked()}) "
-            f"AND status = 'PENDING' RETURNING {self._returning(EventType.MESSAGE_FAILED)}",
+            self._returning(
+                "UPDATE messages SET status = 'FAILED', error_code = $2, device_id = NULL, "
+                "error = $3, failed_at = $1, updated_at = $1 WHERE id IN ("
+                "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
+                "AND (lease_until IS NULL OR lease_until <= $1) "
+                f"ORDER BY id{self.d.skip_locked()}) AND status = 'PENDING' RETURNING",
+                EventType.MESSAGE_FAILED,
+            ),
             now,
             EXPIRED,
             EXPIRED_ERROR,

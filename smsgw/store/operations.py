@@ -29,7 +29,18 @@ from smsgw.store import rows
 from smsgw.store.dialect import Dialect
 from smsgw.store.records import Message
 from smsgw.store.rows import MESSAGE_COLUMNS, MESSAGE_FIELDS, Decoder, Row
-from smsgw.store.sql import Driver, Op, Params, Stmt, after_commit, execute, fetch, fetchrow, many
+from smsgw.store.sql import (
+    NOTHING,
+    Driver,
+    Op,
+    Params,
+    Stmt,
+    after_commit,
+    execute,
+    fetch,
+    fetchrow,
+    many,
+)
 
 
 @functools.cache
@@ -54,7 +65,8 @@ _INSERT_MESSAGE = (
 )
 
 
-_BRIEF = "id, recipient, attempt, sent_at, callback_url"
+_BRIEF = "id, recipient, attempt, callback_url"
+_RETURNING: dict[tuple[str, bool], str] = {}
 
 
 class Operations:
@@ -74,36 +86,48 @@ class Operations:
 
     # -- the event outbox -------------------------------------------------------------
 
+    # The three below return ``NOTHING`` when nobody wants the event: on the hot path a
+    # sub-operation that does nothing still costs a generator.
+
     def _event(
         self, type_: EventType, subject: str, data: dict[str, Any], now: datetime
     ) -> Op[None]:
         targets = self._subs.targets(type_)
-        if targets:
-            yield from self._emit(make_event(type_, subject, data, now), targets)
+        if not targets:
+            return NOTHING
+        return self._emit(make_event(type_, subject, data, now), targets)
 
-    def _returning(self, type_: EventType) -> str:
-        """What a transition that raises ``type_`` returns: the whole message when a
-        webhook wants the event (its payload is made of it), else the few columns the
-        operations read and the message's own ``callback_url`` (returning every column
-        of every transition cost the SQLite writer 8 us a dispatch)."""
-        return MESSAGE_COLUMNS if self._subs.wanted(type_) else _BRIEF
+    def _returning(self, sql: str, type_: EventType) -> str:
+        """``sql``, a transition ending in ``RETURNING``, with what it returns: the whole
+        message when a webhook wants ``type_`` (its payload is made of it), else the few
+        columns the operations read and the message's own ``callback_url`` (returning
+        every column of every transition cost the SQLite writer 8 us a dispatch). Each
+        text is built once, so the dialect's and sqlite3's caches find it at once."""
+        key = (sql, self._subs.wanted(type_))
+        text = _RETURNING.get(key)
+        if text is None:
+            text = _RETURNING[key] = f"{sql} {MESSAGE_COLUMNS if key[1] else _BRIEF}"
+        return text
 
     def _message_event(self, type_: EventType, row: Row, now: datetime) -> Op[None]:
         """``row``: the message as this transaction left it (``_returning``'s columns)."""
         targets = self._subs.targets(type_, row["callback_url"])
-        if targets:
-            if len(row) < len(MESSAGE_FIELDS):  # brief: read the rest (see _returning)
-                whole = yield from self._message_row(row["id"])
-                assert whole is not None  # this transaction just changed it
-                row = whole
-            msg = rows.message(row, self.dec)
-            yield from self._emit(make_event(type_, msg.id, message_data(msg), now), targets)
+        return self._row_event(type_, row, now, targets) if targets else NOTHING
+
+    def _row_event(self, type_: EventType, row: Row, now: datetime, to: list[Target]) -> Op[None]:
+        if len(row) < len(MESSAGE_FIELDS):  # brief: read the rest (see _returning)
+            whole = yield from self._message_row(row["id"])
+            assert whole is not None  # this transaction just changed it
+            row = whole
+        msg = rows.message(row, self.dec)
+        yield from self._emit(make_event(type_, msg.id, message_data(msg), now), to)
 
     def _record_event(self, type_: EventType, msg: Message, now: datetime) -> Op[None]:
         """An event of a message this transaction stores as ``msg`` (no row to read)."""
         targets = self._subs.targets(type_, msg.callback_url)
-        if targets:
-            yield from self._emit(make_event(type_, msg.id, message_data(msg), now), targets)
+        if not targets:
+            return NOTHING
+        return self._emit(make_event(type_, msg.id, message_data(msg), now), targets)
 
     def _emit(self, event: Event, targets: list[Target]) -> Op[None]:
         yield execute(

@@ -36,7 +36,22 @@ from smsgw.store.dialect import NOTIFY_CHANNEL, Dialect
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import MESSAGE_COLUMNS
 from smsgw.store.rules import utc_day
-from smsgw.store.sql import Kind, Op, Rollback, Stmt, fetchrow, run_after, run_async, write
+from smsgw.store.sql import (
+    AFTER,
+    COPY,
+    EXECUTE,
+    FETCH,
+    FETCHROW,
+    FETCHVAL,
+    MANY,
+    Op,
+    Rollback,
+    Stmt,
+    fetchrow,
+    run_after,
+    run_async,
+    write,
+)
 from smsgw.store.store import Store
 
 T = TypeVar("T")
@@ -109,19 +124,19 @@ class _Tx:
         kind, sql, args = stmt
         conn = self.conn
         try:
-            if kind is Kind.FETCHROW:
+            if kind is FETCHROW:
                 return await conn.fetchrow(sql, *args)
-            if kind is Kind.EXECUTE:
+            if kind is EXECUTE:
                 return _count(await conn.execute(sql, *args))
-            if kind is Kind.FETCH:
+            if kind is FETCH:
                 return await conn.fetch(sql, *args)
-            if kind is Kind.FETCHVAL:
+            if kind is FETCHVAL:
                 return await conn.fetchval(sql, *args)
-            if kind is Kind.AFTER:
+            if kind is AFTER:
                 self.after.append(args[0])
-            elif kind is Kind.MANY:
+            elif kind is MANY:
                 await conn.executemany(sql, args)
-            elif kind is Kind.COPY:
+            elif kind is COPY:
                 columns, records = args
                 # Up to 10,000 rows in one round trip, inside the same transaction.
                 await conn.copy_records_to_table(
