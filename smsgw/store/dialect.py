@@ -24,8 +24,6 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from smsgw.clock import iso
 from smsgw.store.rows import POSTGRES, SQLITE, Decoder
 from smsgw.store.sql import Op, UniqueViolation, execute
@@ -59,9 +57,11 @@ class Dialect:
     def sql(self, text: str) -> str:
         return text
 
-    def skip_locked(self, of: str | None = None) -> str:
-        """Appended to a claiming SELECT: rows another node holds are left to it."""
-        return f" FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
+    def skip_locked(self, of: str | None = None, *, order: str | None = None) -> str:
+        """Appended to a claiming SELECT: rows another node holds are left to it, and with
+        ``order`` the rows are locked in that order (two claims cannot deadlock)."""
+        ordered = f" ORDER BY {order}" if order else ""
+        return f"{ordered} FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
 
     def any_text(self, param: str) -> str:
         """``column <this>``: the column is one of the strings ``param`` passes, as
@@ -91,6 +91,8 @@ class Dialect:
 
     def error(self, exc: Exception) -> Exception:
         """The store's exception for an engine's (unique violations are told apart)."""
+        import asyncpg  # here: a hub on SQLite never loads it
+
         if isinstance(exc, asyncpg.UniqueViolationError):
             return UniqueViolation(str(exc))
         return exc
@@ -107,7 +109,10 @@ class SqliteDialect(Dialect):
     def sql(text: str) -> str:
         return _PLACEHOLDER.sub(r"?\1", text)
 
-    def skip_locked(self, of: str | None = None) -> str:
+    def skip_locked(self, of: str | None = None, *, order: str | None = None) -> str:
+        # Nothing, not even the order: SQLite would then scan the whole table in that
+        # order (every expiry sweep walked every message by id) instead of an index of
+        # the rows it wants.
         return ""
 
     def any_text(self, param: str) -> str:

@@ -443,7 +443,7 @@ class Messages(Operations):
                 "error = $3, failed_at = $1, updated_at = $1 WHERE id IN ("
                 "SELECT id FROM messages WHERE status = 'PENDING' AND expires_at <= $1 "
                 "AND (lease_until IS NULL OR lease_until <= $1) "
-                f"ORDER BY id{self.d.skip_locked()}) AND status = 'PENDING' RETURNING",
+                f"{self.d.skip_locked(order='id')}) AND status = 'PENDING' RETURNING",
                 EventType.MESSAGE_FAILED,
             ),
             now,
