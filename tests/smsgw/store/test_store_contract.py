@@ -534,3 +534,31 @@ async def test_a_new_message_on_offer_to_a_removed_phone_is_not_its_own(store: S
     owned = new_message()
     assert await store.create_message(owned, offer_to=live, lease_until=lease, accepted_at=now)
     assert (owned.status, owned.device_id) == (Status.QUEUED, live)
+
+
+def sqlite_plan(store: SqliteStore, op: Op[object]) -> list[str]:
+    """How SQLite would run the first statement of an operation (not run)."""
+    _, sql, args = next(op)
+    db = sqlite3.connect(store.sqlite.path)
+    try:
+        return [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + store.d.sql(sql), args)]
+    finally:
+        db.close()
+
+
+async def test_sqlite_the_periodic_and_hot_queries_use_their_indexes(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A query that walks every message is fine in a test and a stall in production (the
+    expiry sweep once did, every outbox round, ordered by id for PostgreSQL's locks)."""
+    store, now = sqlite_store, utcnow()
+    plans = {
+        "expire": sqlite_plan(store, Store.expire_messages.__wrapped__(store, now)),  # type: ignore[attr-defined]
+        "due": sqlite_plan(store, Store.due_messages.__wrapped__(store, now, 10)),  # type: ignore[attr-defined]
+        "owned": sqlite_plan(store, store._owned("d")),
+    }
+    assert any("messages_outbox" in p for p in plans["expire"]), plans
+    assert any("messages_outbox" in p for p in plans["due"]), plans
+    assert any("messages_owned" in p for p in plans["owned"]), plans
+    for name, plan in plans.items():
+        assert not [p for p in plan if p.startswith("SCAN messages") and "outbox" not in p], name
