@@ -10,6 +10,7 @@ from smsgw.config import Settings
 from smsgw.store.records import (
     FINAL_STATUSES,
     ApiKey,
+    AppToken,
     Attempt,
     Batch,
     Conflict,
@@ -34,6 +35,7 @@ from smsgw.store.store import Store
 __all__ = [
     "FINAL_STATUSES",
     "ApiKey",
+    "AppToken",
     "Attempt",
     "Batch",
     "Conflict",

@@ -9,7 +9,7 @@ from typing import Any
 from smsgw.events import EventType, device_event_types
 from smsgw.store import rows
 from smsgw.store.operations import Operations
-from smsgw.store.records import Device, Message
+from smsgw.store.records import AppToken, Device, Message
 from smsgw.store.rules import DEVICE_REMOVED, DEVICE_REMOVED_ERROR
 from smsgw.store.sql import Op, Params, Rollback, execute, fetch, fetchrow, fetchval, read, write
 
@@ -41,6 +41,7 @@ class Devices(Operations):
         token_hash: str,
         now: datetime,
         enrollment_code_hash: str | None,
+        kind: str = "agent",
     ) -> Op[tuple[Device, bool] | None]:
         """Create or re-register (same hardware_id keeps its id, rotates the token).
 
@@ -64,7 +65,8 @@ class Devices(Operations):
         # two nodes both end on the same row instead of one failing.
         row = yield fetchrow(
             "INSERT INTO devices (id, name, hardware_id, token_prefix, token_hash, sims, "
-            "fcm_token, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) "
+            "fcm_token, created_at, updated_at, kind) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) "
             "ON CONFLICT (hardware_id) DO UPDATE SET name = excluded.name, "
             "token_prefix = excluded.token_prefix, token_hash = excluded.token_hash, "
             "sims = excluded.sims, "
@@ -78,6 +80,7 @@ class Devices(Operations):
             json.dumps(sims),
             fcm_token,
             now,
+            kind,
         )
         if enrollment_code_hash is not None and row["id"] != final_id:
             # Lost that race: the code names the phone's row as the winner wrote it.
@@ -87,6 +90,53 @@ class Devices(Operations):
                 enrollment_code_hash,
             )
         return rows.device(row, self.dec), existing is None and row["id"] == device_id
+
+    # -- registration tokens of the stock app ------------------------------------------
+
+    @write
+    def create_app_token(self, token: AppToken, token_hash: str) -> Op[None]:
+        yield execute(
+            "INSERT INTO app_tokens (id, name, prefix, token_hash, created_at, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            token.id,
+            token.name,
+            token.prefix,
+            token_hash,
+            token.created_at,
+            token.expires_at,
+        )
+
+    @read
+    def list_app_tokens(self) -> Op[list[AppToken]]:
+        found = yield fetch(
+            "SELECT * FROM app_tokens WHERE revoked_at IS NULL ORDER BY created_at, id"
+        )
+        return [rows.app_token(r, self.dec) for r in found]
+
+    @write
+    def revoke_app_token(self, token_id: str, now: datetime) -> Op[bool]:
+        n = yield execute(
+            "UPDATE app_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            now,
+            token_id,
+        )
+        return bool(n == 1)
+
+    @read
+    def app_token_by_prefix(self, prefix: str, now: datetime) -> Op[tuple[AppToken, str] | None]:
+        """The live token (not revoked, not expired at ``now``) with this prefix, and its
+        hash."""
+        row = yield fetchrow(
+            "SELECT * FROM app_tokens WHERE prefix = $1 AND revoked_at IS NULL "
+            "AND (expires_at IS NULL OR expires_at > $2)",
+            prefix,
+            now,
+        )
+        return (rows.app_token(row, self.dec), row["token_hash"]) if row else None
+
+    @write
+    def app_token_used(self, token_id: str, now: datetime) -> Op[None]:
+        yield execute("UPDATE app_tokens SET last_used_at = $1 WHERE id = $2", now, token_id)
 
     @read
     def device_by_token_prefix(self, prefix: str) -> Op[tuple[Device, str] | None]:
@@ -131,6 +181,24 @@ class Devices(Operations):
             *p.values,
         )
         return rows.device(row, self.dec) if row else None
+
+    @write
+    def device_seen(
+        self, device_id: str, now: datetime, *, online: bool = False, offline: bool = False
+    ) -> Op[None]:
+        """An app phone called in (it reports no battery or signal), or its stream just
+        opened (``online``) or ended (``offline``): those raise ``device.online`` and
+        ``device.offline`` as an agent's connection does."""
+        if not (online or offline):
+            yield execute("UPDATE devices SET last_seen_at = $1 WHERE id = $2", now, device_id)
+            return
+        types = device_event_types(online=online, offline=offline)
+        before = yield from self._battery_before(device_id, types)
+        row = yield fetchrow(
+            "UPDATE devices SET last_seen_at = $1 WHERE id = $2 RETURNING *", now, device_id
+        )
+        if row is not None and before is not None:
+            yield from self._device_events(row, before[0], types, now)
 
     @write
     def record_device_status(

@@ -63,6 +63,13 @@ class Dialect:
         ordered = f" ORDER BY {order}" if order else ""
         return f"{ordered} FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
 
+    def in_picked(self, select: str) -> str:
+        """``id <this>``: the id is one of the rows a claiming SELECT (with LIMIT and
+        ``skip_locked``) picked, evaluated once. ``IN (SELECT ...)`` may be rescanned by
+        PostgreSQL's planner as a semi-join's inner side, and a rescan after the UPDATE
+        changed the first pick picks the next row: a LIMIT 1 claimed two messages."""
+        return f"= ANY(ARRAY({select}))"
+
     def any_text(self, param: str) -> str:
         """``column <this>``: the column is one of the strings ``param`` passes, as
         ``text_list`` made them."""
@@ -114,6 +121,9 @@ class SqliteDialect(Dialect):
         # order (every expiry sweep walked every message by id) instead of an index of
         # the rows it wants.
         return ""
+
+    def in_picked(self, select: str) -> str:
+        return f"IN ({select})"  # a subquery without correlation runs once
 
     def any_text(self, param: str) -> str:
         return f"IN (SELECT value FROM json_each({param}))"

@@ -41,6 +41,7 @@ from smsgw.store.sql import (
     fetch,
     fetchrow,
     fetchval,
+    many,
     read,
     write,
 )
@@ -281,6 +282,83 @@ class Messages(Operations):
             attempt,
         )
         return owned is not None
+
+    @write
+    def app_pull(
+        self, device_id: str, now: datetime, *, pinned: int, limit: int
+    ) -> Op[tuple[list[tuple[str, int]], list[Message]]]:
+        """An app phone's pull (docs/smsgate-app.md), which is its accept. In one
+        transaction: every message on offer to it becomes its own (the compare-and-set of
+        ``accept``: still PENDING, still on offer to it under a live lease), then up to
+        ``pinned`` due messages pinned to it that nobody has on offer (a phone without a
+        stream is offered nothing: its pull is the offer). Returns the (id, attempt) of
+        the messages it took now (their offers end) and what it holds and has not yet
+        taken in hand ("Processed"), at most ``limit``, for the answer."""
+        taken: list[Row] = yield fetch(
+            self._returning(
+                "UPDATE messages SET status = 'QUEUED', lease_until = NULL, queued_at = $2, "
+                "updated_at = $2 WHERE device_id = $1 AND status = 'PENDING' "
+                "AND lease_until > $2 RETURNING",
+                EventType.MESSAGE_QUEUED,
+            ),
+            device_id,
+            now,
+        )
+        if taken:
+            yield many(
+                "UPDATE message_attempts SET accepted_at = $1 "
+                "WHERE message_id = $2 AND attempt = $3",
+                [(now, r["id"], r["attempt"]) for r in taken],
+            )
+        if pinned > 0:
+            due: list[Row] = yield fetch(
+                self._returning(
+                    "UPDATE messages SET status = 'QUEUED', device_id = $1, "
+                    "attempt = attempt + 1, lease_until = NULL, queued_at = $2, updated_at = $2 "
+                    "WHERE id "
+                    + self.d.in_picked(
+                        "SELECT id FROM messages WHERE status = 'PENDING' "
+                        "AND pinned_device_id = $1 AND (lease_until IS NULL OR lease_until <= $2) "
+                        "AND (next_attempt_at IS NULL OR next_attempt_at <= $2) "
+                        "AND expires_at > $2 "
+                        f"ORDER BY priority DESC, created_at LIMIT $3{self.d.skip_locked()}"
+                    )
+                    + " AND status = 'PENDING' RETURNING",
+                    EventType.MESSAGE_QUEUED,
+                ),
+                device_id,
+                now,
+                pinned,
+            )
+            if due:
+                yield many(
+                    "INSERT INTO message_attempts (message_id, attempt, device_id, offered_at, "
+                    "accepted_at) VALUES ($1, $2, $3, $4, $4)",
+                    [(r["id"], r["attempt"], device_id, now) for r in due],
+                )
+            taken += due
+        for r in taken:
+            yield from self._message_event(EventType.MESSAGE_QUEUED, r, now)
+        held = yield fetch(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages{self.d.indexed_by('messages_owned')} "
+            "WHERE device_id = $1 AND status = 'QUEUED' AND processed_at IS NULL "
+            "ORDER BY priority DESC, created_at LIMIT $2",
+            device_id,
+            limit,
+        )
+        return [(r["id"], r["attempt"]) for r in taken], [rows.message(r, self.dec) for r in held]
+
+    @write
+    def mark_processed(self, message_id: str, device_id: str, now: datetime) -> Op[bool]:
+        """An app phone took a message it owns in hand: its pulls stop returning it."""
+        n = yield execute(
+            "UPDATE messages SET processed_at = $3 WHERE id = $1 AND device_id = $2 "
+            "AND status IN ('QUEUED', 'SENT', 'DELIVERED', 'FAILED') AND processed_at IS NULL",
+            message_id,
+            device_id,
+            now,
+        )
+        return bool(n == 1)
 
     @write
     def mark_sent(self, message_id: str, device_id: str, now: datetime) -> Op[str | None]:

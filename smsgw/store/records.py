@@ -57,6 +57,20 @@ class Device:
     last_seen_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    kind: str = "agent"  # "agent" (smsgw-agent on a socket) or "app" (the stock app)
+
+
+@dataclass(slots=True)
+class AppToken:
+    """A registration token an admin issued for the stock app (docs/smsgate-app.md)."""
+
+    id: str
+    name: str | None
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None = None  # None: until revoked
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +117,7 @@ class Message:
     template_id: str | None = None
     batch_id: str | None = None
     callback_url: str | None = None  # this message's status events also go here
+    processed_at: datetime | None = None  # an app phone took it in hand ("Processed")
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from smsgw.clock import parse_iso
 from smsgw.store.records import (
     ApiKey,
+    AppToken,
     Attempt,
     Batch,
     Delivery,
@@ -104,6 +105,7 @@ MESSAGE_FIELDS = (
     "template_id",
     "batch_id",
     "callback_url",
+    "processed_at",
 )
 """The ``messages`` columns :func:`message` reads, in table order."""
 MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
@@ -149,6 +151,7 @@ def message_values(m: Message) -> tuple[Any, ...]:
         m.template_id,
         m.batch_id,
         m.callback_url,
+        m.processed_at,
     )
 
 
@@ -186,6 +189,7 @@ def message(row: Row, d: Decoder) -> Message:
         template_id=row["template_id"],
         batch_id=row["batch_id"],
         callback_url=row["callback_url"],
+        processed_at=dt(row["processed_at"]),
     )
 
 
@@ -251,6 +255,19 @@ def device(row: Row, d: Decoder) -> Device:
         last_seen_at=d.dt(row["last_seen_at"]),
         created_at=d.req_dt(row["created_at"]),
         updated_at=d.req_dt(row["updated_at"]),
+        kind=row["kind"],
+    )
+
+
+def app_token(row: Row, d: Decoder) -> AppToken:
+    return AppToken(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        created_at=d.req_dt(row["created_at"]),
+        expires_at=d.dt(row["expires_at"]),
+        revoked_at=d.dt(row["revoked_at"]),
+        last_used_at=d.dt(row["last_used_at"]),
     )
 
 
