@@ -253,19 +253,13 @@ class ClusterRegistry(Registry):
         dev = str(env.get("dev", ""))
         if kind == "send":
             self._spawn(self._forward(env))
-        elif kind == "accepted":
-            self.dispatcher.accepted(env["mid"], dev, int(env["attempt"]), bool(env["owner"]))
-        elif kind == "reported":
-            status = Status(env["status"])
-            self.dispatcher.reported(
-                env["mid"],
-                dev,
-                status,
-                env.get("error_code"),
-                env.get("error"),
-                recipient=env.get("recipient"),
-                attempt=env.get("report_attempt"),
-            )
+        elif kind in ("accepted", "reported"):
+            self._answered(kind, dev, env)
+        elif kind == "answer":
+            # A phone of ours answered on another node (relay_answer): on to the dispatcher
+            # as if it had come through the session, so the offer's origin hears of it.
+            if dev in self._local and env.get("as") in ("accepted", "reported"):
+                self._answered(str(env["as"]), dev, env)
         elif kind in ("gone", "busy"):
             self.dispatcher.offer_failed(env["mid"], dev, int(env["attempt"]), busy=kind == "busy")
         elif kind == "fence":
@@ -300,6 +294,35 @@ class ClusterRegistry(Registry):
             if seen is not None and dev not in self._local and seen.epoch <= int(env["epoch"]):
                 self.forget_remote(dev)
 
+    def _answered(self, kind: str, dev: str, env: Envelope) -> None:
+        if kind == "accepted":
+            self.dispatcher.accepted(env["mid"], dev, int(env["attempt"]), bool(env["owner"]))
+            return
+        self.dispatcher.reported(
+            env["mid"],
+            dev,
+            Status(env["status"]),
+            env.get("error_code"),
+            env.get("error"),
+            recipient=env.get("recipient"),
+            attempt=env.get("report_attempt"),
+        )
+
+    def relay_answer(self, device_id: str, answer: dict[str, Any]) -> None:
+        live = self._all.get(device_id)
+        if live is None or device_id in self._local:
+            return
+        self._spawn(self._relay(device_id, answer))
+
+    async def _relay(self, device_id: str, answer: dict[str, Any]) -> None:
+        # Best effort: the database already holds the answer; this only spares the node
+        # that made the offer its wait (its timeout reads the database).
+        try:
+            async with asyncio.timeout(BROKER_TIMEOUT):
+                await self.broker.to_phone(device_id, {**answer, "k": "answer", "dev": device_id})
+        except Exception:
+            log.warning("could not relay an answer of %s", device_id, exc_info=True)
+
     async def _forward(self, env: Envelope) -> None:
         """Another node offers a message to a phone whose socket we hold."""
         message_id, dev, attempt = str(env["mid"]), str(env["dev"]), int(env["attempt"])
@@ -333,8 +356,9 @@ class ClusterRegistry(Registry):
         self._origins[message_id] = origin
         # The asking node gives up after accept_timeout; keep the slot a little longer so
         # a late accept is still passed back, then free it.
+        timeout = live.session.accept_timeout or self.settings.accept_timeout
         origin.timer = asyncio.get_running_loop().call_later(
-            self.settings.accept_timeout + 1.0, self._origin_expired, message_id, origin
+            timeout + 1.0, self._origin_expired, message_id, origin
         )
         try:
             await live.session.send_command(message, attempt)
@@ -388,6 +412,7 @@ class ClusterRegistry(Registry):
             in_flight=live.in_flight,
             connected_at=live.connected_at.timestamp(),
             last_seen=live.last_seen.timestamp(),
+            accept_timeout=live.session.accept_timeout,
         )
 
     async def _sweep_loop(self) -> None:
@@ -434,30 +459,11 @@ class ClusterRegistry(Registry):
 
     async def reconcile_remote_slots(self) -> None:
         """Free slots this node reserved on other nodes' phones for messages that are no
-        longer the phone's to report on. Their reports go to the node holding the socket
-        and are passed back to us; when that answer is lost (the phone moved nodes, the
-        holder forgot the offer, a broker blip) the database still knows."""
-        stale: list[tuple[LiveDevice, str]] = []
-        for dev, live in list(self._all.items()):
-            if dev in self._local:
-                continue
-            for message_id in list(live.holding):
-                if not self.dispatcher.has_offer(message_id):
-                    stale.append((live, message_id))
-        for live, message_id in stale:
-            msg = await self.dispatcher.store.get_message(message_id)
-            owned = (
-                msg is not None
-                and msg.device_id == live.device_id
-                and msg.status in (Status.PENDING, Status.QUEUED)
-            )
-            if (
-                not owned
-                and message_id in live.holding
-                and not self.dispatcher.has_offer(message_id)
-            ):
-                live.holding.discard(message_id)
-                self.dispatcher.wake()
+        longer the phone's to report on: their reports go to the node holding the socket
+        and are passed back to us, and when that answer is lost (the phone moved nodes,
+        the holder forgot the offer, a broker blip) the database still knows."""
+        remote = [live for dev, live in list(self._all.items()) if dev not in self._local]
+        await self.dispatcher.reconcile_slots(remote)
 
     async def _load(self, device_id: str) -> None:
         state = await self.broker.phone(device_id)
@@ -488,6 +494,7 @@ class ClusterRegistry(Registry):
             self._all.put(seen)
             self.dispatcher.wake()  # a phone to route to
         seen.epoch = state.epoch
+        seen.session.accept_timeout = state.accept_timeout
         seen.max_in_flight, seen.sims = state.max_in_flight, state.sims
         # The count before configure(): it refiles, and the roster asks whether the
         # phone is spent.

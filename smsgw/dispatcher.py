@@ -231,7 +231,7 @@ class Dispatcher:
                     live = self._pick(msg, allow_retry=False)
                 if live is None:
                     break  # nobody (else) can take it now: the outbox keeps it going
-                timeout = min(self.settings.accept_timeout, remaining)
+                timeout = min(self._accept_timeout(live), remaining)
                 outcome = await self._offer(
                     msg, live, timeout, create=not stored, on_stored=mark_stored
                 )
@@ -302,6 +302,9 @@ class Dispatcher:
             best = self.registry.pick(affinity=msg.last_device, local=local)
         return best
 
+    def _accept_timeout(self, live: LiveDevice) -> float:
+        return live.session.accept_timeout or self.settings.accept_timeout
+
     def _has_untried(self, msg: Message) -> bool:
         if msg.pinned_device_id is not None:
             return False
@@ -323,8 +326,9 @@ class Dispatcher:
         lease = now + timedelta(seconds=timeout + 1.0)
         live.holding.add(msg.id)  # reserve the slot before the write, not after
         # A phone on this node answers through this process, so the message can wait to
-        # be written with its accept (see _Unstored); another node's phone answers there.
-        defer = create and self.registry.is_local(live)
+        # be written with its accept (see _Unstored); another node's phone answers there,
+        # and a phone that pulls its offers (the stock app) reads them from the database.
+        defer = create and self.registry.is_local(live) and not live.session.pulls
         try:
             if defer:
                 self._unstored[msg.id] = _Unstored(msg, live.device_id, lease, on_stored)
@@ -523,6 +527,28 @@ class Dispatcher:
         """Whether this node is waiting for a phone's answer to an offer of the message."""
         return message_id in self._offers
 
+    async def reconcile_slots(self, lives: Iterable[LiveDevice]) -> None:
+        """Free the slots of ``lives`` held for messages no longer theirs to report on.
+        A slot is freed by the phone's report, which reaches this node's dispatcher; when
+        that report was taken elsewhere and its relay was lost (another node's phone; an
+        app phone's HTTP report on another node), the database still knows."""
+        stale = [
+            (live, message_id)
+            for live in lives
+            for message_id in list(live.holding)
+            if not self.has_offer(message_id)
+        ]
+        for live, message_id in stale:
+            msg = await self.store.get_message(message_id)
+            owned = (
+                msg is not None
+                and msg.device_id == live.device_id
+                and msg.status in (Status.PENDING, Status.QUEUED)
+            )
+            if not owned and message_id in live.holding and not self.has_offer(message_id):
+                self._release_slot(live, message_id)
+                self.wake()
+
     def offer_failed(
         self, message_id: str, device_id: str, attempt: int, *, busy: bool = False
     ) -> None:
@@ -676,7 +702,7 @@ class Dispatcher:
     async def _background_offer(self, msg: Message, live: LiveDevice) -> None:
         outcome = Outcome.LOST
         try:
-            outcome = await self._offer(msg, live, self.settings.accept_timeout)
+            outcome = await self._offer(msg, live, self._accept_timeout(live))
             if outcome is Outcome.LOST:
                 self._release_slot(live, msg.id)
         except Exception:

@@ -212,6 +212,13 @@ class Registry(abc.ABC):
     ) -> None:
         """A phone of this node's report changed a message to ``status``."""
 
+    def relay_answer(self, device_id: str, answer: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """A phone answered on this node, not through its session: the stock app's pulls
+        and reports are plain HTTP calls that any node may take. When another node holds
+        the phone's session, a cross-node registry passes ``answer`` (``as``: "accepted"
+        or "reported", and the fields of that answer) to it, which hands it to its
+        dispatcher like its own session's, so the node that made the offer hears of it."""
+
 
 class LocalRegistry(Registry):
     def __init__(self) -> None:

@@ -1,7 +1,8 @@
 """A live connection to a phone, whatever carries it.
 
-Routing and dispatch talk to ``Session``, never to a WebSocket: the WebSocket transport
-is one implementation, and a later server-sent-events transport is another.
+Routing and dispatch talk to ``Session``, never to a WebSocket: the agent's WebSocket
+(``connection.py``) is one implementation, the stock app's server-sent-events stream
+(``app_session.py``) another, another node's phone (``cluster.py``) a third.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class SessionClosed(Exception):
 
 class Session(abc.ABC):
     device_id: str
+    # The phone fetches its offers from the database (the stock app's pull) instead of
+    # receiving them in the command: an offer is written before the phone hears of it.
+    pulls: bool = False
+    # Seconds the phone has to accept an offer; None: the hub's accept_timeout.
+    accept_timeout: float | None = None
 
     @abc.abstractmethod
     async def send_command(self, message: Message, attempt: int) -> None:

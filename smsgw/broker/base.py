@@ -46,6 +46,8 @@ class PhoneState:
     in_flight: int = 0
     connected_at: float = 0.0  # unix seconds
     last_seen: float = field(default_factory=time.time)
+    # Seconds the phone has to accept an offer when not the hub's (the stock app's pull).
+    accept_timeout: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
