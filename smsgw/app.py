@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Endpoint modules register themselves on ``api`` when imported.
 from smsgw.api import (  # noqa: F401
@@ -19,11 +22,13 @@ from smsgw.api import (  # noqa: F401
     health,
     keys,
     messages,
+    mobile,
     optouts,
     otp,
     phone,
     stats,
     templates,
+    tls,
     webhooks,
 )
 from smsgw.api.openapi import build_openapi
@@ -43,6 +48,26 @@ _SWAGGER = """<!doctype html>
 <script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
 <script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
 </body></html>"""
+
+
+class CollapseSlashes:
+    """``/api/mobile/v1//device`` is ``/api/mobile/v1/device``: the stock app builds its
+    paths by concatenation, so a server URL typed with a trailing slash doubles one, and
+    it does not follow redirects (docs/smsgate-app.md)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and "//" in path:
+            scope = dict(scope)
+            scope["path"] = _SLASHES.sub("/", path)
+            scope["raw_path"] = scope["path"].encode()
+        await self.app(scope, receive, send)
+
+
+_SLASHES = re.compile("/{2,}")
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Starlette:
@@ -78,6 +103,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
             Exception: server_error_handler,
         },
         lifespan=lifespan,
+        middleware=[Middleware(CollapseSlashes)],
     )
     app.state.hub = the_hub
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from smsgw.auth import ALL_SCOPES, issue_api_key
 from smsgw.clock import iso, utcnow
@@ -41,6 +42,24 @@ async def _with_store(settings: Settings, action: str, args: argparse.Namespace)
     return 0
 
 
+def _tls_init(directory: str, hosts: list[str]) -> int:
+    from smsgw.tls import init
+
+    try:
+        issued = init(Path(directory), hosts)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    made = "created" if issued.ca_created else "kept (phones that trust it keep trusting)"
+    print(f"CA certificate {issued.ca_cert}: {made}")
+    print(f"server certificate for {', '.join(hosts)}: {issued.server_cert}")
+    print("serve HTTPS with:")
+    print(f"  SMSGW_TLS_CERT={issued.server_cert.resolve()}")
+    print(f"  SMSGW_TLS_KEY={issued.server_key.resolve()}")
+    print("then install the CA on each phone: https://<hub>/tls/ca.crt (docs/smsgate-app.md)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smsgw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,7 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     key_sub.add_parser("list", help="list keys")
     revoke = key_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
+    tls = sub.add_parser("tls", help="HTTPS with a local CA (docs/smsgate-app.md)")
+    tls_sub = tls.add_subparsers(dest="action", required=True)
+    init = tls_sub.add_parser(
+        "init", help="create a local CA (once) and a server certificate for --host(s)"
+    )
+    init.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="an IP address or name phones use to reach the hub (repeat for several)",
+    )
+    init.add_argument("--dir", default="tls", help="where the files go (default: ./tls)")
     args = parser.parse_args(argv)
+    if args.command == "tls":
+        return _tls_init(args.dir, args.host)
 
     settings = Settings()
     if args.command == "serve":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,9 +18,25 @@ class Settings(BaseSettings):
     public_url: str | None = None
     admin_key: str | None = None
     log_level: str = "info"
+    # HTTPS (docs/smsgate-app.md): a certificate chain and its key, e.g. from
+    # ``smsgw tls init``. Both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     heartbeat_interval: float = Field(default=30.0, gt=0)
     accept_timeout: float = Field(default=5.0, gt=0)
+    # An app phone's pull runs through Android's job scheduler: it gets longer to accept.
+    app_accept_timeout: float = Field(default=10.0, gt=0)
+    # Settings handed to app phones (GET /api/mobile/v1/settings; docs/smsgate-app.md):
+    # ping.interval_seconds (the app pulls at each ping) and webhooks.internet_required
+    # (False on a LAN without internet). Unset: the app keeps its own.
+    app_ping_interval: int | None = Field(default=None, ge=1)
+    app_webhooks_internet_required: bool | None = None
+    # Opt-in: wake app phones in FCM mode through the app project's public push relay,
+    # e.g. https://api.sms-gate.app/upstream/v1/push (docs/smsgate-app.md). It allows 5
+    # requests a minute per address: one round per interval at most.
+    app_push_relay_url: str | None = None
+    app_push_relay_interval: float = Field(default=12.0, gt=0)
     dispatch_deadline: float = Field(default=10.0, gt=0)
     message_ttl: float = Field(default=24 * 3600.0, gt=0)
     default_daily_quota: int = Field(default=90, ge=0)
@@ -82,6 +98,12 @@ class Settings(BaseSettings):
     webhook_poll_interval: float = Field(default=1.0, gt=0)
     webhook_retention: float = Field(default=7 * 86400.0, gt=0)  # finished deliveries kept
     callback_secret: str | None = None  # signs callback_url requests; generated when unset
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("set both SMSGW_TLS_CERT and SMSGW_TLS_KEY, or neither")
+        return self
 
     @property
     def database_url_redacted(self) -> str:

@@ -375,11 +375,12 @@ class DeviceConnection(Session):
             )
         )
         if stored:
-            await _opt_keyword(self.hub, frame.sender, frame.body)
+            await opt_keyword(self.hub, frame.sender, frame.body)
         self.protocol.ack(frame.id)
 
 
-async def _opt_keyword(hub: Hub, sender: str, body: str) -> None:
+async def opt_keyword(hub: Hub, sender: str, body: str) -> None:
+    """An inbound STOP or START (whichever phone it came through) changes the opt-out list."""
     word = keyword(body)
     if word is None:
         return

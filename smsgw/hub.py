@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from smsgw.app_phones import AppPhones
 from smsgw.auth import Authenticator, issue_api_key
 from smsgw.clock import utcnow
 from smsgw.config import Settings
@@ -63,10 +64,15 @@ class Hub:
     callback_secret: str = ""  # signs requests to per-message callback_url
     # FCM wake-up of offline phones; created from the others in __post_init__.
     waker: Waker = field(init=False)
+    # Phones running the stock app (smsgw/app_phones.py), and the hub's key for their
+    # receiving URLs and webhook signatures (created once, kept in the database).
+    apps: AppPhones = field(init=False)
+    app_secret: str = ""
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
         self.dispatcher.waker = self.waker
+        self.apps = AppPhones(self)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -94,6 +100,7 @@ class Hub:
         await self.store.open()
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
+        self.app_secret = await self.store.hub_secret("app", secrets.token_hex(32))
         await self._load_opt_outs()
         self.registry.on_news = self._on_news
         await self.registry.start(self.dispatcher)

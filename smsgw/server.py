@@ -46,6 +46,8 @@ def uvicorn_config(
         "timeout_graceful_shutdown": 10,
         "backlog": settings.listen_backlog,
     }
+    if settings.tls_cert and settings.tls_key:
+        options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     options.update(overrides)
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 

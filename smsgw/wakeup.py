@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from smsgw.app_push import RelayPusher
+from smsgw.appwire import PushEvent
 from smsgw.clock import today, utcnow
 from smsgw.config import Settings
 from smsgw.registry import Registry
@@ -52,6 +54,7 @@ log = logging.getLogger("smsgw.wakeup")
 # The whole payload. Data-only (no ``notification``): the app handles it silently, and
 # nothing about any message leaves the hub through Google.
 WAKE_DATA: Mapping[str, str] = {"type": "wake"}
+MESSAGE_ENQUEUED = PushEvent.MESSAGE_ENQUEUED.value  # what wakes the stock app (spec §4.3)
 COLLAPSE_KEY = "smsgw-wake"  # several undelivered wakes reach the phone as one
 
 # Seconds a pool thread may wait for one HTTP answer (firebase-admin's default is 120).
@@ -82,11 +85,14 @@ class Waiting:
 
 @dataclass(frozen=True, slots=True)
 class Sleeper:
-    """An offline phone with an FCM token, seen as routing would see it were it online."""
+    """An offline phone with an FCM token, seen as routing would see it were it online.
+    ``app``: the stock app, woken through its project's push relay (smsgw/app_push.py);
+    woken, it pulls without opening a stream, so it takes only messages pinned to it."""
 
     device_id: str
     token: str
     candidate: Candidate
+    app: bool = False
 
     @classmethod
     def of(cls, device: Device, *, default_quota: int, max_in_flight: int) -> Sleeper | None:
@@ -95,6 +101,7 @@ class Sleeper:
         return cls(
             device_id=device.id,
             token=device.fcm_token,
+            app=device.kind == "app",
             candidate=Candidate(
                 device_id=device.id,
                 enabled=device.enabled,
@@ -146,6 +153,7 @@ def whom_to_wake(
     free = sum(1 for w in waiting if w.pinned is None)
     if free == 0:
         return list(chosen.values())
+    usable = {d: s for d, s in usable.items() if not s.app}  # routed work needs a live session
     needed = math.ceil(free / max_in_flight) - online_usable
     if online_usable == 0:
         needed = max(needed, 1)
@@ -313,6 +321,7 @@ class Waker:
         self.registry = registry
         self.settings = settings
         self.fcm: FcmClient | None = None
+        self.relay: RelayPusher | None = None  # app phones (smsgw/app_push.py)
         # Retries of one wake: attempts, and the backoff's base and cap in seconds.
         self.max_attempts = 5
         self.retry_base = 1.0
@@ -328,13 +337,23 @@ class Waker:
 
     @property
     def enabled(self) -> bool:
-        return self.fcm is not None
+        return self.fcm is not None or self.relay is not None
 
     @property
     def interval(self) -> float:
         return self.settings.fcm_wake_interval
 
     async def start(self) -> None:
+        relay_url = self.settings.app_push_relay_url
+        if relay_url:
+            self.relay = RelayPusher(relay_url, interval=self.settings.app_push_relay_interval)
+            self.relay.start()
+            log.info("app phones in FCM mode are woken through the push relay %s", relay_url)
+        await self._start_fcm()
+        if self.enabled:
+            self._task = asyncio.create_task(self._loop(), name="smsgw-wakeup")
+
+    async def _start_fcm(self) -> None:
         path = self.settings.firebase_credentials
         if not path:
             log.info(
@@ -353,7 +372,6 @@ class Waker:
             self.fcm.project_id,
             self.interval,
         )
-        self._task = asyncio.create_task(self._loop(), name="smsgw-wakeup")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._sending.values()) if t is not None]
@@ -364,11 +382,14 @@ class Waker:
         if self.fcm is not None:
             await self.fcm.close()
             self.fcm = None
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
 
     def poke(self, messages: Iterable[Message] = ()) -> None:
         """Work is waiting that no online phone can take (``messages``, when the caller
         knows which; the Waker also reads the due messages itself)."""
-        if self.fcm is None:
+        if not self.enabled:
             return
         for msg in messages:
             if len(self._known) < BACKLOG_LIMIT:
@@ -392,7 +413,7 @@ class Waker:
 
     async def check(self) -> list[str]:
         """Decide and start the wakes; returns the device ids being woken."""
-        if self.fcm is None:
+        if not self.enabled:
             return []
         now = time.monotonic()
         known, self._known = self._known, {}
@@ -414,7 +435,8 @@ class Waker:
                 default_quota=settings.default_daily_quota,
                 max_in_flight=settings.max_in_flight,
             )
-            if s is not None:
+            # Each kind of phone is woken through its own channel, if the hub has it.
+            if s is not None and (self.relay if s.app else self.fcm) is not None:
                 sleepers.append(s)
         if not sleepers:
             return []
@@ -445,6 +467,11 @@ class Waker:
     def _start_wake(self, sleeper: Sleeper) -> None:
         # The interval counts from the decision, so retries of one wake are not new wakes.
         self._woken_at[sleeper.device_id] = time.monotonic()
+        if sleeper.app and self.relay is not None:
+            # The relay queues, coalesces and retries on its own: nothing to wait for.
+            self.relay.push(sleeper.token, MESSAGE_ENQUEUED)
+            self.wakes_sent += 1
+            return
         task = asyncio.create_task(
             self._wake(sleeper.device_id, sleeper.token), name=f"smsgw-wake-{sleeper.device_id}"
         )

@@ -35,6 +35,7 @@ ADMIN_KEY = "sk_000000000000_test-admin-key"
 TEST_SETTINGS: dict[str, Any] = {
     "admin_key": ADMIN_KEY,
     "accept_timeout": 1.0,
+    "app_accept_timeout": 2.0,
     "dispatch_deadline": 4.0,
     "outbox_interval": 0.2,
     "retry_backoff": 0.2,

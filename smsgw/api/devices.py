@@ -8,6 +8,10 @@ from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
     BODY_ERRORS,
+    AppTokenIn,
+    AppTokenInfo,
+    AppTokenList,
+    AppTokenOut,
     DeviceList,
     DeviceOut,
     DevicePatch,
@@ -19,6 +23,8 @@ from smsgw.api.models import (
     RegisterIn,
     RegisterOut,
 )
+from smsgw.app_phones import issue_app_token
+from smsgw.appwire import PREFIX
 from smsgw.auth import (
     DEVICE_PREFIX,
     Scope,
@@ -129,6 +135,68 @@ async def register(call: Call) -> Reply:
 )
 async def list_devices(call: Call) -> DeviceList:
     return DeviceList(items=[_out(call, d) for d in await call.hub.store.list_devices()])
+
+
+@api.route(
+    "POST",
+    "/devices/app-tokens",
+    tag="devices",
+    scope=Scope.ADMIN,
+    body=AppTokenIn,
+    summary="A registration token for the stock SMS Gateway app (shown once, stored hashed)",
+    responses={201: AppTokenOut, **BODY_ERRORS},
+)
+async def create_app_token(call: Call) -> Reply:
+    body: AppTokenIn = call.body
+    issued = await issue_app_token(call.hub, body.name, body.ttl_seconds, utcnow())
+    base = (call.hub.settings.public_url or str(call.request.base_url)).rstrip("/")
+    out = AppTokenOut(
+        id=issued.record.id,
+        token=issued.token,
+        name=issued.record.name,
+        expires_at=issued.record.expires_at,
+        server_url=base + PREFIX,
+    )
+    return Reply(out, 201)
+
+
+@api.route(
+    "GET",
+    "/devices/app-tokens",
+    tag="devices",
+    scope=Scope.ADMIN,
+    summary="The app registration tokens that still work (never the tokens themselves)",
+    responses={200: AppTokenList, 401: ErrorOut, 403: ErrorOut},
+)
+async def list_app_tokens(call: Call) -> AppTokenList:
+    now = utcnow()
+    return AppTokenList(
+        items=[
+            AppTokenInfo(
+                id=t.id,
+                name=t.name,
+                created_at=t.created_at,
+                expires_at=t.expires_at,
+                last_used_at=t.last_used_at,
+            )
+            for t in await call.hub.store.list_app_tokens()
+            if t.expires_at is None or t.expires_at > now
+        ]
+    )
+
+
+@api.route(
+    "DELETE",
+    "/devices/app-tokens/{token_id}",
+    tag="devices",
+    scope=Scope.ADMIN,
+    summary="Revoke an app registration token (phones it registered keep their own)",
+    responses={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+)
+async def delete_app_token(call: Call) -> Reply:
+    if not await call.hub.store.revoke_app_token(call.path("token_id"), utcnow()):
+        raise ApiError(404, "app_token_not_found", f"no app token {call.path('token_id')}")
+    return Reply(None, 204)
 
 
 @api.route(

@@ -8,7 +8,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    model_validator,
+)
 
 from smsgw.store import Attempt, Device, Inbound, Message, Status
 
@@ -316,6 +324,9 @@ class RegisterOut(BaseModel):
 class DeviceOut(BaseModel):
     id: str
     name: str
+    kind: Literal["agent", "app"] = Field(
+        description="agent: smsgw-agent on a WebSocket; app: the stock SMS Gateway app"
+    )
     hardware_id: str
     online: bool
     enabled: bool
@@ -334,10 +345,12 @@ class DeviceOut(BaseModel):
     @classmethod
     def of(cls, d: Device, *, live: Any, default_quota: int, today: str) -> DeviceOut:
         """``live`` is the registry's LiveDevice when the phone is connected."""
-        if live is not None:
+        # The app reports no battery or signal: what routing assumes is not shown.
+        if live is not None and d.kind == "agent":
             return cls(
                 id=d.id,
                 name=d.name,
+                kind="agent",
                 hardware_id=d.hardware_id,
                 online=True,
                 enabled=live.enabled,
@@ -353,9 +366,30 @@ class DeviceOut(BaseModel):
                 sims=live.sims,
                 created_at=d.created_at,
             )
+        if live is not None:  # an app phone with its stream open
+            return cls(
+                id=d.id,
+                name=d.name,
+                kind="app",
+                hardware_id=d.hardware_id,
+                online=True,
+                enabled=live.enabled,
+                battery=None,
+                charging=None,
+                signal=None,
+                network=None,
+                app_version=d.app_version,
+                last_seen=live.last_seen,
+                sent_today=live.sent_today,
+                daily_quota=live.daily_quota,
+                in_flight=live.in_flight,
+                sims=live.sims,
+                created_at=d.created_at,
+            )
         return cls(
             id=d.id,
             name=d.name,
+            kind="app" if d.kind == "app" else "agent",
             hardware_id=d.hardware_id,
             online=False,
             enabled=d.enabled,
@@ -371,6 +405,35 @@ class DeviceOut(BaseModel):
             sims=d.sims,
             created_at=d.created_at,
         )
+
+
+class AppTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=100)
+    ttl_seconds: StrictInt | None = Field(
+        default=None, ge=60, le=366 * 86400, description="unset: valid until revoked"
+    )
+
+
+class AppTokenInfo(BaseModel):
+    id: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+class AppTokenOut(BaseModel):
+    id: str
+    token: str = Field(description="shown only now: the app's Private Token setting")
+    name: str | None
+    expires_at: datetime | None
+    server_url: str = Field(description="the app's API URL setting")
+
+
+class AppTokenList(BaseModel):
+    items: list[AppTokenInfo]
 
 
 class DeviceList(BaseModel):

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from smsgw.protocol import CloseCode
+from tests.fakes.smsgate_app import FakeApp
 from tests.harness import Farm, HubServer, wait_for
 from tests.redisenv import RedisEnv, redis_env  # noqa: F401 (fixture)
 
@@ -221,3 +223,57 @@ def _refused(node: HubServer, token: str) -> Callable[[], Awaitable[bool]]:
         return await socket_status(node, token) == 401
 
     return check
+
+
+async def test_an_app_phone_answering_on_the_other_node_is_heard_where_its_stream_is(
+    nodes: list[HubServer],
+) -> None:
+    """The app's stream on B, its pulls and reports on A (plain HTTP: any node may take
+    them). A passes each answer to B, which holds the phone's slots and the offers B made:
+    B's sends end SENT at once and the phone's slots are free again."""
+    a, b = nodes
+    async with b.client() as c:
+        token = (await c.post("/devices/app-tokens", json={})).json()["token"]
+    app = FakeApp(b.url + "/api/mobile/v1", token, deliver=False)
+    try:
+        await app.start()  # its stream on B
+        app.base = a.url + "/api/mobile/v1"  # everything else through A
+        await wait_for(lambda: a.hub.registry.get(app.device_id) is not None, 5, "presence")
+        live_b = b.hub.registry.get(app.device_id)
+        assert live_b is not None and b.hub.registry.is_local(live_b)
+        heard: list[tuple[str, str]] = []  # what reached B's dispatcher
+        accepted, reported = b.hub.dispatcher.accepted, b.hub.dispatcher.reported
+
+        def on_accepted(message_id: str, *args: Any, **kw: Any) -> None:
+            heard.append(("accepted", message_id))
+            accepted(message_id, *args, **kw)
+
+        def on_reported(
+            message_id: str, device_id: str, status: Any, *args: Any, **kw: Any
+        ) -> None:
+            heard.append((str(status), message_id))
+            reported(message_id, device_id, status, *args, **kw)
+
+        b.hub.dispatcher.accepted = on_accepted
+        b.hub.dispatcher.reported = on_reported
+        async with b.client() as c:
+            for i in range(3):
+                r = await c.post(
+                    "/sms/send",
+                    json={"to": f"+120255501{i:02d}", "message": "x", "device_id": app.device_id},
+                )
+                assert r.status_code == 200 and r.json()["status"] == "SENT", r.text
+                mid = r.json()["message_id"]
+                # The answers reached B through the relay, not from the database at the
+                # offer's timeout.
+                assert ("accepted", mid) in heard and ("SENT", mid) in heard
+            await wait_for(lambda: not live_b.holding, 5, "B freed the phone's slot")
+        async with a.client() as c:
+            r = await c.post(
+                "/sms/send", json={"to": "+12025550199", "message": "y", "device_id": app.device_id}
+            )
+            assert r.status_code == 200 and r.json()["status"] == "SENT", r.text
+        await wait_for(lambda: not live_b.holding, 5, "no slot left held on B")
+        assert len(app.local) == 4
+    finally:
+        await app.close()

@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from smsgw.protocol import CloseCode
+from tests.fakes.smsgate_app import FakeApp
 from tests.harness import ADMIN_KEY, Farm, HubProcess, Phone, wait_for
 from tests.nginx import Balancer, start_balancer
 from tests.pgtest import (
@@ -44,6 +45,9 @@ CLUSTER_SETTINGS = {
     "ownership_ttl": 3.0,
     "drain_timeout": 3.0,
     "drain_spread": 0.5,
+    # Longer than a dispatch's deadline: an app phone's answer that is not passed on
+    # between nodes (only read from the database at the timeout) fails the test.
+    "app_accept_timeout": 30.0,
     "log_level": "info",  # the node logs are shown when a test fails
 }
 
@@ -302,3 +306,43 @@ async def test_sigterm_drains_the_node_and_its_phones_move(cluster: Cluster) -> 
     # Dispatches the drain interrupted still came out SENT (200) or were handed back (202)
     # and the outbox finished them: none was lost.
     assert {str(r["message_id"]) for r in results} <= set(sent)
+
+
+async def test_an_app_phone_is_reached_from_every_node(cluster: Cluster) -> None:
+    """The stock app through the balancer: its stream held by one node, its pulls and
+    reports taken by any node (least_conn). Each node's pinned sends reach SENT in time:
+    the node that takes the pull or the report passes the answer to the node holding the
+    stream, which passes it to the node that made the offer."""
+    nodes = cluster.nodes
+    await wait_for(lambda: online_everywhere(nodes, PHONES), 10, "all phones online on all")
+    async with nodes[0].client() as c:
+        token = (await c.post("/devices/app-tokens", json={"name": "cluster"})).json()["token"]
+    app = FakeApp(cluster.lb.url + "/api/mobile/v1", token, deliver=False)
+    try:
+        await app.start()
+        await wait_for(lambda: online_everywhere(nodes, PHONES + 1), 10, "the app online on all")
+        results = []
+        for round_ in range(3):
+            for i, node in enumerate(nodes):
+                async with node.client() as c:
+                    r = await c.post(
+                        "/sms/send",
+                        json={
+                            "to": f"+1202557{round_}{i}00",
+                            "message": "app",
+                            "device_id": app.device_id,
+                        },
+                    )
+                    assert r.status_code == 200, (cluster.node_id(node), r.text)
+                    results.append(r.json())
+        assert all(r["status"] == "SENT" for r in results), results
+        assert sorted(app.local) == sorted(r["message_id"] for r in results)
+        # Routed dispatches may pick it too, and it takes no message twice.
+        async with nodes[1].client() as c:
+            for j in range(12):
+                r = await c.post("/sms/dispatch", json={"to": f"+120255780{j:02d}", "message": "x"})
+                assert r.status_code == 200 and r.json()["status"] == "SENT", r.text
+        sent = transmitted(cluster.phones) + Counter(list(app.local))
+        assert max(sent.values()) == 1
+    finally:
+        await app.close()
