@@ -291,7 +291,8 @@ class Messages(Operations):
         transaction: every message on offer to it becomes its own (the compare-and-set of
         ``accept``: still PENDING, still on offer to it under a live lease), then up to
         ``pinned`` due messages pinned to it that nobody has on offer (a phone without a
-        stream is offered nothing: its pull is the offer). Returns the (id, attempt) of
+        stream is offered nothing: its pull is the offer; ``pinned`` counts what it already
+        holds unsent). Returns the (id, attempt) of
         the messages it took now (their offers end) and what it holds and has not yet
         taken in hand ("Processed"), at most ``limit``, for the answer."""
         taken: list[Row] = yield fetch(
@@ -310,6 +311,13 @@ class Messages(Operations):
                 "WHERE message_id = $2 AND attempt = $3",
                 [(now, r["id"], r["attempt"]) for r in taken],
             )
+        if pinned > 0:
+            # What it holds unsent counts against the limit (its in-flight and its quota).
+            holding = yield fetchval(
+                "SELECT count(*) FROM messages WHERE device_id = $1 AND status = 'QUEUED'",
+                device_id,
+            )
+            pinned -= int(holding)
         if pinned > 0:
             due: list[Row] = yield fetch(
                 self._returning(

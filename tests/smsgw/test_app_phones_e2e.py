@@ -423,6 +423,7 @@ async def test_a_pull_without_a_stream_respects_in_flight_and_quota(
         for i in range(5)
     ]
     assert len(await app.pull()) == 2  # its in-flight limit
+    assert len(await app.pull()) == 2  # the same two: what it holds counts
     await app.send_pending()
     assert len(await app.pull()) == 1  # 2 sent today, a quota of 3
     await app.send_pending()
