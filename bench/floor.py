@@ -136,7 +136,12 @@ async def dispatch(request: Request) -> Response:
     accepted = answer(message_id, "accepted")
     await ws.send_text(json.dumps({**offer, "attempt": 1, "to": to, "body": text}))
     accept = await accepted
-    await writer.write(OWN, message_id, to, text, device, time.time())
+    try:
+        await writer.write(OWN, message_id, to, text, device, time.time())
+    except sqlite3.Error as exc:
+        # Answered, not raised: an unhandled error makes uvicorn drop the connection,
+        # and a client that reuses it loses its next request (tests/bench/test_floor.py).
+        return JSONResponse({"error": f"not stored: {exc}"}, status_code=500)
     sent = answer(message_id, "sent")
     ownership = {"type": "ownership", "id": f"o{next(frame_ids)}", "ref": accept["id"]}
     await ws.send_text(

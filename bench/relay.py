@@ -61,9 +61,11 @@ async def phone_session(
     """One phone's socket: welcomed, listed in ``connected`` while it lasts, each frame it
     sends handed to ``on_frame``."""
     await ws.accept()
-    await ws.send_text(json.dumps({"type": "welcome", "id": "w", "heartbeat_interval": 30}))
+    # Listed before the welcome goes out: a phone that has heard it is routed to (else a
+    # dispatch right after the welcome could find no phone: tests/bench/test_floor.py).
     connected.append(ws)
     try:
+        await ws.send_text(json.dumps({"type": "welcome", "id": "w", "heartbeat_interval": 30}))
         while True:
             on_frame(json.loads(await ws.receive_text()))
     except WebSocketDisconnect:

@@ -20,6 +20,11 @@ import websockets
 from bench.run import ROOT, free_port
 
 
+async def recv(phone: Any) -> Any:
+    """The floor's next frame; a missing one fails the test at once instead of hanging."""
+    return await asyncio.wait_for(phone.recv(), 10)
+
+
 @pytest.fixture
 async def floor(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     port, db = free_port(), tmp_path / "floor.db"
@@ -53,12 +58,12 @@ async def test_a_dispatch_is_offered_owned_durably_sent_and_acknowledged(
 ) -> None:
     url, db = floor
     async with websockets.connect(f"ws://{url}/ws/device") as phone:
-        assert json.loads(await phone.recv())["type"] == "welcome"
+        assert json.loads(await recv(phone))["type"] == "welcome"
         async with httpx.AsyncClient(timeout=10) as c:
             call = asyncio.create_task(
                 c.post(f"http://{url}/sms/dispatch", json={"to": "+12025550100", "message": "hi"})
             )
-            offer = json.loads(await phone.recv())
+            offer = json.loads(await recv(phone))
             assert offer["type"] == "send" and offer["attempt"] == 1
             assert (offer["to"], offer["body"]) == ("+12025550100", "hi")
             message_id = offer["message_id"]
@@ -66,7 +71,7 @@ async def test_a_dispatch_is_offered_owned_durably_sent_and_acknowledged(
             await phone.send(
                 json.dumps({"type": "accepted", "id": "p1", "message_id": message_id, "attempt": 1})
             )
-            ownership = json.loads(await phone.recv())
+            ownership = json.loads(await recv(phone))
             assert ownership["type"] == "ownership" and ownership["owner"] is True
             assert ownership["ref"] == "p1"
             # Told it owns the message only once that is on disk.
@@ -75,7 +80,7 @@ async def test_a_dispatch_is_offered_owned_durably_sent_and_acknowledged(
             await phone.send(
                 json.dumps({"type": "sent", "id": "p2", "message_id": message_id, "attempt": 1})
             )
-            ack = json.loads(await phone.recv())
+            ack = json.loads(await recv(phone))
             assert ack == {"type": "ack", "id": ack["id"], "ref": "p2"}
             assert rows(db) == [(message_id, "+12025550100", "hi", "SENT", 1)]
             reply = await call
@@ -88,7 +93,7 @@ async def test_a_write_that_fails_fails_its_dispatch_and_the_floor_serves_on(
 ) -> None:
     url, db = floor
     async with websockets.connect(f"ws://{url}/ws/device") as phone:
-        assert json.loads(await phone.recv())["type"] == "welcome"
+        assert json.loads(await recv(phone))["type"] == "welcome"
         # The disk refuses the ownership write (here: a trigger), as a full disk would.
         with sqlite3.connect(db) as conn:
             conn.execute(
@@ -103,7 +108,7 @@ async def test_a_write_that_fails_fails_its_dispatch_and_the_floor_serves_on(
                         f"http://{url}/sms/dispatch", json={"to": "+12025550100", "message": "x"}
                     )
                 )
-                offer = json.loads(await phone.recv())
+                offer = json.loads(await recv(phone))
                 await phone.send(
                     json.dumps(
                         {
@@ -122,10 +127,10 @@ async def test_a_write_that_fails_fails_its_dispatch_and_the_floor_serves_on(
             with sqlite3.connect(db) as conn:
                 conn.execute("DROP TRIGGER refuse")
             call, message_id = await dispatch()
-            assert json.loads(await phone.recv())["type"] == "ownership"
+            assert json.loads(await recv(phone))["type"] == "ownership"
             await phone.send(
                 json.dumps({"type": "sent", "id": "q", "message_id": message_id, "attempt": 1})
             )
-            assert json.loads(await phone.recv())["type"] == "ack"
+            assert json.loads(await recv(phone))["type"] == "ack"
             assert (await call).status_code == 200
             assert rows(db) == [(message_id, "+12025550100", "x", "SENT", 1)]
