@@ -57,6 +57,10 @@ class Target:
     key: str  # webhook id, or CALLBACK
     webhook_id: str | None
     url: str
+    device_id: str | None = None  # only events of this phone (SMSGate's webhooks)
+
+    def wants(self, device_id: str | None) -> bool:
+        return self.device_id is None or self.device_id == device_id
 
 
 def make_event(type_: EventType, subject: str, data: dict[str, Any], now: datetime) -> Event:
@@ -73,19 +77,33 @@ class Subscriptions:
     (a message's own ``callback_url`` is read from its row, not from here)."""
 
     def __init__(self) -> None:
-        self._hooks: dict[str, tuple[str, frozenset[str]]] = {}  # id -> (url, events)
+        # id -> (url, events, device filter)
+        self._hooks: dict[str, tuple[str, frozenset[str], str | None]] = {}
         self._by_type: dict[str, list[Target]] = {}
         self._lock = threading.Lock()
 
-    def load(self, hooks: Iterable[tuple[str, str, Iterable[str], bool]]) -> None:
+    def load(self, hooks: Iterable[tuple[str, str, Iterable[str], bool, str | None]]) -> None:
         with self._lock:
-            self._hooks = {h: (url, frozenset(ev)) for h, url, ev, on in hooks if on}
+            self._hooks = {
+                h: (url, frozenset(ev), device) for h, url, ev, on, device in hooks if on
+            }
             self._rebuild()
 
-    def set(self, webhook_id: str, url: str, events: Iterable[str], enabled: bool) -> None:
+    def put(self, hook: Any) -> None:
+        """A webhook as stored (``store.Webhook``) after a change."""
+        self.set(hook.id, hook.url, hook.events, hook.enabled, hook.device_id)
+
+    def set(
+        self,
+        webhook_id: str,
+        url: str,
+        events: Iterable[str],
+        enabled: bool,
+        device_id: str | None = None,
+    ) -> None:
         with self._lock:
             if enabled:
-                self._hooks[webhook_id] = (url, frozenset(events))
+                self._hooks[webhook_id] = (url, frozenset(events), device_id)
             else:
                 self._hooks.pop(webhook_id, None)
             self._rebuild()
@@ -95,9 +113,9 @@ class Subscriptions:
 
     def _rebuild(self) -> None:
         by_type: dict[str, list[Target]] = {}
-        for hook_id, (url, events) in sorted(self._hooks.items()):
+        for hook_id, (url, events, device) in sorted(self._hooks.items()):
             for t in ALL_EVENTS if "*" in events else events:
-                by_type.setdefault(t, []).append(Target(hook_id, hook_id, url))
+                by_type.setdefault(t, []).append(Target(hook_id, hook_id, url, device))
         self._by_type = by_type
 
     def wanted(self, type_: EventType) -> bool:

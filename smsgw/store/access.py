@@ -38,6 +38,12 @@ class Access(Operations):
         return (rows.api_key(row, self.dec), row["key_hash"]) if row else None
 
     @read
+    def api_key(self, key_id: str) -> Op[ApiKey | None]:
+        """The key with this id, unless revoked."""
+        row = yield fetchrow("SELECT * FROM api_keys WHERE id = $1 AND revoked_at IS NULL", key_id)
+        return rows.api_key(row, self.dec) if row else None
+
+    @read
     def list_api_keys(self) -> Op[list[ApiKey]]:
         found = yield fetch("SELECT * FROM api_keys ORDER BY created_at, id")
         return [rows.api_key(r, self.dec) for r in found]

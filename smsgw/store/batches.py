@@ -17,14 +17,17 @@ class Batches(Operations):
         await self._driver.write(lambda: self._create_batch(batch, messages))
 
     def _create_batch(self, batch: Batch, messages: list[Message]) -> Op[None]:
+        # A batch id that exists raises UniqueViolation: nothing of the batch is written.
         yield execute(
-            "INSERT INTO batches (id, name, total, rejected, created_at) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO batches (id, name, total, rejected, created_at, kind, device_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
             batch.id,
             batch.name,
             batch.total,
             batch.rejected,
             batch.created_at,
+            batch.kind,
+            batch.device_id,
         )
         if messages:
             yield copy("messages", MESSAGE_FIELDS, [rows.message_values(m) for m in messages])

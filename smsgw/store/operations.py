@@ -95,7 +95,7 @@ class Operations:
         targets = self._subs.targets(type_)
         if not targets:
             return NOTHING
-        return self._emit(make_event(type_, subject, data, now), targets)
+        return self._emit(make_event(type_, subject, data, now), targets, data.get("device_id"))
 
     def _returning(self, sql: str, type_: EventType) -> str:
         """``sql``, a transition ending in ``RETURNING``, with what it returns: the whole
@@ -120,16 +120,20 @@ class Operations:
             assert whole is not None  # this transaction just changed it
             row = whole
         msg = rows.message(row, self.dec)
-        yield from self._emit(make_event(type_, msg.id, message_data(msg), now), to)
+        yield from self._emit(make_event(type_, msg.id, message_data(msg), now), to, msg.device_id)
 
     def _record_event(self, type_: EventType, msg: Message, now: datetime) -> Op[None]:
         """An event of a message this transaction stores as ``msg`` (no row to read)."""
         targets = self._subs.targets(type_, msg.callback_url)
         if not targets:
             return NOTHING
-        return self._emit(make_event(type_, msg.id, message_data(msg), now), targets)
+        return self._emit(make_event(type_, msg.id, message_data(msg), now), targets, msg.device_id)
 
-    def _emit(self, event: Event, targets: list[Target]) -> Op[None]:
+    def _emit(self, event: Event, targets: list[Target], device_id: str | None) -> Op[None]:
+        """``event``, delivered to the ``targets`` that want ``device_id``'s events."""
+        targets = [t for t in targets if t.wants(device_id)]
+        if not targets:
+            return
         yield execute(
             "INSERT INTO events (id, type, subject, created_at, payload) "
             "VALUES ($1, $2, $3, $4, $5)",

@@ -118,10 +118,21 @@ class Message:
     batch_id: str | None = None
     callback_url: str | None = None  # this message's status events also go here
     processed_at: datetime | None = None  # an app phone took it in hand ("Processed")
+    # SMSGate's kinds of content (docs/smsgate-api.md): a data SMS to this port (``body``
+    # is its base64 payload), or text and recipient encrypted by the caller. The hub can
+    # read neither, and only app phones can send them (``app_only``).
+    data_port: int | None = None
+    encrypted: bool = False
+    delivery_report: bool = True  # False: the phone asks for no delivery report
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
     last_device: str | None = None
+
+    @property
+    def app_only(self) -> bool:
+        """Only a phone running the stock app can send it (routing skips the others)."""
+        return self.data_port is not None or self.encrypted
 
 
 @dataclass(slots=True)
@@ -178,6 +189,8 @@ class Batch:
     rejected: int  # rows refused at submission
     created_at: datetime
     by_status: dict[str, int] = field(default_factory=dict)
+    kind: str = "batch"  # or "smsgate": one message of SMSGate's API, to many recipients
+    device_id: str | None = None  # the phone the caller asked for (SMSGate's deviceId)
 
 
 @dataclass(slots=True)
@@ -207,6 +220,11 @@ class Webhook:
     failing_since: datetime | None = None  # first failure since the last success
     disabled_at: datetime | None = None
     disabled_reason: str | None = None  # set when the hub disabled it, not the user
+    # "smsgate": posted in SMSGate's envelope and signature (docs/smsgate-api.md), for
+    # its one event (``event_name``, SMSGate's name), of one phone when ``device_id``.
+    format: str = "smsgw"
+    event_name: str | None = None
+    device_id: str | None = None
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -106,6 +106,9 @@ MESSAGE_FIELDS = (
     "batch_id",
     "callback_url",
     "processed_at",
+    "data_port",
+    "encrypted",
+    "delivery_report",
 )
 """The ``messages`` columns :func:`message` reads, in table order."""
 MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
@@ -152,6 +155,9 @@ def message_values(m: Message) -> tuple[Any, ...]:
         m.batch_id,
         m.callback_url,
         m.processed_at,
+        m.data_port,
+        m.encrypted,
+        m.delivery_report,
     )
 
 
@@ -190,6 +196,9 @@ def message(row: Row, d: Decoder) -> Message:
         batch_id=row["batch_id"],
         callback_url=row["callback_url"],
         processed_at=dt(row["processed_at"]),
+        data_port=row["data_port"],
+        encrypted=d.flag(row["encrypted"]),
+        delivery_report=d.flag(row["delivery_report"]),
     )
 
 
@@ -311,6 +320,8 @@ def batch(row: Row, by_status: dict[str, int], d: Decoder) -> Batch:
         rejected=row["rejected"],
         created_at=d.req_dt(row["created_at"]),
         by_status=by_status,
+        kind=row["kind"],
+        device_id=row["device_id"],
     )
 
 
@@ -330,6 +341,9 @@ def webhook(row: Row, d: Decoder) -> Webhook:
         failing_since=dt(row["failing_since"]),
         disabled_at=dt(row["disabled_at"]),
         disabled_reason=row["disabled_reason"],
+        format=row["format"],
+        event_name=row["event_name"],
+        device_id=row["device_id"],
     )
 
 

@@ -7,7 +7,7 @@ SQL itself, where the database can enforce them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
 
 from smsgw.clock import iso
@@ -140,3 +140,89 @@ def should_disable(failing_since: datetime, now: datetime, disable_after: float)
 
 def disabled_reason(failing_since: datetime) -> str:
     return f"disabled by the hub: every delivery failed since {iso(failing_since)}"
+
+
+# -- one message to many recipients (SMSGate's API, docs/smsgate-api.md) ----------------
+
+# A recipient's state in SMSGate's words: the smsgw message sent to it, by status.
+RECIPIENT_STATE: dict[Status, str] = {
+    Status.PENDING: "Pending",
+    Status.QUEUED: "Processed",
+    Status.SENT: "Sent",
+    Status.DELIVERED: "Delivered",
+    Status.FAILED: "Failed",
+    Status.CANCELLED: "Cancelled",
+}
+
+# The message's state from its recipients' (the app's own rule, MessageWithRecipients.kt,
+# smsgate-wire.md §3.5): the first line that holds, else "Sent". ``group_state`` applies
+# it in Python and ``group_state_sql`` in SQL, from this one table.
+GROUP_RULE: tuple[tuple[str, str], ...] = (
+    ("any", "Pending"),
+    ("any", "Cancelling"),
+    ("any", "Cancelled"),
+    ("any", "Processed"),
+    ("all", "Failed"),
+    ("all", "Delivered"),
+)
+GROUP_DEFAULT = "Sent"
+
+
+def group_state(states: Iterable[str]) -> str:
+    found = list(states)
+    for quantifier, state in GROUP_RULE:
+        hits = sum(1 for s in found if s == state)
+        if (hits > 0) if quantifier == "any" else (hits == len(found) > 0):
+            return state
+    return GROUP_DEFAULT
+
+
+def group_state_sql(status: str = "status") -> str:
+    """``group_state`` as an aggregate over the ``status`` column of a group's rows."""
+    whens = []
+    for quantifier, state in GROUP_RULE:
+        statuses = [s.value for s, name in RECIPIENT_STATE.items() if name == state]
+        if not statuses:
+            continue  # no smsgw status is "Cancelling": the line never holds
+        listed = ", ".join(f"'{s}'" for s in statuses)
+        hits = f"sum(CASE WHEN {status} IN ({listed}) THEN 1 ELSE 0 END)"
+        test = f"{hits} > 0" if quantifier == "any" else f"{hits} = count(*)"
+        whens.append(f"WHEN {test} THEN '{state}'")
+    return f"CASE {' '.join(whens)} ELSE '{GROUP_DEFAULT}' END"
+
+
+def recipient_history(m: Message) -> list[tuple[datetime, str]]:
+    """When the message to one recipient reached each state, as far as its row tells:
+    only the steps that lead to where it is now (a message offered again after a lost
+    phone keeps its old ``queued_at``, but it is Pending now)."""
+    steps = [(m.created_at, "Pending")]
+    if m.status is Status.CANCELLED:
+        return [*steps, (m.cancelled_at or m.updated_at, "Cancelled")]
+    if m.status is Status.PENDING:
+        return steps
+    for at, state in ((m.queued_at, "Processed"), (m.sent_at, "Sent")):
+        if at is not None:
+            steps.append((at, state))
+    if m.status is Status.DELIVERED:
+        steps.append((m.delivered_at or m.updated_at, "Delivered"))
+    elif m.status is Status.FAILED:
+        steps.append((m.failed_at or m.updated_at, "Failed"))
+    return steps
+
+
+def group_history(messages: list[Message]) -> dict[str, datetime]:
+    """The first time the message as a whole reached each state (SMSGate's ``states``),
+    found by replaying its recipients' steps in time order through ``group_state``."""
+    current = ["Pending"] * len(messages)
+    steps = sorted(
+        (at, order, i, state)
+        for i, m in enumerate(messages)
+        for order, (at, state) in enumerate(recipient_history(m))
+    )
+    reached: dict[str, datetime] = {}
+    if messages:
+        reached["Pending"] = min(m.created_at for m in messages)
+    for at, _, i, state in steps:
+        current[i] = state
+        reached.setdefault(group_state(current), at)
+    return reached

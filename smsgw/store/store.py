@@ -2,8 +2,8 @@
 
 The operations are written once, grouped by what they change (``messages.py``,
 ``devices.py``, ``access.py``, ``templates.py``, ``inbound.py``, ``batches.py``,
-``webhooks.py``); a driver (``sqlite.py`` or ``postgres.py``) runs them. Nothing outside
-``smsgw/store/`` may assume a particular engine.
+``webhooks.py``, ``smsgate.py``); a driver (``sqlite.py`` or ``postgres.py``) runs them.
+Nothing outside ``smsgw/store/`` may assume a particular engine.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from smsgw.store.batches import Batches
 from smsgw.store.devices import Devices
 from smsgw.store.inbound import InboundMessages
 from smsgw.store.messages import Messages
+from smsgw.store.smsgate import SmsgateRecords
 from smsgw.store.sql import Driver, Op, fetch
 from smsgw.store.templates import Templates
 from smsgw.store.webhooks import Webhooks
 
 
-class Store(Messages, Devices, Access, Templates, InboundMessages, Batches, Webhooks):
+class Store(
+    Messages, Devices, Access, Templates, InboundMessages, Batches, Webhooks, SmsgateRecords
+):
     """Async storage on the engine ``driver`` speaks to (``SqliteStore``, ``PostgresStore``)."""
 
     def __init__(self, driver: Driver) -> None:
@@ -57,6 +60,6 @@ class Store(Messages, Devices, Access, Templates, InboundMessages, Batches, Webh
         found = await self._driver.read(self._subscriptions)
         self._subs.load(found)
 
-    def _subscriptions(self) -> Op[list[tuple[str, str, list[str], bool]]]:
-        found = yield fetch("SELECT id, url, events, enabled FROM webhooks")
-        return [(r[0], r[1], r[2].split(), self.dec.flag(r[3])) for r in found]
+    def _subscriptions(self) -> Op[list[tuple[str, str, list[str], bool, str | None]]]:
+        found = yield fetch("SELECT id, url, events, enabled, device_id FROM webhooks")
+        return [(r[0], r[1], r[2].split(), self.dec.flag(r[3]), r[4]) for r in found]

@@ -25,9 +25,13 @@ _UPDATABLE = frozenset({"url", "events", "description", "enabled"})
 class Webhooks(Operations):
     @write
     def create_webhook(self, hook: Webhook) -> Op[None]:
+        yield from self._insert_webhook(hook)
+
+    def _insert_webhook(self, hook: Webhook) -> Op[None]:
         yield execute(
             "INSERT INTO webhooks (id, url, events, description, enabled, secret, "
-            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "created_at, updated_at, format, event_name, device_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             hook.id,
             hook.url,
             " ".join(sorted(hook.events)),
@@ -36,9 +40,39 @@ class Webhooks(Operations):
             hook.secret,
             hook.created_at,
             hook.updated_at,
+            hook.format,
+            hook.event_name,
+            hook.device_id,
         )
         yield from self.d.webhooks_changed()
-        yield after_commit(lambda: self._subs.set(hook.id, hook.url, hook.events, hook.enabled))
+        yield after_commit(lambda: self._subs.put(hook))
+
+    @write
+    def put_smsgate_webhook(self, hook: Webhook) -> Op[Webhook | None]:
+        """Create or replace (url, event, device) a webhook of SMSGate's API by its id;
+        None when the id is taken by a webhook of smsgw's own API."""
+        row = yield fetchrow(
+            f"SELECT format FROM webhooks WHERE id = $1{self.d.for_update}", hook.id
+        )
+        if row is None:
+            yield from self._insert_webhook(hook)
+            return hook
+        if row["format"] != hook.format:
+            return None
+        new = yield fetchrow(
+            "UPDATE webhooks SET url = $2, events = $3, event_name = $4, device_id = $5, "
+            "updated_at = $6 WHERE id = $1 RETURNING *",
+            hook.id,
+            hook.url,
+            " ".join(sorted(hook.events)),
+            hook.event_name,
+            hook.device_id,
+            hook.updated_at,
+        )
+        stored = rows.webhook(new, self.dec)
+        yield from self.d.webhooks_changed()
+        yield after_commit(lambda: self._subs.put(stored))
+        return stored
 
     @read
     def get_webhook(self, webhook_id: str) -> Op[Webhook | None]:
@@ -85,7 +119,7 @@ class Webhooks(Operations):
         )
         hook = rows.webhook(new, self.dec)
         yield from self.d.webhooks_changed()
-        yield after_commit(lambda: self._subs.set(hook.id, hook.url, hook.events, hook.enabled))
+        yield after_commit(lambda: self._subs.put(hook))
         return hook
 
     @write
