@@ -60,6 +60,7 @@ class PushEvent(enum.StrEnum):
     MESSAGE_CANCELLED = "MessageCancelled"
     WEBHOOKS_UPDATED = "WebhooksUpdated"
     SETTINGS_UPDATED = "SettingsUpdated"
+    MESSAGES_EXPORT_REQUESTED = "MessagesExportRequested"
 
 
 # -- dates --------------------------------------------------------------------------------
@@ -183,12 +184,16 @@ def _digits(number: str) -> str:
 def mobile_message(m: Message) -> dict[str, Any]:
     """A message as ``GET /message`` hands it to the app (§3.4). ``validUntil`` is the
     message's expiry: the app ignores ``ttl``."""
-    item: dict[str, Any] = {
-        "id": m.id,
-        "message": m.body,
-        "textMessage": {"text": m.body},
+    item: dict[str, Any] = {"id": m.id}
+    if m.data_port is not None:
+        item["dataMessage"] = {"data": m.body, "port": m.data_port}
+    else:
+        item["message"] = m.body
+        item["textMessage"] = {"text": m.body}
+    item |= {
         "phoneNumbers": [m.recipient],
-        "withDeliveryReport": True,
+        "withDeliveryReport": m.delivery_report,
+        "isEncrypted": m.encrypted,
         "validUntil": app_time(m.expires_at),
         "state": AppState.PENDING.value,
         "createdAt": app_time(m.created_at),

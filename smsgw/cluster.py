@@ -413,6 +413,7 @@ class ClusterRegistry(Registry):
             connected_at=live.connected_at.timestamp(),
             last_seen=live.last_seen.timestamp(),
             accept_timeout=live.session.accept_timeout,
+            kind=live.kind,
         )
 
     async def _sweep_loop(self) -> None:
@@ -494,6 +495,7 @@ class ClusterRegistry(Registry):
             self._all.put(seen)
             self.dispatcher.wake()  # a phone to route to
         seen.epoch = state.epoch
+        seen.kind = state.kind
         seen.session.accept_timeout = state.accept_timeout
         seen.max_in_flight, seen.sims = state.max_in_flight, state.sims
         # The count before configure(): it refiles, and the roster asks whether the

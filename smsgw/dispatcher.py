@@ -28,7 +28,7 @@ from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.idempotency import KEEP_SECONDS as IDEMPOTENCY_KEEP
 from smsgw.registry import LiveDevice, Registry
-from smsgw.routing import eligible, free_slots, spent
+from smsgw.routing import APP, eligible, free_slots, spent
 from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
 from smsgw.wakeup import Waker
@@ -292,14 +292,19 @@ class Dispatcher:
             live = self.registry.get(msg.pinned_device_id)
             if live is None or not eligible(live):
                 return None
+            if msg.app_only and live.kind != APP:
+                return None
             if local and not self.registry.is_local(live):
                 return None
             if not allow_retry and live.device_id in tried:
                 return None
             return live
-        best = self.registry.pick(affinity=msg.last_device, exclude=tried, local=local)
+        app_only = msg.app_only
+        best = self.registry.pick(
+            affinity=msg.last_device, exclude=tried, local=local, app_only=app_only
+        )
         if best is None and allow_retry and tried:
-            best = self.registry.pick(affinity=msg.last_device, local=local)
+            best = self.registry.pick(affinity=msg.last_device, local=local, app_only=app_only)
         return best
 
     def _accept_timeout(self, live: LiveDevice) -> float:
@@ -308,7 +313,8 @@ class Dispatcher:
     def _has_untried(self, msg: Message) -> bool:
         if msg.pinned_device_id is not None:
             return False
-        return self.registry.pick(exclude=self._tried.get(msg.id, ())) is not None
+        tried = self._tried.get(msg.id, ())
+        return self.registry.pick(exclude=tried, app_only=msg.app_only) is not None
 
     async def _offer(
         self,

@@ -41,6 +41,7 @@ class LiveDevice:
     signal: int
     network: str | None
     sims: list[dict[str, object]]
+    kind: str = "agent"  # "app": the stock app, the only kind that sends data/encrypted SMS
     sent_count: int = 0  # sent on sent_day
     sent_day: str | None = None
     connected_at: datetime = field(default_factory=utcnow)
@@ -88,6 +89,7 @@ class LiveDevice:
             signal=signal,
             network=network,
             sims=sims,
+            kind=device.kind,
         )
 
     @property
@@ -160,11 +162,16 @@ class Registry(abc.ABC):
         return True
 
     def pick(
-        self, *, affinity: str | None = None, exclude: Collection[str] = (), local: bool = False
+        self,
+        *,
+        affinity: str | None = None,
+        exclude: Collection[str] = (),
+        local: bool = False,
+        app_only: bool = False,
     ) -> LiveDevice | None:
         """The phone ``routing.pick()`` would choose among ``all()`` (or ``local()``),
         found without looking at every phone (smsgw/roster.py)."""
-        return self._roster(local).pick(affinity=affinity, exclude=exclude)
+        return self._roster(local).pick(affinity=affinity, exclude=exclude, app_only=app_only)
 
     @abc.abstractmethod
     def _roster(self, local: bool) -> Roster:

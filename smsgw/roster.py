@@ -30,7 +30,7 @@ from collections.abc import Collection, ItemsView, Iterator, KeysView, ValuesVie
 from typing import TYPE_CHECKING
 
 from smsgw.clock import today
-from smsgw.routing import eligible, spent, tier
+from smsgw.routing import APP, eligible, spent, tier
 
 if TYPE_CHECKING:
     from smsgw.registry import LiveDevice
@@ -109,12 +109,13 @@ class Roster:
         self._file(live)
 
     def pick(
-        self, *, affinity: str | None = None, exclude: Collection[str] = ()
+        self, *, affinity: str | None = None, exclude: Collection[str] = (), app_only: bool = False
     ) -> LiveDevice | None:
-        """The phone ``routing.pick(self.values(), affinity=..., exclude=...)`` returns."""
+        """The phone ``routing.pick(self.values(), affinity=..., exclude=..., app_only=...)``
+        returns."""
         if affinity is not None and affinity not in exclude:
             live = self._by_id.get(affinity)
-            if live is not None and eligible(live):
+            if live is not None and eligible(live) and (not app_only or live.kind == APP):
                 return live
         day = today()
         if day != self._parked_on:
@@ -128,6 +129,8 @@ class Roster:
                 if device_id in exclude:
                     continue
                 live = by_id[device_id]
+                if app_only and live.kind != APP:
+                    continue  # rare (data and encrypted SMS): a walk past the agents
                 if eligible(live):
                     found = live
                     break

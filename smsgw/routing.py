@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 LOW_BATTERY = 20
+APP = "app"  # the kind of phone that runs the stock app: it alone sends data/encrypted SMS
 
 
 class Routable(Protocol):
@@ -42,6 +43,8 @@ class Routable(Protocol):
     def charging(self) -> bool: ...
     @property
     def last_used(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
 
 
 R = TypeVar("R", bound=Routable)
@@ -60,6 +63,7 @@ class Candidate:
     battery: int
     charging: bool
     last_used: float  # monotonic seconds of the last offer; 0 = never
+    kind: str = "agent"
 
 
 def eligible(c: Routable) -> bool:
@@ -110,15 +114,17 @@ def pick(
     *,
     affinity: str | None = None,
     exclude: Collection[str] = (),
+    app_only: bool = False,
 ) -> R | None:
-    """The best eligible phone: ``rank(...)[0]`` in one pass, without sorting.
+    """The best eligible phone (an app phone when ``app_only``): ``rank(...)[0]`` in one
+    pass, without sorting.
 
     The definition; the hub picks through ``roster.Roster.pick()``, which returns the
     same phone without looking at every one (tests/smsgw/test_roster.py)."""
     best: R | None = None
     best_key: tuple[bool, int, bool, float, str] | None = None
     for c in candidates:
-        if c.device_id in exclude or not eligible(c):
+        if c.device_id in exclude or not eligible(c) or (app_only and c.kind != APP):
             continue
         key = _preference(c, affinity)
         if best_key is None or key < best_key:

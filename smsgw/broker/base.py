@@ -48,6 +48,7 @@ class PhoneState:
     last_seen: float = field(default_factory=time.time)
     # Seconds the phone has to accept an offer when not the hub's (the stock app's pull).
     accept_timeout: float | None = None
+    kind: str = "agent"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

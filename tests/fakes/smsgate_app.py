@@ -23,6 +23,7 @@ What it does, as the app does:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -78,6 +79,9 @@ class LocalMessage:
     states: dict[str, str] = field(default_factory=dict)
     recipient_state: str = "Pending"
     error: str | None = None
+    data_port: int | None = None  # a data SMS (``text`` is its base64 payload)
+    with_delivery_report: bool = True
+    encrypted: bool = False
 
 
 class FakeApp:
@@ -273,7 +277,12 @@ class FakeApp:
         r.raise_for_status()
         items = r.json()
         for item in items:
-            content = item.get("textMessage", {}).get("text") or item.get("message")
+            data = item.get("dataMessage")
+            content = (
+                data["data"]
+                if data is not None
+                else item.get("textMessage", {}).get("text") or item.get("message")
+            )
             if item.get("state", "Pending") != "Pending" or content is None:
                 continue
             if item["id"] in self.local:
@@ -286,6 +295,9 @@ class FakeApp:
                 sim_number=item.get("simNumber"),
                 valid_until=item.get("validUntil"),
                 states={"Pending": self.now()},
+                data_port=data["port"] if data is not None else None,
+                with_delivery_report=item.get("withDeliveryReport", True),
+                encrypted=item.get("isEncrypted", False),
             )
         return items
 
@@ -305,8 +317,14 @@ class FakeApp:
         if self.fail_with is not None:
             await self.set_state(msg, "Failed", error=self.fail_with)
             return
+        if msg.data_port is not None and not msg.encrypted:
+            try:  # sendDataMessage() with the decoded bytes; bad base64 fails the message
+                base64.b64decode(msg.text, validate=True)
+            except ValueError:
+                await self.set_state(msg, "Failed", error="Can't send message: bad base64")
+                return
         await self.set_state(msg, "Sent")
-        if self.deliver:
+        if self.deliver and msg.with_delivery_report:  # no report asked: it ends at Sent
             await self.set_state(msg, "Delivered")
 
     async def set_state(self, msg: LocalMessage, state: str, error: str | None = None) -> None:

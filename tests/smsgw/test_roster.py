@@ -42,6 +42,7 @@ def phone(rng: random.Random, device_id: str) -> LiveDevice:
         sims=[],
         sent_count=rng.randint(0, 5),
         sent_day=today(),
+        kind=rng.choice(["agent", "agent", "app"]),
     )
 
 
@@ -110,6 +111,10 @@ def test_a_pick_is_routing_pick_over_the_same_phones_through_any_changes(
         exclude = set(rng.sample(ids, rng.choice([0, 1, 5, 30])))
         expected = pick(roster.values(), affinity=affinity, exclude=exclude)
         assert roster.pick(affinity=affinity, exclude=exclude) is expected, step
+        # Data and encrypted messages: app phones only.
+        expected = pick(roster.values(), affinity=affinity, exclude=exclude, app_only=True)
+        found = roster.pick(affinity=affinity, exclude=exclude, app_only=True)
+        assert found is expected and (found is None or found.kind == "app"), step
 
 
 def test_a_replaced_phone_leaves_the_roster_and_its_changes_stay_out() -> None:
