@@ -28,6 +28,7 @@ from smsgw.api import (  # noqa: F401
     phone,
     stats,
     templates,
+    thirdparty,
     tls,
     webhooks,
 )

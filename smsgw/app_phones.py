@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from smsgw.app_session import AppSession
 from smsgw.appwire import (
     PREFIX,
     REPORTED_STATUS,
     AppState,
     Envelope,
+    PushEvent,
     ReceivedSms,
     RegisterRequest,
     StateReport,
@@ -248,6 +250,18 @@ class AppPhones:
         """With several nodes, the phone's stream may be on another one: it passes the
         answer on to the node that made the offer (``Registry.relay_answer``)."""
         self.hub.registry.relay_answer(device_id, {"as": kind, **answer})
+
+    def request_export(self, device_id: str | None, request: dict[str, str]) -> int:
+        """Ask the app phones streaming to this node (or only ``device_id``) to post again
+        the SMS they received in a time range (``MessagesExportRequested``, §4.2); the
+        receiver drops what it already has. Returns how many were asked."""
+        asked = 0
+        for live in self.hub.registry.local():
+            session = live.session
+            if isinstance(session, AppSession) and device_id in (None, live.device_id):
+                session.push(PushEvent.MESSAGES_EXPORT_REQUESTED, request)
+                asked += 1
+        return asked
 
     # -- what the phone syncs ---------------------------------------------------------------
 

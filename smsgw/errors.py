@@ -1,7 +1,9 @@
 """One error shape for every 4xx/5xx: ``{"error": {"code": ..., "message": ...}}``.
 
 Handlers raise ``ApiError`` (or let Starlette/pydantic raise); the exception handlers here
-map everything at the boundary so no endpoint formats errors itself.
+map everything at the boundary so no endpoint formats errors itself. The one exception is
+SMSGate's 3rd-party API (``/api/3rdparty/v1``), whose clients read SMSGate's body,
+``{"message": ..., "code": ...}``, and whose validation errors are 400, not 422.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def over_limit(code: str, message: str, wait: float, limit: str) -> ApiError:
+    """A 429 for a sliding-window limit: when to try again, and what the limit is."""
+    headers = {"Retry-After": str(int(wait)), "X-RateLimit-Limit": limit}
+    return ApiError(429, code, message, headers=headers)
+
+
 def error_body(
     code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -43,14 +51,24 @@ def error_body(
     return {"error": err}
 
 
+THIRDPARTY_PREFIX = "/api/3rdparty/v1/"
+
+
 def error_response(
     status: int,
     code: str,
     message: str,
     details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
     all_headers = dict(headers or {})
+    if path.startswith(THIRDPARTY_PREFIX):
+        if status == 401:
+            all_headers["WWW-Authenticate"] = 'Basic realm="smsgw", Bearer'
+        status = 400 if status == 422 else status
+        body: dict[str, Any] = {"message": message, "code": code}
+        return JSONResponse(body, status_code=status, headers=all_headers)
     if status == 401:
         all_headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_body(code, message, details), status_code=status, headers=all_headers)
@@ -79,15 +97,23 @@ _HTTP_CODES = {
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    return error_response(
+        exc.status, exc.code, exc.message, exc.details, exc.headers, request.url.path
+    )
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    return error_response(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+        path=request.url.path,
+    )
 
 
 async def server_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal server error")
+    return error_response(500, "internal_error", "internal server error", path=request.url.path)

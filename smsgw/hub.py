@@ -20,7 +20,8 @@ from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
 from smsgw.registry import LocalRegistry, Registry
-from smsgw.store import OptOut, Store, create_store
+from smsgw.store import Message, OptOut, Status, Store, create_store
+from smsgw.thirdparty_auth import ThirdPartyAuth
 from smsgw.wakeup import Waker
 from smsgw.webhook_worker import WebhookWorker
 
@@ -68,11 +69,14 @@ class Hub:
     # receiving URLs and webhook signatures (created once, kept in the database).
     apps: AppPhones = field(init=False)
     app_secret: str = ""
+    # Callers of SMSGate's 3rd-party API (smsgw/thirdparty_auth.py).
+    thirdparty: ThirdPartyAuth = field(init=False)
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
         self.dispatcher.waker = self.waker
         self.apps = AppPhones(self)
+        self.thirdparty = ThirdPartyAuth(self.store, self.auth)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -252,6 +256,8 @@ class Hub:
             self.auth.forget_device(str(news["device_id"]))
         elif what == "api_key":
             self.auth.forget(str(news["key_id"]))
+        elif what == "inbox_export":
+            self.apps.request_export(news.get("device_id"), dict(news["request"]))
 
     def _opt_out_mirror(self, number: str, opted_out: bool) -> None:
         self._opt_out_changes += 1
@@ -259,6 +265,14 @@ class Hub:
             self.opted_out.add(number)
         else:
             self.opted_out.discard(number)
+
+    async def cancel_message(self, message_id: str) -> Message | None:
+        """Cancel a message no phone owns yet (both APIs): the message as it then stands
+        (CANCELLED, or the status that kept it from being cancelled), None if unknown."""
+        msg = await self.store.cancel_message(message_id, utcnow())
+        if msg is not None and msg.status is Status.CANCELLED:
+            self.dispatcher.cancelled(message_id)
+        return msg
 
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):

@@ -8,6 +8,10 @@ runs out. Receivers drop duplicates by ``id``.
 
 Claims are leases in the database, so several hub nodes can run workers on one database
 without sending a delivery twice while its lease holds.
+
+A webhook registered through SMSGate's API (``format == "smsgate"``) gets the same
+deliveries in SMSGate's envelope, signed as the app signs (``smsgw/thirdparty.py``) with
+that API's ``webhooks.signing_key``: receivers written for SMSGate verify them unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.signature import HEADER, signature_header
 from smsgw.store import Delivery, DeliveryAttempt, DeliveryStatus, Store, Webhook
+from smsgw.thirdparty import SETTINGS, default_settings, envelope, signed_headers
 
 log = logging.getLogger("smsgw.webhooks")
 
@@ -33,6 +38,7 @@ CLAIM_BATCH = 64
 MAX_IN_FLIGHT = 256  # deliveries in hand at once, across all endpoints
 PER_ENDPOINT_QUEUE = 2  # deliveries in hand per endpoint, in units of its concurrency
 USER_AGENT = "smsgw-webhooks/1"
+SMSGATE = "smsgate"  # a webhook of SMSGate's API (smsgw/api/thirdparty.py)
 
 
 def retry_delay(schedule: list[float], attempts: int) -> float | None:
@@ -76,6 +82,7 @@ class WebhookWorker:
         self._limits: dict[str, asyncio.Semaphore] = {}  # per endpoint (url)
         self._wake = asyncio.Event()
         self._next_purge = 0.0
+        self._signing_key: str | None = None  # SMSGate's webhooks.signing_key, this round
 
     @property
     def max_attempts(self) -> int:
@@ -137,6 +144,11 @@ class WebhookWorker:
         if not claimed:
             return 0
         hooks = {h.id: h for h in await self.store.list_webhooks()}
+        self._signing_key = None
+        if any(hooks[d.webhook_id].format == SMSGATE for d in claimed if d.webhook_id in hooks):
+            # Read each round: another node may have changed it through /settings.
+            doc = await self.store.hub_setting(SETTINGS, default_settings(), now)
+            self._signing_key = doc["webhooks"]["signing_key"]
         for d in claimed:
             hook = hooks.get(d.webhook_id) if d.webhook_id else None
             if d.webhook_id is not None and hook is None:
@@ -195,14 +207,21 @@ class WebhookWorker:
                 d.webhook_id, d.url, self.settings.webhook_disable_after,
             )  # fmt: skip
 
+    def _request(self, d: Delivery, hook: Webhook | None) -> tuple[bytes, dict[str, str]]:
+        """The body and signature headers of one attempt, in the webhook's format."""
+        if hook is not None and hook.format == SMSGATE:
+            assert self._signing_key is not None  # read in this round (run_once)
+            body = envelope(hook, d.event_type, d.payload, d.id)
+            return body, signed_headers(self._signing_key, body, time.time())
+        body = d.payload.encode()
+        secrets = signing_secrets(hook, self.callback_secret, utcnow())
+        return body, {HEADER: signature_header(secrets, int(time.time()), body)}
+
     async def _post(self, d: Delivery, hook: Webhook | None) -> DeliveryAttempt:
         assert self._client is not None
-        body = d.payload.encode()
         number = d.attempts + 1
-        headers = {
-            HEADER: signature_header(
-                signing_secrets(hook, self.callback_secret, utcnow()), int(time.time()), body
-            ),
+        body, headers = self._request(d, hook)
+        headers |= {
             "X-Smsgw-Event-Id": d.event_id,
             "X-Smsgw-Event-Type": d.event_type,
             "X-Smsgw-Delivery-Id": d.id,

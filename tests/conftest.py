@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from smsgw.store import Store
+from tests.app_farm import Apps
 from tests.harness import Farm, HubServer
 from tests.nginx import nginx_binary
 from tests.pgtest import harness_store, in_ci, pass_store, postgres_url
@@ -74,3 +75,11 @@ async def farm(hub: HubServer) -> AsyncIterator[Farm]:
     f = Farm(lambda: hub.url)
     yield f
     await f.close()
+
+
+@pytest.fixture
+async def apps(hub: HubServer, api: httpx.AsyncClient) -> AsyncIterator[Apps]:
+    """Stand-ins of the stock app registered on ``hub`` (tests/app_farm.py)."""
+    a = Apps(hub, api)
+    yield a
+    await a.close()

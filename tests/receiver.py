@@ -9,6 +9,8 @@ connections; starting it again on the same port is "a receiver that comes back".
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +36,9 @@ class Received:
 @dataclass
 class Receiver:
     secrets: list[str] = field(default_factory=list)  # any of them may verify
+    # "smsgate": verify SMSGate's X-Signature (hex HMAC-SHA256 of body + X-Timestamp, as
+    # its receivers do, smsgate-wire.md §5.5) with the keys in ``secrets``.
+    scheme: str = "smsgw"
     mode: str = "ok"  # ok | fail | hang | redirect
     hang_seconds: float = 30.0
     received: list[Received] = field(default_factory=list)  # verified and answered 2xx
@@ -73,6 +78,12 @@ class Receiver:
         header = request.headers.get(HEADER)
         signatures = (header or "").count("v1=")
         for secret in self.secrets:
+            if self.scheme == "smsgate":
+                stamp = request.headers.get("x-timestamp", "")
+                mac = hmac.new(secret.encode(), body + stamp.encode(), hashlib.sha256)
+                if hmac.compare_digest(mac.hexdigest(), request.headers.get("x-signature", "")):
+                    break
+                continue
             try:
                 verify(header, body, secret)
                 break

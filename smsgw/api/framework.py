@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from smsgw.auth import Principal, Scope
-from smsgw.errors import ApiError, validation_details
+from smsgw.errors import ApiError, over_limit, validation_details
 from smsgw.hub import Hub
 from smsgw.idempotency import HEADER as IDEMPOTENCY_HEADER
 from smsgw.idempotency import request_hash
@@ -117,15 +117,7 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         hub: Hub = request.app.state.hub
         principal = await hub.auth.client(request, ep.scope) if ep.scope else None
         if principal is not None:
-            limit = principal.rate_limit_rpm or hub.settings.key_rate_limit_rpm
-            wait = hub.limits.requests.acquire(principal.key_id or principal.name, limit)
-            if wait is not None:
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"more than {limit} requests per minute for this key",
-                    headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{limit}/min"},
-                )
+            count_request(hub, principal)
         call = Call(request, hub, principal)
         key = request.headers.get(IDEMPOTENCY_HEADER) if ep.idempotent else None
         raw: Any = None
@@ -158,6 +150,15 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         return await respond()
 
     return endpoint
+
+
+def count_request(hub: Hub, principal: Principal) -> None:
+    """Count a call against its key's requests per minute; 429 over the limit."""
+    limit = principal.rate_limit_rpm or hub.settings.key_rate_limit_rpm
+    wait = hub.limits.requests.acquire(principal.key_id or principal.name, limit)
+    if wait is not None:
+        message = f"more than {limit} requests per minute for this key"
+        raise over_limit("rate_limited", message, wait, f"{limit}/min")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
@@ -26,7 +26,7 @@ from smsgw.api.models import (
 from smsgw.api.pagination import decode_cursor, next_cursor
 from smsgw.auth import Principal, Scope
 from smsgw.clock import new_id, utcnow
-from smsgw.errors import ApiError
+from smsgw.errors import ApiError, over_limit
 from smsgw.hub import Hub
 from smsgw.numbers import InvalidNumber, parse_recipient
 from smsgw.segments import Segmentation, analyse
@@ -58,22 +58,14 @@ async def sendable(hub: Hub, raw_to: str, principal: Principal | None) -> str:
     limit = hub.settings.recipient_hourly_limit
     wait = hub.limits.recipient_messages.acquire(to, limit)
     if wait is not None:
-        raise ApiError(
-            429,
-            "recipient_rate_limited",
-            f"more than {limit} messages per hour to {to}",
-            headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{limit}/hour"},
-        )
+        message = f"more than {limit} messages per hour to {to}"
+        raise over_limit("recipient_rate_limited", message, wait, f"{limit}/hour")
     if principal is not None:
         daily = principal.daily_message_limit or hub.settings.key_daily_messages
         wait = hub.limits.key_messages.acquire(principal.key_id or principal.name, daily)
         if wait is not None:
-            raise ApiError(
-                429,
-                "daily_limit_reached",
-                f"more than {daily} messages per day for this key",
-                headers={"Retry-After": str(int(wait)), "X-RateLimit-Limit": f"{daily}/day"},
-            )
+            message = f"more than {daily} messages per day for this key"
+            raise over_limit("daily_limit_reached", message, wait, f"{daily}/day")
     return to
 
 
@@ -113,6 +105,33 @@ async def _text(hub: Hub, body: DispatchIn) -> tuple[str, str | None]:
         ) from None
 
 
+def schedule(
+    hub: Hub,
+    now: datetime,
+    send_at: datetime | None,
+    expires_at: datetime | None,
+    ttl: float | None,
+) -> tuple[datetime | None, datetime]:
+    """When a new message may go out (None: now) and when it expires; ApiError when the
+    times make no sense (in the past, too far ahead, expiring before it starts)."""
+    horizon = now + timedelta(days=MAX_SCHEDULE_DAYS)
+    for name, when in (("send_at", send_at), ("expires_at", expires_at)):
+        if when is not None and when > horizon:
+            raise ApiError(
+                422, "too_far_ahead", f"{name} is more than {MAX_SCHEDULE_DAYS} days ahead"
+            )
+    if send_at is not None:
+        if send_at < now - timedelta(seconds=SEND_AT_SKEW):
+            raise ApiError(422, "send_at_in_past", "send_at is in the past")
+        if send_at <= now:
+            send_at = None  # "now", give or take a clock's skew
+    starts = send_at or now
+    expires_at = expires_at or starts + timedelta(seconds=ttl or hub.settings.message_ttl)
+    if expires_at <= starts:
+        raise ApiError(422, "expires_before_send", "expires_at must be after send_at and now")
+    return send_at, expires_at
+
+
 async def prepare(
     hub: Hub,
     principal: Principal | None,
@@ -127,22 +146,7 @@ async def prepare(
     text, template_id = await _text(hub, body)
     seg = segmented(hub, text, body.smart_encoding)
     now = utcnow()
-    send_at = body.send_at
-    horizon = now + timedelta(days=MAX_SCHEDULE_DAYS)
-    for name, when in (("send_at", send_at), ("expires_at", body.expires_at)):
-        if when is not None and when > horizon:
-            raise ApiError(
-                422, "too_far_ahead", f"{name} is more than {MAX_SCHEDULE_DAYS} days ahead"
-            )
-    if send_at is not None:
-        if send_at < now - timedelta(seconds=SEND_AT_SKEW):
-            raise ApiError(422, "send_at_in_past", "send_at is in the past")
-        if send_at <= now:
-            send_at = None  # "now", give or take a clock's skew
-    starts = send_at or now
-    expires_at = body.expires_at or starts + timedelta(seconds=body.ttl or hub.settings.message_ttl)
-    if expires_at <= starts:
-        raise ApiError(422, "expires_before_send", "expires_at must be after send_at and now")
+    send_at, expires_at = schedule(hub, now, body.send_at, body.expires_at, body.ttl)
     to = await sendable(hub, body.to, principal)  # last: it counts against the limits
     return Message(
         id=new_id(),
@@ -318,7 +322,7 @@ async def list_messages(call: Call) -> MessagePage:
 )
 async def cancel_message(call: Call) -> MessageOut:
     message_id = call.path("message_id")
-    msg = await call.hub.store.cancel_message(message_id, utcnow())
+    msg = await call.hub.cancel_message(message_id)
     if msg is None:
         raise ApiError(404, "message_not_found", f"no message {message_id}")
     if msg.status is not Status.CANCELLED:
@@ -327,7 +331,6 @@ async def cancel_message(call: Call) -> MessageOut:
             "not_cancellable",
             f"message is {msg.status.value}: only a message no phone has accepted can be cancelled",
         )
-    call.hub.dispatcher.cancelled(message_id)
     return MessageOut.of(msg)
 
 

@@ -204,6 +204,13 @@ class MessageOut(BaseModel):
     custom_id: str | None
     metadata: dict[str, Any] | None
     callback_url: str | None = None
+    batch_id: str | None = Field(
+        default=None, description="its batch, or its message of SMSGate's API (to many)"
+    )
+    data_port: int | None = Field(
+        default=None, description="a data SMS to this port: body is its base64 payload"
+    )
+    encrypted: bool = Field(default=False, description="text and recipient encrypted by the caller")
     attempts: list[AttemptOut] | None = None
 
     @classmethod
@@ -232,6 +239,9 @@ class MessageOut(BaseModel):
             custom_id=m.custom_id,
             metadata=m.metadata,
             callback_url=m.callback_url,
+            batch_id=m.batch_id,
+            data_port=m.data_port,
+            encrypted=m.encrypted,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
 
@@ -683,6 +693,11 @@ class WebhookOut(BaseModel):
     previous_secret_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    format: str = Field(
+        default="smsgw",
+        description="smsgate: created through SMSGate's API, posted in its envelope "
+        "(docs/smsgate-api.md)",
+    )
 
 
 class WebhookCreated(WebhookOut):

@@ -53,6 +53,7 @@ def _fields(h: Webhook) -> dict[str, object]:
         "previous_secret_expires_at": h.previous_secret_until if h.previous_secret else None,
         "created_at": h.created_at,
         "updated_at": h.updated_at,
+        "format": h.format,
     }
 
 

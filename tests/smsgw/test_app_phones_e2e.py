@@ -25,54 +25,14 @@ import pytest
 from smsgw import app_session
 from smsgw.app_phones import issue_app_token
 from smsgw.clock import utcnow
+from tests.app_farm import MOBILE, Apps, app_token
 from tests.fakes.push_relay import PushRelay
 from tests.fakes.smsgate_app import APP_EVENTS, FakeApp, gson
 from tests.harness import ADMIN_KEY, Farm, HubServer, wait_for
 from tests.receiver import Receiver
 
 TO = "+12025550999"
-MOBILE = "/api/mobile/v1"
 APP_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-async def app_token(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    r = await api.post("/devices/app-tokens", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-class Apps:
-    """Fake apps on the hub, closed at the end of the test."""
-
-    def __init__(self, hub: HubServer, api: httpx.AsyncClient) -> None:
-        self.hub, self.api = hub, api
-        self.apps: list[FakeApp] = []
-        self._token: str | None = None
-
-    async def token(self) -> str:
-        if self._token is None:
-            self._token = (await app_token(self.api, name="farm"))["token"]
-        return self._token
-
-    async def add(self, *, start: bool = True, base: str | None = None, **kw: Any) -> FakeApp:
-        if "private_token" not in kw and "code" not in kw:
-            kw["private_token"] = await self.token()
-        app = FakeApp(base or self.hub.url + MOBILE, **kw)
-        self.apps.append(app)
-        if start:
-            await app.start()
-        return app
-
-    async def close(self) -> None:
-        for app in self.apps:
-            await app.close()
-
-
-@pytest.fixture
-async def apps(hub: HubServer, api: httpx.AsyncClient) -> AsyncIterator[Apps]:
-    a = Apps(hub, api)
-    yield a
-    await a.close()
 
 
 async def message(api: httpx.AsyncClient, mid: str) -> dict[str, Any]:

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from smsgw.protocol import CloseCode
 from tests.fakes.smsgate_app import FakeApp
-from tests.harness import Farm, HubServer, wait_for
+from tests.harness import ADMIN_KEY, Farm, HubServer, wait_for
 from tests.redisenv import RedisEnv, redis_env  # noqa: F401 (fixture)
 
 
@@ -277,3 +278,36 @@ async def test_an_app_phone_answering_on_the_other_node_is_heard_where_its_strea
         assert len(app.local) == 4
     finally:
         await app.close()
+
+
+async def test_a_data_message_on_one_node_goes_to_the_app_phone_on_the_other(
+    nodes: list[HubServer],
+) -> None:
+    """The phone's kind travels with its presence: A routes a data SMS past its own agent
+    to the app phone streaming to B (and never to the agent)."""
+    a, b = nodes
+    farm = Farm(lambda: a.url)
+    async with b.client() as c:
+        token = (await c.post("/devices/app-tokens", json={})).json()["token"]
+    app = FakeApp(b.url + "/api/mobile/v1", token)
+    try:
+        agent = await farm.add()
+        await app.start()
+        await wait_for(lambda: a.hub.registry.get(app.device_id) is not None, 5, "presence")
+        remote = a.hub.registry.get(app.device_id)
+        assert remote is not None and remote.kind == "app" and not a.hub.registry.is_local(remote)
+        body = {"dataMessage": {"data": "AQID", "port": 9200}, "phoneNumbers": ["+12025550142"]}
+        async with httpx.AsyncClient(base_url=a.url + "/api/3rdparty/v1", timeout=30) as c:
+            r = await c.post("/messages", json=body, headers={"X-API-Key": ADMIN_KEY})
+            assert r.status_code == 202, r.text
+
+            async def delivered() -> bool:
+                got = await c.get(f"/messages/{r.json()['id']}", headers={"X-API-Key": ADMIN_KEY})
+                return bool(got.json()["state"] == "Delivered")
+
+            await wait_for(delivered, 10, "delivered by the app phone")
+        assert [m.data_port for m in app.local.values()] == [9200]
+        assert agent.transmitted_ids == []
+    finally:
+        await app.close()
+        await farm.close()
