@@ -25,12 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from smsgw.protocol import CloseCode
-
 from .backend import Backend, InboundSms, SendResult
 from .outbox import Frame, HeldCommand, PhoneStore
 from .pacing import Pacer
 from .protocol import Accept, Action, Emit, PhoneProtocol, Refusal, Transmit, Welcomed
+from .wire import CloseCode
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,12 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-
+from . import wire
 from .backend import DeviceStatus, InboundSms, SendResult, SimInfo
 from .outbox import Frame, HeldCommand, PhoneStore
-
-PROTOCOL = "1.0"
+from .wire import PROTOCOL_VERSION, Ack, Error, Ownership, Send, Welcome, WireError
 
 log = logging.getLogger(__name__)
 
@@ -35,62 +33,6 @@ PERMANENT_ERRORS = frozenset({"invalid_json", "invalid_frame", "unknown_type"})
 # Attempts of recently sent messages whose report was already acked, for late delivery
 # reports. Bounded: a phone that never gets delivery reports must not grow forever.
 _RECENT_SENT_LIMIT = 10_000
-
-
-# --- hub → phone frames --------------------------------------------------------------
-
-
-class _HubFrame(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: str | None = None
-
-
-class WelcomeFrame(_HubFrame):
-    type: Literal["welcome"]
-    ref: str | None = None
-    protocol: str = PROTOCOL
-    device_id: str
-    heartbeat_interval: float = 30.0
-    server_time: str | None = None
-
-
-class SendFrame(_HubFrame):
-    type: Literal["send"]
-    message_id: str
-    attempt: int
-    to: str
-    body: str
-    sim_slot: int | None = None
-    parts: int | None = None
-    expires_at: str | None = None
-
-
-class OwnershipFrame(_HubFrame):
-    type: Literal["ownership"]
-    ref: str | None = None
-    message_id: str
-    attempt: int
-    owner: bool
-
-
-class AckFrame(_HubFrame):
-    type: Literal["ack"]
-    ref: str
-
-
-class ErrorFrame(_HubFrame):
-    type: Literal["error"]
-    ref: str | None = None
-    code: str
-    message: str = ""
-
-
-HubFrame = Annotated[
-    WelcomeFrame | SendFrame | OwnershipFrame | AckFrame | ErrorFrame,
-    Field(discriminator="type"),
-]
-_hub_frame: TypeAdapter[HubFrame] = TypeAdapter(HubFrame)
-HUB_FRAME_TYPES = frozenset({"welcome", "send", "ownership", "ack", "error"})
 
 
 # --- actions for the I/O layer -------------------------------------------------------
@@ -181,7 +123,7 @@ class PhoneProtocol:
         self._sim_slots = {sim.slot for sim in sims}
         frame = self._frame(
             "hello",
-            protocol=PROTOCOL,
+            protocol=PROTOCOL_VERSION,
             app_version=self.app_version,
             **_status_fields(status),
             sims=[sim.to_wire() for sim in sims],
@@ -212,28 +154,28 @@ class PhoneProtocol:
         return self.receive(raw)
 
     def receive(self, raw: Mapping[str, Any]) -> list[Action]:
-        if raw.get("type") not in HUB_FRAME_TYPES:
+        if raw.get("type") not in wire.HUB_FRAMES:
             # A newer hub may add frame types; ignoring them keeps old phones working.
             log.info("ignoring unknown hub frame type %r", raw.get("type"))
             return []
         try:
-            frame = _hub_frame.validate_python(raw)
-        except ValidationError as exc:
+            frame = wire.parse_hub_frame(raw)
+        except WireError as exc:
             log.warning("hub sent an invalid %s frame: %s", raw.get("type"), exc)
             return []
-        if isinstance(frame, WelcomeFrame):
+        if isinstance(frame, Welcome):
             return self._on_welcome(frame)
-        if isinstance(frame, SendFrame):
+        if isinstance(frame, Send):
             return self._on_send(frame)
-        if isinstance(frame, OwnershipFrame):
+        if isinstance(frame, Ownership):
             return self._on_ownership(frame)
-        if isinstance(frame, AckFrame):
+        if isinstance(frame, Ack):
             self._on_ack(frame.ref)
             return []
         self._on_error(frame)
         return []
 
-    def _on_welcome(self, frame: WelcomeFrame) -> list[Action]:
+    def _on_welcome(self, frame: Welcome) -> list[Action]:
         if self.hello_id is not None and frame.ref not in (None, self.hello_id):
             log.warning("welcome refers to %r, not our hello %r", frame.ref, self.hello_id)
         self.device_id = frame.device_id
@@ -244,7 +186,7 @@ class PhoneProtocol:
         actions += [Emit(inbound) for inbound in self.store.inbound()]
         return actions
 
-    def _on_send(self, frame: SendFrame) -> list[Action]:
+    def _on_send(self, frame: Send) -> list[Action]:
         if self.store.get_held(frame.message_id) is not None:
             log.debug("dropping duplicate send for %s", frame.message_id)
             return []
@@ -296,7 +238,7 @@ class PhoneProtocol:
             return []
         return [Emit(self._frame("accepted", message_id=message_id, attempt=attempt))]
 
-    def _on_ownership(self, frame: OwnershipFrame) -> list[Action]:
+    def _on_ownership(self, frame: Ownership) -> list[Action]:
         held = self.store.get_held(frame.message_id)
         if held is None:
             return []
@@ -326,7 +268,7 @@ class PhoneProtocol:
                 return
             self.store.drop_inbound(ref)
 
-    def _on_error(self, frame: ErrorFrame) -> None:
+    def _on_error(self, frame: Error) -> None:
         log.warning("hub refused frame %s: %s %s", frame.ref, frame.code, frame.message)
         if frame.ref is None or frame.code not in PERMANENT_ERRORS:
             return
@@ -406,7 +348,7 @@ class PhoneProtocol:
         frame = self._frame(
             "inbound",
             local_id=sms.local_id,
-            **{"from": sms.sender},
+            sender=sms.sender,
             body=sms.body,
             received_at=sms.received_at.isoformat(),
             sim_slot=sms.sim_slot,
@@ -417,7 +359,7 @@ class PhoneProtocol:
     # -- helpers ------------------------------------------------------------------
 
     def _frame(self, kind: str, **fields: Any) -> Frame:
-        return {"type": kind, "id": self.new_id(), **fields}
+        return wire.frame(kind, self.new_id(), **fields)
 
     def _report(self, kind: str, **fields: Any) -> Emit:
         frame = self._frame(kind, **fields)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from smsgw.segments import count_parts
-
 from .backend import Backend, DeviceStatus, InboundSms, SendResult, SimInfo
+from .segments import count_parts
 
 # GSM 03.38 basic character set; anything else forces UCS-2 encoding.
 # The hub and the simulated radio count segments the same way.

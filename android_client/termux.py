@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from smsgw.segments import count_parts
-
 from .backend import Backend, BackendError, DeviceStatus, InboundSms, SendResult, SimInfo
 from .outbox import MemoryPhoneStore, PhoneStore
+from .segments import count_parts
 
 log = logging.getLogger(__name__)
 

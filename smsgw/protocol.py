@@ -4,7 +4,8 @@ A hub-side ``DeviceProtocol`` is fed the text of each frame a phone sends and re
 typed events; the hub answers by calling methods that queue frames, which the transport
 (a WebSocket today, something else tomorrow) drains with ``data_to_send()``. Nothing in
 here touches a socket, a clock or the database, so every rule of the protocol is unit-
-tested without any of them. The wire format is documented in docs/protocol.md.
+tested without any of them. The wire format is defined once, for the hub and the agent,
+in ``android_client/wire.py``, and documented in docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -18,30 +19,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = "1.0"
-SUPPORTED_MAJOR = 1
+from android_client import wire
+from android_client.wire import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    SUPPORTED_MAJOR,
+    CloseCode,
+    major,
+)
 
-# Maximum frame size the hub accepts. Frames are small JSON objects; a body of 10 UCS-2
-# segments is under 2 KiB. The transport enforces this before parsing (close 1009).
-MAX_FRAME_BYTES = 64 * 1024
+# Also for the modules that import them from here.
+__all__ = ["MAX_FRAME_BYTES", "PROTOCOL_VERSION", "SUPPORTED_MAJOR", "CloseCode"]
 
 # After this many consecutive bad frames the phone is clearly not speaking our protocol.
 MAX_CONSECUTIVE_ERRORS = 20
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes the hub uses; the agent honours them (see docs/protocol.md)."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001  # hub shutting down: reconnect with backoff
-    UNSUPPORTED_DATA = 1003  # binary frame
-    MESSAGE_TOO_BIG = 1009
-    REPLACED = 4000  # a newer session for this device took over: do not reconnect
-    REVOKED = 4001  # device deleted or token revoked: stop
-    PROTOCOL_VERSION = 4002  # unknown major version: stop, upgrade the agent
-    PROTOCOL_ERROR = 4003  # no/invalid hello, or too many bad frames
-    HEARTBEAT_TIMEOUT = 4004  # silent for 2.5 heartbeat intervals: reconnect
-    DRAINING = 4005  # this hub node is shutting down: reconnect (elsewhere) after the delay
 
 
 class State(enum.Enum):
@@ -50,74 +41,100 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def _rule(spec: wire.Spec) -> Any:
+    """A pydantic ``Field`` with the rules of a field of the wire definition."""
+    kw: dict[str, Any] = {}
+    if spec.name is not None:
+        kw["alias"] = spec.name
+    bounds = ("ge", "le") if spec.kind in (int, float) else ("min_length", "max_length")
+    for key, bound in zip(bounds, (spec.low, spec.high), strict=True):
+        if bound is not None:
+            kw[key] = int(bound)
+    if not spec.required:
+        if isinstance(spec.default, tuple):
+            kw["default_factory"] = list
+        else:
+            kw["default"] = spec.default
+    return Field(**kw)
+
+
+def _field(frame: str, name: str) -> Any:
+    return _rule(wire.PHONE_FRAMES[frame][name])
+
+
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    id: str = Field(min_length=1, max_length=64)
+    id: str = _rule(wire.ID)
 
 
 class SimCard(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    slot: int = Field(ge=0, le=7)
-    carrier: str | None = Field(default=None, max_length=64)
-    number: str | None = Field(default=None, max_length=32)
+    slot: int = _rule(wire.SIM["slot"])
+    carrier: str | None = _rule(wire.SIM["carrier"])
+    number: str | None = _rule(wire.SIM["number"])
+
+
+# The phone's frames as pydantic models: names and types restated for the type checker,
+# every rule (required, default, bounds, wire name) taken from android_client/wire.py;
+# tests/android_client/test_wire.py checks that each model has exactly its frame's fields.
 
 
 class HelloFrame(_Frame):
     type: Literal["hello"]
-    protocol: str = Field(max_length=16)
-    app_version: str = Field(default="", max_length=64)
-    battery: int = Field(ge=0, le=100)
-    charging: bool = False
-    signal: int = Field(ge=0, le=4)
-    network: str | None = Field(default=None, max_length=32)
-    sims: list[SimCard] = Field(default_factory=list, max_length=8)
-    held: list[str] = Field(default_factory=list, max_length=10_000)
-    fcm_token: str | None = Field(default=None, max_length=4096)
+    protocol: str = _field("hello", "protocol")
+    app_version: str = _field("hello", "app_version")
+    battery: int = _field("hello", "battery")
+    charging: bool = _field("hello", "charging")
+    signal: int = _field("hello", "signal")
+    network: str | None = _field("hello", "network")
+    sims: list[SimCard] = _field("hello", "sims")
+    held: list[str] = _field("hello", "held")
+    fcm_token: str | None = _field("hello", "fcm_token")
 
 
 class AcceptedFrame(_Frame):
     type: Literal["accepted"]
-    message_id: str = Field(max_length=64)
-    attempt: int = Field(ge=1)
+    message_id: str = _field("accepted", "message_id")
+    attempt: int = _field("accepted", "attempt")
 
 
 class SentFrame(_Frame):
     type: Literal["sent"]
-    message_id: str = Field(max_length=64)
-    attempt: int = Field(ge=1)
-    parts: int | None = Field(default=None, ge=1)
+    message_id: str = _field("sent", "message_id")
+    attempt: int = _field("sent", "attempt")
+    parts: int | None = _field("sent", "parts")
 
 
 class FailedFrame(_Frame):
     type: Literal["failed"]
-    message_id: str = Field(max_length=64)
-    attempt: int = Field(ge=1)
-    error_code: str = Field(max_length=64)
-    error: str = Field(default="", max_length=512)
-    retryable: bool
+    message_id: str = _field("failed", "message_id")
+    attempt: int = _field("failed", "attempt")
+    error_code: str = _field("failed", "error_code")
+    error: str = _field("failed", "error")
+    retryable: bool = _field("failed", "retryable")
 
 
 class DeliveredFrame(_Frame):
     type: Literal["delivered"]
-    message_id: str = Field(max_length=64)
-    attempt: int = Field(ge=1)
+    message_id: str = _field("delivered", "message_id")
+    attempt: int = _field("delivered", "attempt")
 
 
 class HeartbeatFrame(_Frame):
     type: Literal["heartbeat"]
-    battery: int = Field(ge=0, le=100)
-    charging: bool = False
-    signal: int = Field(ge=0, le=4)
-    network: str | None = Field(default=None, max_length=32)
+    battery: int = _field("heartbeat", "battery")
+    charging: bool = _field("heartbeat", "charging")
+    signal: int = _field("heartbeat", "signal")
+    network: str | None = _field("heartbeat", "network")
 
 
 class InboundFrame(_Frame):
     type: Literal["inbound"]
-    local_id: str = Field(min_length=1, max_length=128)
-    sender: str = Field(alias="from", min_length=1, max_length=32)
-    body: str = Field(max_length=20_000)
-    received_at: datetime
-    sim_slot: int | None = Field(default=None, ge=0, le=7)
+    local_id: str = _field("inbound", "local_id")
+    sender: str = _field("inbound", "sender")
+    body: str = _field("inbound", "body")
+    received_at: datetime = _field("inbound", "received_at")
+    sim_slot: int | None = _field("inbound", "sim_slot")
 
 
 PhoneFrame = Annotated[
@@ -131,9 +148,7 @@ PhoneFrame = Annotated[
     Field(discriminator="type"),
 ]
 _phone_frame: TypeAdapter[PhoneFrame] = TypeAdapter(PhoneFrame)
-PHONE_FRAME_TYPES = frozenset(
-    {"hello", "accepted", "sent", "failed", "delivered", "heartbeat", "inbound"}
-)
+PHONE_FRAME_TYPES = frozenset(wire.PHONE_FRAMES)
 
 
 # --- events handed to the hub -------------------------------------------------------
@@ -223,7 +238,7 @@ class DeviceProtocol:
         if self.state is State.OPEN:
             return self._bad_frame(ref, "unexpected_hello", "session already open")
         version = raw.get("protocol")
-        if not isinstance(version, str) or _major(version) != SUPPORTED_MAJOR:
+        if not isinstance(version, str) or major(version) != SUPPORTED_MAJOR:
             return self._close(
                 CloseCode.PROTOCOL_VERSION,
                 f"unsupported protocol {version!r}; this hub speaks {PROTOCOL_VERSION}",
@@ -314,15 +329,10 @@ class DeviceProtocol:
     def _queue(self, kind: str, *, urgent: bool = True, **fields: Any) -> str:
         frame_id = f"h{next(self._ids)}"
         self._outgoing.append(
-            json.dumps({"type": kind, "id": frame_id, **fields}, separators=(",", ":"))
+            json.dumps(wire.frame(kind, frame_id, **fields), separators=(",", ":"))
         )
         self._urgent = self._urgent or urgent
         return frame_id
-
-
-def _major(version: str) -> int | None:
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from android_client.segments import Segmentation, analyse
 from smsgw.api import api
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
@@ -29,7 +30,6 @@ from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError, over_limit
 from smsgw.hub import Hub
 from smsgw.numbers import InvalidNumber, parse_recipient
-from smsgw.segments import Segmentation, analyse
 from smsgw.store import InboundFilter, Message, MessageFilter, Status
 from smsgw.templating import MissingVariables, render
 

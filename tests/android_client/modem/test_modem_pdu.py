@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from fake_modem import deliver_pdu, status_report_pdu
 
+from android_client import segments
 from android_client.modem.pdu import (
     GSM7_BASIC,
     GSM7_EXTENSION,
@@ -31,7 +32,6 @@ from android_client.modem.pdu import (
     split_text,
     unpack_septets,
 )
-from smsgw import segments
 
 LOREM = (
     "Lorem ipsum dolor sit amet, consectetur adipisicing elit, sed do eiusmod tempor "

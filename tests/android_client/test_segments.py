@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from smsgw.segments import (
+from android_client.segments import (
     GSM7_BASIC,
     GSM7_EXTENDED,
     MAX_SEGMENTS_DEFAULT,
