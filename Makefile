@@ -5,22 +5,24 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9000
 
-.PHONY: run install install-test install-bench check test test-postgres migrate bench bench-full clean
+.PHONY: run install install-test install-bench check test test-postgres migrate bench bench-full agent clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# The hub needs the agent's distribution (android_client/: the wire format both sides
+# share), which is not on PyPI: it is installed from here in the same pip command.
+$(VENV)/.installed: pyproject.toml android_client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./android_client -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml android_client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e './android_client[modem]' -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[bench]'
+$(VENV)/.installed-bench: pyproject.toml android_client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./android_client -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -53,6 +55,11 @@ test: check
 test-postgres: install-test
 	SMSGW_TEST_STORE=postgres $(BIN)/pytest
 
+# dist/smsgw-agent.pyz: the agent and its pure-Python dependencies in one file that runs
+# with a bare python3 (docs/android.md); the hub serves it at /agent/smsgw-agent.pyz.
+agent: $(BIN)/python
+	$(BIN)/python deploy/agent_pyz.py dist/smsgw-agent.pyz
+
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run
 
@@ -60,4 +67,4 @@ bench-full: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run --full
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist android_client/build

@@ -8,6 +8,8 @@ fakes a radio), a ``Pacer`` spaces sends and enforces the daily cap, and a ``Pho
 ``smsgw-agent`` command (docs/android.md).
 """
 
+__version__ = "0.1.0"  # as android_client/pyproject.toml says
+
 from .backend import Backend, BackendError, DeviceStatus, InboundSms, SendResult, SimInfo
 from .client import Backoff, ConnectionEvent, PhoneClient
 from .enroll import Enrollment, EnrollmentError, enroll

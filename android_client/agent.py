@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import httpx
 
+from . import __version__
 from .backend import Backend, BackendError
 from .client import ConnectionEvent, PhoneClient
 from .enroll import EnrollmentError, enroll
@@ -71,9 +72,9 @@ class AgentError(Exception):
 
 def app_version() -> str:
     try:
-        return f"smsgw-agent/{metadata.version('smsgw')}"
+        return f"smsgw-agent/{metadata.version('smsgw-agent')}"
     except metadata.PackageNotFoundError:
-        return "smsgw-agent/dev"
+        return f"smsgw-agent/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,11 @@ def make_backend(opts: RunOptions, agent_dir: AgentDir, store: SqlitePhoneStore)
             # Lazy: pyserial is only needed for modems.
             from android_client.modem import ModemBackend, ModemConfig
         except ImportError as exc:
-            raise AgentError(f"the modem backend is not available: {exc}", EXIT_BACKEND) from exc
+            raise AgentError(
+                f"the modem backend needs pyserial ({exc}): pip install 'smsgw-agent[modem]' "
+                "(smsgw-agent.pyz has it inside)",
+                EXIT_BACKEND,
+            ) from exc
         try:
             modem_config = ModemConfig(
                 port=opts.port, baudrate=opts.baudrate, pin=opts.pin, smsc=opts.smsc

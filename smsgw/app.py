@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Endpoint modules register themselves on ``api`` when imported.
 from smsgw.api import (  # noqa: F401
+    agent,
     api,
     batches,
     devices,

@@ -10,6 +10,7 @@ from pathlib import Path
 from smsgw.auth import ALL_SCOPES, issue_api_key
 from smsgw.clock import iso, utcnow
 from smsgw.config import Settings
+from smsgw.extras import MissingExtra
 from smsgw.store import Store, create_store
 
 
@@ -92,13 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         return _tls_init(args.dir, args.host)
 
     settings = Settings()
-    if args.command == "serve":
-        from smsgw.server import serve
+    try:
+        if args.command == "serve":
+            from smsgw.server import serve
 
-        serve(settings)
-        return 0
-    action = "migrate" if args.command == "migrate" else args.action
-    return asyncio.run(_with_store(settings, action, args))
+            serve(settings)
+            return 0
+        action = "migrate" if args.command == "migrate" else args.action
+        return asyncio.run(_with_store(settings, action, args))
+    except MissingExtra as exc:
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

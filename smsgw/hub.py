@@ -16,6 +16,7 @@ from smsgw.auth import Authenticator, issue_api_key
 from smsgw.clock import utcnow
 from smsgw.config import Settings
 from smsgw.dispatcher import Dispatcher
+from smsgw.extras import need
 from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
@@ -84,6 +85,7 @@ class Hub:
         registry: Registry = LocalRegistry()
         if settings.redis_url:
             # Several nodes: imported only then, so one node loads nothing of it.
+            need("redis", "redis", "SMSGW_REDIS_URL")
             from smsgw.broker.redis import RedisBroker
             from smsgw.cluster import ClusterRegistry
 

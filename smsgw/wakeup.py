@@ -45,6 +45,7 @@ from smsgw.app_push import RelayPusher
 from smsgw.appwire import PushEvent
 from smsgw.clock import today, utcnow
 from smsgw.config import Settings
+from smsgw.extras import need
 from smsgw.registry import Registry
 from smsgw.routing import Candidate, eligible, rank, spent
 from smsgw.store import Device, Message, Store
@@ -249,6 +250,7 @@ class FcmClient:
     the threads its synchronous calls run on."""
 
     def __init__(self, credentials_path: str, *, ttl_seconds: float, workers: int = 4) -> None:
+        need("firebase_admin", "fcm", "SMSGW_FIREBASE_CREDENTIALS")
         import firebase_admin
         from firebase_admin import credentials
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from smsgw.api import api
+from smsgw.api.agent import install_lines
 from smsgw.api.framework import Call, Reply
 from smsgw.api.models import (
     BODY_ERRORS,
@@ -72,7 +73,9 @@ async def create_enrollment_code(call: Call) -> Reply:
     expires = now + timedelta(seconds=body.ttl_seconds or call.hub.settings.enrollment_code_ttl)
     code = new_enrollment_code()
     await call.hub.store.create_enrollment_code(hash_secret(normalise_code(code)), now, expires)
-    return Reply(EnrollmentCodeOut(code=code, expires_at=expires), 201)
+    base = call.hub.settings.public_url or str(call.request.base_url)
+    out = EnrollmentCodeOut(code=code, expires_at=expires, install=install_lines(base, code))
+    return Reply(out, 201)
 
 
 def _ws_url(call: Call) -> str:

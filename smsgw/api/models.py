@@ -315,6 +315,10 @@ class EnrollmentCodeIn(Strict):
 class EnrollmentCodeOut(BaseModel):
     code: str
     expires_at: datetime
+    install: list[str] = Field(
+        description="on the phone or modem box: download the agent, then enroll it "
+        "(docs/android.md); then `python3 smsgw-agent.pyz run`"
+    )
 
 
 class RegisterIn(Strict):

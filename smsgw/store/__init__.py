@@ -7,6 +7,7 @@ development and fast tests, gone when the hub stops.
 from __future__ import annotations
 
 from smsgw.config import Settings
+from smsgw.extras import need
 from smsgw.store.records import (
     FINAL_STATUSES,
     ApiKey,
@@ -67,6 +68,7 @@ def create_store(settings: Settings) -> Store:
         path = MEMORY if url == "memory://" else settings.sqlite_path
         return SqliteStore(path, synchronous=settings.sqlite_synchronous)
     if url.startswith(("postgresql://", "postgres://")):
+        need("asyncpg", "postgres", "a PostgreSQL SMSGW_DATABASE_URL")
         from smsgw.store.postgres import PostgresStore
 
         return PostgresStore(
