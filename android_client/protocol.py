@@ -187,9 +187,16 @@ class PhoneProtocol:
         return actions
 
     def _on_send(self, frame: Send) -> list[Action]:
-        if self.store.get_held(frame.message_id) is not None:
-            log.debug("dropping duplicate send for %s", frame.message_id)
-            return []
+        held = self.store.get_held(frame.message_id)
+        if held is not None:
+            if frame.attempt <= held.attempt or held.state != "accepted":
+                # The same offer again, or a message this phone already owns (it is not
+                # transmitted twice): nothing to do.
+                log.debug("dropping duplicate send for %s", frame.message_id)
+                return []
+            # The hub gave up waiting on the older attempt and offers the message again:
+            # the new attempt replaces it (an accept of the old one would be disowned).
+            self.store.drop_held(frame.message_id)
         if not self._accepting():
             return []
         if (

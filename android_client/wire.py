@@ -310,3 +310,46 @@ def frame(kind: str, frame_id: str, **fields: Any) -> dict[str, Any]:
             raise KeyError(f"{kind} frames have no field {attr!r}")
         out[s.name or attr] = value
     return out
+
+
+# -- the reference tables of docs/protocol.md -----------------------------------------------
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean",
+               datetime: "ISO 8601 date", list: "list"}  # fmt: skip
+
+
+def _describe(spec: Spec) -> str:
+    kind = _TYPE_NAMES[spec.kind]
+    if spec.kind is list and spec.items is not None:
+        inner = "object" if isinstance(spec.items, dict) else _TYPE_NAMES[spec.items]
+        kind = f"list of {inner}"
+    limits = []
+    unit = "" if spec.kind in (int, float) else (" items" if spec.kind is list else " chars")
+    if spec.low is not None:
+        limits.append(f"≥ {spec.low:g}{unit}")
+    if spec.high is not None:
+        limits.append(f"≤ {spec.high:g}{unit}")
+    if limits:
+        kind += f" ({', '.join(limits)})"
+    if spec.required:
+        return f"{kind}, required"
+    default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+    shown = "null" if default is None else repr(default).replace("'", '"').lower()
+    return f"{kind}, optional{', may be null' if spec.nullable else ''}; default {shown}"
+
+
+def reference() -> str:
+    """The field tables of docs/protocol.md §3, written from the definition above
+    (tests/android_client/test_wire.py checks that the doc holds exactly these)."""
+    lines = []
+    for title, frames in (("Phone → hub", PHONE_FRAMES), ("Hub → phone", HUB_FRAMES)):
+        lines += [f"#### {title}", "", "| frame | field | type |", "|---|---|---|"]
+        for kind, fields in frames.items():
+            lines.append(f"| `{kind}` | `id` | {_describe(ID)} |")
+            for attr, spec in fields.items():
+                lines.append(f"| | `{spec.name or attr}` | {_describe(spec)} |")
+                if isinstance(spec.items, dict):
+                    for sub, s in spec.items.items():
+                        lines.append(f"| | `{spec.name or attr}[].{sub}` | {_describe(s)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -268,8 +268,9 @@ class Dispatcher:
             if change is not None:
                 msg.status = change.status
                 msg.device_id = change.device_id
-                if change.error_code is not None:
-                    msg.error_code, msg.error = change.error_code, change.error
+                # The latest change's error only: a message SENT after a failover has
+                # none (the failed attempt's stays in its attempts).
+                msg.error_code, msg.error = change.error_code, change.error
         finally:
             timer.cancel()
             waiters = self._watchers.get(message_id)

@@ -373,7 +373,8 @@ class Messages(Operations):
         """QUEUED -> SENT for the owner; returns the recipient, or None if nothing changed."""
         row = yield fetchrow(
             self._returning(
-                "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
+                "UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1, "
+                "error_code = NULL, error = NULL "
                 "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' RETURNING",
                 EventType.MESSAGE_SENT,
             ),
@@ -420,7 +421,8 @@ class Messages(Operations):
         updated = yield fetchrow(
             self._returning(
                 "UPDATE messages SET status = 'DELIVERED', delivered_at = $1, "
-                "sent_at = COALESCE(sent_at, $1), updated_at = $1 WHERE id = $2 RETURNING",
+                "sent_at = COALESCE(sent_at, $1), updated_at = $1, error_code = NULL, "
+                "error = NULL WHERE id = $2 RETURNING",
                 EventType.MESSAGE_DELIVERED,
             ),
             now,

@@ -343,8 +343,8 @@ class PostgresStore(Store):
     # attempt); each one here reads the one before it (a count, so it runs whatever that
     # matched), which fixes the order. tests/smsgw/store/test_postgres.py checks it.
     _MARK_SENT = (
-        "WITH m AS (UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1 "
-        "WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
+        "WITH m AS (UPDATE messages SET status = 'SENT', sent_at = $1, updated_at = $1, "
+        "error_code = NULL, error = NULL WHERE id = $2 AND device_id = $3 AND status = 'QUEUED' "
         f"RETURNING {MESSAGE_COLUMNS}), "
         "a AS (UPDATE message_attempts SET ended_at = $1, outcome = 'sent', error_code = NULL, "
         "error = NULL WHERE message_id = $2 AND attempt = (SELECT attempt FROM m) "

@@ -87,7 +87,7 @@ async def test_send_accept_own_report_sequence(hub: FakeHub, start_client: Facto
     await s.offer("m1", body="hello world")
     accepted = await s.recv_type("accepted")
     assert (accepted["message_id"], accepted["attempt"]) == ("m1", 1)
-    await s.offer("m1", attempt=2)  # duplicate of a held message: dropped
+    await s.offer("m1", attempt=1)  # the same offer again: dropped
     assert backend.transmitted == []  # nothing on the radio before ownership
 
     await s.send("ownership", ref=accepted["id"], message_id="m1", attempt=1, owner=True)

@@ -130,9 +130,27 @@ def test_duplicate_send_is_dropped() -> None:
     p = make()
     p.receive(send("m1", 1))
     assert p.receive(send("m1", 1)) == []
-    assert p.receive(send("m1", 2)) == []  # a re-offer of a held message too
     held = p.store.get_held("m1")
     assert held is not None and held.attempt == 1
+
+
+def test_the_same_message_offered_again_under_a_new_attempt_replaces_the_old_one() -> None:
+    """The hub gave up on attempt 1 (its offer timed out) and offers the message to this
+    phone again: the phone accepts attempt 2, and its delayed accept of attempt 1 is not
+    sent (it would be disowned). An owned message is not taken again."""
+    store = MemoryPhoneStore()
+    p = make(store)
+    welcome(p)
+    assert p.receive(send("m1", 1)) == [Accept("m1", 1)]
+    assert p.receive(send("m1", 2)) == [Accept("m1", 2)]
+    assert p.accept("m1", 1) == []  # the old attempt's accept delay ran out: nothing
+    (accepted,) = frames(p.accept("m1", 2))
+    assert accepted["attempt"] == 2
+    assert p.receive(send("m1", 2)) == []  # the same offer again
+    assert p.receive(send("m1", 1)) == []  # an older one
+    p.receive(ownership("m1", True, attempt=2))
+    assert store.get_held("m1") is not None and store.get_held("m1").state == "owned"  # type: ignore[union-attr]
+    assert p.receive(send("m1", 3)) == []  # owned: never transmitted twice
 
 
 def test_not_accepting_ignores_sends_entirely() -> None:

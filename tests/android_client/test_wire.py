@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +236,11 @@ def test_the_hub_closes_on_a_major_version_it_does_not_speak() -> None:
     frame["protocol"] = "2.0"
     (event,) = h.receive_text(json.dumps(frame))
     assert isinstance(event, CloseRequested) and event.code is wire.CloseCode.PROTOCOL_VERSION
+
+
+def test_the_protocol_doc_holds_the_definitions_tables() -> None:
+    """docs/protocol.md's field reference is what wire.reference() writes: change the
+    definition and this fails until the doc says the same."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    begin, end = "<!-- wire.reference: begin -->\n", "<!-- wire.reference: end -->"
+    assert doc[doc.index(begin) + len(begin) : doc.index(end)] == wire.reference()

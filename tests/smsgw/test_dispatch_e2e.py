@@ -84,6 +84,11 @@ async def test_failover_when_a_phone_fails_retryably(api: httpx.AsyncClient, far
     assert r.status_code == 200 and r.json()["device_id"] == good.device_id
     assert [a["outcome"] for a in msg["attempts"]] == ["failed_retryable", "sent"]
     assert msg["attempts"][0]["device_id"] == flaky.device_id
+    # SENT after a failover: the failed attempt's error stays in its attempt, not on the
+    # answer or the message.
+    assert r.json()["status"] == "SENT" and r.json()["error"] is None, r.json()
+    assert msg["error"] is None and msg["error_code"] is None
+    assert msg["attempts"][0]["error_code"] is not None
 
 
 async def test_non_retryable_failure_is_final(api: httpx.AsyncClient, farm: Farm) -> None:
