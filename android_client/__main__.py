@@ -186,6 +186,13 @@ def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="SIM PIN (default: $SMSGW_MODEM_PIN)",
     )
     modem.add_argument("--smsc", help="SMS centre number, if the SIM lacks one")
+    modem.add_argument(
+        "--retry-unconfirmed",
+        action="store_true",
+        help="a modem that hangs after taking an SMS hands it back to the hub for another "
+        "phone (the recipient may get it twice); default: the send is final "
+        "(send_unconfirmed)",
+    )
     sim = run.add_argument_group("simulated backend (testing)")
     sim.add_argument(
         "--sim-send-delay", type=_non_negative, default=0.0, metavar="S", help="seconds per SMS"
@@ -253,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         baudrate=args.baudrate,
         pin=args.pin,
         smsc=args.smsc,
+        retry_unconfirmed=args.retry_unconfirmed,
         sim_send_delay=args.sim_send_delay,
         sim_deliver=not args.sim_no_deliver,
     )

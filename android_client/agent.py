@@ -239,6 +239,7 @@ class RunOptions:
     baudrate: int = 115200
     pin: str | None = None
     smsc: str | None = None
+    retry_unconfirmed: bool = False
     # simulated
     sim_send_delay: float = 0.0
     sim_deliver: bool = True
@@ -275,7 +276,11 @@ def make_backend(opts: RunOptions, agent_dir: AgentDir, store: SqlitePhoneStore)
             ) from exc
         try:
             modem_config = ModemConfig(
-                port=opts.port, baudrate=opts.baudrate, pin=opts.pin, smsc=opts.smsc
+                port=opts.port,
+                baudrate=opts.baudrate,
+                pin=opts.pin,
+                smsc=opts.smsc,
+                retry_unconfirmed=opts.retry_unconfirmed,
             )
         except ValueError as exc:
             raise AgentError(f"invalid modem settings: {exc}", EXIT_USAGE) from exc

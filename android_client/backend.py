@@ -119,6 +119,11 @@ class Backend(abc.ABC):
         """False makes the phone ignore ``send`` offers (e.g. user paused sending)."""
         return True
 
+    def unavailable(self) -> str | None:
+        """Why the radio cannot send now (a modem that stopped answering), or None. Offers
+        are then refused at once (retryable), so the hub fails over in milliseconds."""
+        return None
+
     @property
     def accept_delay(self) -> float:
         """Seconds between receiving an offer and accepting it (used by the client)."""

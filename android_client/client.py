@@ -423,6 +423,9 @@ class PhoneClient:
         )
 
     def _refusal(self) -> Refusal | None:
+        reason = self.backend.unavailable()
+        if reason is not None:
+            return Refusal("unavailable", reason)
         return self.pacer.refusal() if self.pacer is not None else None
 
     def _notify(self, event: ConnectionEvent) -> None:

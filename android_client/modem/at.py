@@ -255,7 +255,8 @@ class AtChannel:
             if prompted or pending.prompt.is_set():
                 self._write(ESC)  # do not leave the modem waiting for a PDU
             raise AtTimeout(
-                f"{self.name}: no answer to {pending.label} within {limit:g}s"
+                f"{self.name}: no answer to {pending.label} within {limit:g}s",
+                pdu_written=prompted,
             ) from None
         finally:
             self._pending = None

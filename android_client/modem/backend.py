@@ -108,13 +108,18 @@ class ModemConfig:
     registration_timeout: float = 60.0  # how long start() waits for network registration
     reassembly_timeout: float = 600.0  # then an incomplete long SMS is forwarded as is
     delivery_reports: bool = True  # request status reports (TP-SRR)
+    # A modem that went silent after it took an SMS may have sent it. By default that
+    # send is final ("send_unconfirmed": the recipient never gets it twice, an operator
+    # sees it); True hands it back to the hub for another phone (at-least-once).
+    retry_unconfirmed: bool = False
+    heal_interval: float = 5.0  # between resets of a modem that stopped answering
 
     def __post_init__(self) -> None:
         if not self.port:
             raise ValueError("port is required, e.g. /dev/ttyUSB2")
         if self.baudrate <= 0:
             raise ValueError("baudrate must be positive")
-        if self.command_timeout <= 0 or self.send_timeout <= 0:
+        if self.command_timeout <= 0 or self.send_timeout <= 0 or self.heal_interval <= 0:
             raise ValueError("timeouts must be positive")
         if self.registration_timeout < 0 or self.reassembly_timeout < 0:
             raise ValueError("registration and reassembly timeouts must be >= 0")
@@ -252,6 +257,10 @@ class ModemBackend(Backend):
         self._early_deliveries: set[str] = set()
         self._concat_ref = random.randrange(256)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set while a modem that stopped answering is being reset in the background: it
+        # takes no offers and sends nothing meanwhile (unavailable()).
+        self._healing: asyncio.Task[None] | None = None
+        self._unhealthy_reason = ""
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -302,8 +311,15 @@ class ModemBackend(Backend):
         number = self.info.own_number[:32] if self.info.own_number else None
         return [SimInfo(slot=0, carrier=carrier, number=number)]
 
+    def unavailable(self) -> str | None:
+        if self._healing is not None and not self._healing.done():
+            return self._unhealthy_reason
+        return None
+
     async def status(self) -> DeviceStatus:
         """Never raises: a modem that does not answer shows no signal."""
+        if self.unavailable() is not None:
+            return DeviceStatus(battery=100, charging=True, signal=0, network=None)
         try:
             csq = await self._at("AT+CSQ")
             signal = signal_bars(int((csq.value("+CSQ") or "99").split(",")[0]))
@@ -345,6 +361,14 @@ class ModemBackend(Backend):
         self._sending.add(message_id)
         try:
             async with self._send_lock:
+                reason = self.unavailable()
+                if reason is not None:
+                    # Queued behind a send that hung: handed back at once, untouched,
+                    # rather than each waiting through a reset of its own.
+                    return SendResult(
+                        ok=False, error_code="modem_unavailable", error=reason,
+                        retryable=True, parts=0,
+                    )  # fmt: skip
                 for part in parts:
                     try:
                         response = await self._send_part(part)
@@ -399,16 +423,30 @@ class ModemBackend(Backend):
                 retryable=not permanent,
                 parts=sent,
             )
+        elif isinstance(exc, AtTimeout) and exc.pdu_written:
+            # The modem took the SMS and went silent: the network may have it. Final by
+            # default, so the recipient never gets it twice (docs/modems.md).
+            self._heal(f"the modem stopped answering: {exc}")
+            result = SendResult(
+                ok=False,
+                error_code="send_unconfirmed",
+                error=f"the modem took the SMS and stopped answering; it may have been sent: {exc}"[
+                    :500
+                ],
+                retryable=self.config.retry_unconfirmed,
+                parts=sent,
+            )
         elif isinstance(exc, AtTimeout):
-            # The SMS may have left anyway; at-least-once prefers a possible duplicate.
+            self._heal(f"the modem stopped answering: {exc}")
             result = SendResult(
                 ok=False,
                 error_code="modem_timeout",
                 error=str(exc)[:500],
-                retryable=True,
+                retryable=True,  # it never prompted for the SMS: nothing of it left
                 parts=sent,
             )
         else:
+            self._heal(f"the modem is unavailable: {exc}")
             result = SendResult(
                 ok=False,
                 error_code="modem_unavailable",
@@ -420,6 +458,22 @@ class ModemBackend(Backend):
         if sent:
             log.warning("%s: %d part(s) had already gone out", self.config.port, sent)
         return result
+
+    def _heal(self, reason: str) -> None:
+        """Reset the modem in the background until it answers; unavailable() meanwhile."""
+        self._unhealthy_reason = reason[:300]
+        if self._healing is None or self._healing.done():
+            self._healing = self._spawn(self._heal_loop())
+
+    async def _heal_loop(self) -> None:
+        while True:
+            try:
+                await self._ensure_ready()
+                return
+            except ModemError as exc:
+                self._unhealthy_reason = f"{self.config.port}: {exc}"[:300]
+                log.warning("%s: still not answering: %s", self.config.port, exc)
+            await asyncio.sleep(self.config.heal_interval)
 
     def _track(self, mr: int, out: _Outgoing) -> None:
         # References are 8 bits and wrap: a reused one now belongs to the newer message.

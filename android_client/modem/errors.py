@@ -136,7 +136,12 @@ class AtError(ModemError):
 
 
 class AtTimeout(ModemError):
-    """The modem did not finish answering a command in time."""
+    """The modem did not finish answering a command in time. ``pdu_written``: it had
+    taken an SMS (prompt, PDU, Ctrl-Z) when it went silent, so the SMS may be out."""
+
+    def __init__(self, message: str, *, pdu_written: bool = False) -> None:
+        super().__init__(message)
+        self.pdu_written = pdu_written
 
 
 class ChannelClosed(ModemError):

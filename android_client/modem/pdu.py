@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
+from ..segments import analyse
+
 # -- GSM 7-bit default alphabet (TS 23.038 §6.2.1) ----------------------------------------
 
 ESC = 0x1B
@@ -186,38 +188,17 @@ def unpack_septets(data: bytes, count: int, fill_bits: int = 0) -> list[int]:
 # -- splitting into parts --------------------------------------------------------------------
 
 
-def _units(c: str, encoding: Encoding) -> int:
-    if encoding is Encoding.GSM7:
-        return 2 if c in GSM7_EXTENSION else 1
-    return 2 if ord(c) > 0xFFFF else 1  # astral characters are a UTF-16 surrogate pair
-
-
 def split_text(text: str) -> tuple[Encoding, list[str]]:
-    """Choose the encoding and cut ``text`` into the parts it will be sent as.
-
-    Whole characters only: an extension character (ESC + code) or a surrogate pair never
-    straddles two parts, so a part may hold one unit less than the maximum.
-    """
-    encoding = Encoding.GSM7 if is_gsm7(text) else Encoding.UCS2
-    single, multi = (
-        (SINGLE_GSM7, MULTI_GSM7) if encoding is Encoding.GSM7 else (SINGLE_UCS2, MULTI_UCS2)
-    )
-    if sum(_units(c, encoding) for c in text) <= single:
-        return encoding, [text]
-    parts: list[str] = []
-    current: list[str] = []
-    used = 0
-    for c in text:
-        n = _units(c, encoding)
-        if used + n > multi:
-            parts.append("".join(current))
-            current, used = [], 0
-        current.append(c)
-        used += n
-    parts.append("".join(current))
-    if len(parts) > MAX_PARTS:
-        raise TextTooLong(f"text needs {len(parts)} parts, at most {MAX_PARTS} are possible")
-    return encoding, parts
+    """Choose the encoding and cut ``text`` into the parts it will be sent as: the hub's
+    own segmentation (android_client/segments.py), so what ``POST /sms/preview`` shows is
+    what goes on the air. Whole characters only: an extension character (ESC + code), a
+    surrogate pair, an emoji with its modifiers or a letter with its marks never straddles
+    two parts."""
+    seg = analyse(text)  # smart encoding is the hub's choice, made before the offer
+    if seg.segments > MAX_PARTS:
+        raise TextTooLong(f"text needs {seg.segments} parts, at most {MAX_PARTS} are possible")
+    encoding = Encoding.GSM7 if seg.encoding == "GSM-7" else Encoding.UCS2
+    return encoding, list(seg.parts) or [""]
 
 
 def join_parts(texts: Sequence[str]) -> str:

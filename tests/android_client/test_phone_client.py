@@ -274,3 +274,30 @@ async def test_restart_with_the_same_store_resumes(hub: FakeHub, start_client: F
     assert sent["message_id"] == "m1"
     assert backend.transmitted == [("m1", "+15550001", "body of m1")]
     assert client2.welcomes == 1
+
+
+class _Stuck(SimulatedBackend):
+    """A radio that says it cannot send now (as a modem being reset does)."""
+
+    reason: str | None = "the modem stopped answering"
+
+    def unavailable(self) -> str | None:
+        return self.reason
+
+
+async def test_an_unavailable_radio_refuses_offers_at_once(
+    hub: FakeHub, start_client: Factory
+) -> None:
+    backend = _Stuck(SimulatedConfig())
+    client, _ = start_client(backend=backend)
+    s = await open_session(hub, client)
+    await s.offer("m1")
+    failed = await s.recv_type("failed")
+    assert (failed["message_id"], failed["error_code"], failed["retryable"]) == (
+        "m1", "unavailable", True,
+    )  # fmt: skip
+    assert "stopped answering" in failed["error"]
+    backend.reason = None  # answering again: offers are taken
+    await s.offer("m2")
+    assert (await s.recv_type("accepted"))["message_id"] == "m2"
+    assert backend.transmitted == []

@@ -138,6 +138,8 @@ class FakeModem:
     act: int = 7
     imei: str = "356938035643809"
     silent: bool = False  # swallow everything, answer nothing
+    # Take the next SMS (the network has it) and then hang: no +CMGS, silent from then on.
+    hang_after_submit: bool = False
     auto_status: int | None = None  # send a +CDS with this status right after each +CMGS
     fail_deletes: int = 0  # refuse this many AT+CMGD
     cnmi_accepts: Callable[[str], bool] = lambda setting: True
@@ -426,6 +428,9 @@ class FakeModem:
         mr = self.next_mr
         self.next_mr = (self.next_mr + 1) % 256
         self.sent.append(SentSms(length=length, pdu=pdu, mr=mr, sms=sms))
+        if self.hang_after_submit:
+            self.hang_after_submit, self.silent = False, True
+            return
         self._info(f"+CMGS: {mr}")
         self._final("OK")
         if self.auto_status is not None:

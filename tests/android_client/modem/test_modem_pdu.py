@@ -428,3 +428,14 @@ def test_user_data_length_beyond_the_data_is_tolerated() -> None:
     assert isinstance(sms, SmsSubmit)
     assert sms.text == "はい"
     assert sms.concat is not None and sms.concat.total == 3
+
+
+def test_the_modem_splits_as_the_hub_previews() -> None:
+    """One segmentation on both sides: an emoji with its skin-tone modifier at a part
+    boundary stays whole in the modem's parts, as in POST /sms/preview."""
+    text = "Эмодзи на границе: " + "ж" * 46 + "👋🏽" + "ок" * 10
+    _, parts = split_text(text)
+    assert parts == list(segments.analyse(text).parts)
+    assert parts[1].startswith("👋🏽")  # not "…ж👋" + "🏽ок…"
+    decoded = roundtrip(text)
+    assert join_parts([s.text for s in decoded]) == text

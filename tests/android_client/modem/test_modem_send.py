@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -234,17 +235,20 @@ async def test_garbage_from_the_modem_is_ignored(modem: FakeModem, backend: Mode
 async def test_silent_modem_times_out_and_backend_recovers(
     modem: FakeModem, make_backend: MakeBackend
 ) -> None:
-    backend = await make_backend(command_timeout=0.3, send_timeout=0.3)
+    backend = await make_backend(command_timeout=0.3, send_timeout=0.3, heal_interval=0.1)
     modem.silent = True
     result = await backend.send_sms("m1", TO, "hi", None)
+    # It never prompted for the SMS: nothing left, another phone may send it.
     assert (result.ok, result.error_code, result.retryable) == (False, "modem_timeout", True)
-    status = await backend.status()  # still silent: recovery fails, no exception
+    assert backend.unavailable() is not None  # offers are refused while it is reset
+    status = await backend.status()  # still silent: no signal, no exception
     assert (status.signal, status.network) == (0, None)
     result = await backend.send_sms("m2", TO, "hi", None)
     assert (result.ok, result.error_code, result.retryable) == (False, "modem_unavailable", True)
 
     modem.silent = False
     commands_before = len(modem.commands)
+    await modem.wait_until(lambda: backend.unavailable() is None)  # the background reset
     result = await backend.send_sms("m3", TO, "back again", None)
     assert result.ok
     assert [s.sms.text for s in modem.sent] == ["back again"]
@@ -269,3 +273,40 @@ async def test_closed_port_is_reopened(modem: FakeModem, backend: ModemBackend) 
     assert result.ok
     assert backend._channel is not channel
     assert modem.sent[-1].sms.text == "reopened"
+
+
+async def test_a_modem_that_hangs_after_taking_an_sms_is_final_and_hands_back_the_rest(
+    modem: FakeModem, make_backend: MakeBackend
+) -> None:
+    """The network took the SMS, then the modem went silent: the send is final
+    (send_unconfirmed: retrying would reach the recipient twice), the messages queued
+    behind it come back at once (nothing of them left, another phone sends them) instead
+    of each waiting through a reset, and the modem shows no signal until it answers."""
+    backend = await make_backend(command_timeout=0.3, send_timeout=0.5, heal_interval=0.1)
+    modem.hang_after_submit = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(
+        *(backend.send_sms(f"m{i}", TO, f"text {i}", None) for i in range(4))
+    )
+    took = loop.time() - started
+    first, *queued = results
+    assert (first.ok, first.error_code, first.retryable) == (False, "send_unconfirmed", False)
+    assert [s.sms.text for s in modem.sent] == ["text 0"]  # it did leave
+    assert [(r.error_code, r.retryable, r.parts) for r in queued] == [
+        ("modem_unavailable", True, 0)
+    ] * 3
+    assert took < 2.0, took  # not a reset each: 0.5 s for the hang, then at once
+    assert (await backend.status()).signal == 0 and backend.unavailable() is not None
+    modem.silent = False
+    await modem.wait_until(lambda: backend.unavailable() is None)
+    assert (await backend.send_sms("m9", TO, "after", None)).ok
+
+
+async def test_an_unconfirmed_send_can_be_handed_back_when_chosen(
+    modem: FakeModem, make_backend: MakeBackend
+) -> None:
+    backend = await make_backend(send_timeout=0.3, command_timeout=0.3, retry_unconfirmed=True)
+    modem.hang_after_submit = True
+    result = await backend.send_sms("m1", TO, "hi", None)
+    assert (result.error_code, result.retryable) == ("send_unconfirmed", True)
