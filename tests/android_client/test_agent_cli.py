@@ -223,6 +223,7 @@ def test_modem_backend_is_imported_lazily_with_its_options(
         baudrate: int = 115200
         pin: str | None = None
         smsc: str | None = None
+        retry_unconfirmed: bool = False
 
     class ModemBackend(SimulatedBackend):
         def __init__(self, config: ModemConfig) -> None:
@@ -234,10 +235,12 @@ def test_modem_backend_is_imported_lazily_with_its_options(
     fake.ModemBackend = ModemBackend  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "android_client.modem", fake)
     with SqlitePhoneStore(tmp_path / "s.db") as store:
-        opts = RunOptions(backend="modem", port="/dev/ttyUSB3", baudrate=9600, pin="1234")
+        opts = RunOptions(
+            backend="modem", port="/dev/ttyUSB3", baudrate=9600, pin="1234", retry_unconfirmed=True
+        )
         backend = agent.make_backend(opts, AgentDir(tmp_path), store)
         assert isinstance(backend, ModemBackend)
-        assert backend.modem_config == ModemConfig("/dev/ttyUSB3", 9600, "1234", None)
+        assert backend.modem_config == ModemConfig("/dev/ttyUSB3", 9600, "1234", None, True)
         with pytest.raises(AgentError, match="needs --port") as info:
             agent.make_backend(RunOptions(backend="modem"), AgentDir(tmp_path), store)
         assert info.value.exit_code == agent.EXIT_USAGE
