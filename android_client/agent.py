@@ -284,7 +284,7 @@ def make_backend(opts: RunOptions, agent_dir: AgentDir, store: SqlitePhoneStore)
             )
         except ValueError as exc:
             raise AgentError(f"invalid modem settings: {exc}", EXIT_USAGE) from exc
-        backend: Backend = ModemBackend(modem_config)
+        backend: Backend = ModemBackend(modem_config, state=store)
         return backend
     raise AgentError(f"unknown backend {opts.backend!r}", EXIT_USAGE)
 

@@ -23,6 +23,7 @@ import copy
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,6 +34,11 @@ _HELD_STATES: frozenset[str] = frozenset({"accepted", "owned", "transmitted"})
 Frame = dict[str, Any]
 
 STORE_VERSION = 1
+
+# Sent messages are remembered for their delivery report this long (an SMS is valid for
+# 4 days at the network, then the report says it expired) and at most this many.
+SENT_KEPT_SECONDS = 5 * 24 * 3600.0
+SENT_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,19 @@ class PhoneStore(abc.ABC):
     def drop_inbound(self, frame_id: str) -> Frame | None: ...
 
     @abc.abstractmethod
+    def sent_attempt(self, message_id: str) -> int | None:
+        """The attempt a message was sent under, while its delivery report may still come
+        (a report after a restart must carry the right attempt)."""
+
+    @abc.abstractmethod
+    def put_sent(self, message_id: str, attempt: int, at: float) -> None:
+        """Remember a sent message (``at``: unix time); forgets those older than
+        ``SENT_KEPT_SECONDS`` or beyond ``SENT_KEPT``."""
+
+    @abc.abstractmethod
+    def drop_sent(self, message_id: str) -> None: ...
+
+    @abc.abstractmethod
     def get_meta(self, key: str) -> str | None:
         """A named value, or None if it was never set."""
 
@@ -114,6 +133,9 @@ class MemoryPhoneStore(PhoneStore):
         self._reports: dict[str, Frame] = {}
         self._inbound: dict[str, Frame] = {}
         self._meta: dict[str, str] = {}
+        # Not in the JSON snapshot: rewriting up to SENT_KEPT entries for every send would
+        # cost more than the simulator's phones are worth (SqlitePhoneStore keeps them).
+        self._sent: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._batch_depth = 0
         self._dirty = False
 
@@ -156,6 +178,22 @@ class MemoryPhoneStore(PhoneStore):
         if frame is not None:
             self._changed()
         return frame
+
+    def sent_attempt(self, message_id: str) -> int | None:
+        found = self._sent.get(message_id)
+        return None if found is None else found[0]
+
+    def put_sent(self, message_id: str, attempt: int, at: float) -> None:
+        self._sent[message_id] = (attempt, at)
+        self._sent.move_to_end(message_id)
+        while self._sent and (
+            len(self._sent) > SENT_KEPT
+            or next(iter(self._sent.values()))[1] < at - SENT_KEPT_SECONDS
+        ):
+            self._sent.popitem(last=False)
+
+    def drop_sent(self, message_id: str) -> None:
+        self._sent.pop(message_id, None)
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)

@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import secrets
-from collections import OrderedDict
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 # Error codes the hub uses for frames that will never be valid: re-sending them after a
 # reconnect would only loop, so the refused report is dropped.
 PERMANENT_ERRORS = frozenset({"invalid_json", "invalid_frame", "unknown_type"})
-
-# Attempts of recently sent messages whose report was already acked, for late delivery
-# reports. Bounded: a phone that never gets delivery reports must not grow forever.
-_RECENT_SENT_LIMIT = 10_000
 
 
 # --- actions for the I/O layer -------------------------------------------------------
@@ -96,8 +92,10 @@ class PhoneProtocol:
         accepting: Callable[[], bool] = lambda: True,
         refuse: Callable[[], Refusal | None] = lambda: None,
         id_prefix: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._clock = clock  # only to age out what is kept for late delivery reports
         self.app_version = app_version
         self._accepting = accepting
         self._refuse = refuse
@@ -106,7 +104,6 @@ class PhoneProtocol:
         prefix = id_prefix if id_prefix is not None else secrets.token_hex(4)
         self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
         self._inflight: set[str] = set()
-        self._recent_sent: OrderedDict[str, int] = OrderedDict()
         self._sim_slots: set[int] | None = None
         self.hello_id: str | None = None
         self.device_id: str | None = None
@@ -325,21 +322,22 @@ class PhoneProtocol:
 
     def delivered(self, message_id: str) -> list[Action]:
         held = self.store.get_held(message_id)
-        attempt = held.attempt if held is not None else self._recent_sent.get(message_id)
+        attempt = held.attempt if held is not None else self.store.sent_attempt(message_id)
         if attempt is None:
             log.warning("delivery report for unknown message %s", message_id)
             return []
-        self._recent_sent.pop(message_id, None)
-        return [self._report("delivered", message_id=message_id, attempt=attempt)]
+        with self.store.batch():
+            self.store.drop_sent(message_id)
+            return [self._report("delivered", message_id=message_id, attempt=attempt)]
 
     def delivery_failed(self, message_id: str, error_code: str, error: str) -> list[Action]:
         """The network reported a sent message as not delivered: a final ``failed``."""
         held = self.store.get_held(message_id)
-        attempt = held.attempt if held is not None else self._recent_sent.get(message_id)
+        attempt = held.attempt if held is not None else self.store.sent_attempt(message_id)
         if attempt is None:
             log.warning("delivery failure for unknown message %s", message_id)
             return []
-        self._recent_sent.pop(message_id, None)
+        self.store.drop_sent(message_id)
         return [
             self._report(
                 "failed",
@@ -374,10 +372,8 @@ class PhoneProtocol:
         return Emit(frame)
 
     def _remember_sent(self, message_id: str, attempt: int) -> None:
-        self._recent_sent[message_id] = attempt
-        self._recent_sent.move_to_end(message_id)
-        while len(self._recent_sent) > _RECENT_SENT_LIMIT:
-            self._recent_sent.popitem(last=False)
+        # Durable (SqlitePhoneStore): a delivery report after a restart still finds it.
+        self.store.put_sent(message_id, attempt, self._clock())
 
 
 def _status_fields(status: DeviceStatus) -> dict[str, Any]:

@@ -21,9 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from .outbox import _HELD_STATES, Frame, HeldCommand, HeldState, PhoneStore, _frame_id
+from .outbox import (
+    _HELD_STATES,
+    SENT_KEPT,
+    SENT_KEPT_SECONDS,
+    Frame,
+    HeldCommand,
+    HeldState,
+    PhoneStore,
+    _frame_id,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (
@@ -49,6 +58,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sent (
+    message_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_at ON sent (sent_at);
 """
 
 
@@ -154,6 +169,32 @@ class SqlitePhoneStore(PhoneStore):
             f"DELETE FROM {table} WHERE id = ? RETURNING frame", (frame_id,)
         ).fetchone()
         return None if row is None else cast(Frame, json.loads(row[0]))
+
+    # -- sent, waiting for a delivery report ---------------------------------------
+
+    def sent_attempt(self, message_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT attempt FROM sent WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_sent(self, message_id: str, attempt: int, at: float) -> None:
+        with self.batch():
+            self._db.execute(
+                "INSERT INTO sent (message_id, attempt, sent_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (message_id) DO UPDATE SET attempt = excluded.attempt, "
+                "sent_at = excluded.sent_at",
+                (message_id, attempt, at),
+            )
+            self._db.execute("DELETE FROM sent WHERE sent_at < ?", (at - SENT_KEPT_SECONDS,))
+            self._db.execute(
+                "DELETE FROM sent WHERE sent_at < (SELECT sent_at FROM sent "
+                "ORDER BY sent_at DESC LIMIT 1 OFFSET ?)",
+                (SENT_KEPT,),
+            )
+
+    def drop_sent(self, message_id: str) -> None:
+        self._db.execute("DELETE FROM sent WHERE message_id = ?", (message_id,))
 
     # -- named values ---------------------------------------------------------------
 

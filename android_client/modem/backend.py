@@ -27,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..backend import Backend, DeviceStatus, InboundCallback, InboundSms, SendResult, SimInfo
+from ..outbox import SENT_KEPT_SECONDS, PhoneStore
 from .at import AtChannel, AtResponse, Urc, UrcCallback
 from .errors import (
     INVALID_NUMBER_CODES,
@@ -191,6 +194,7 @@ class _Outgoing:
     pending: set[int] = field(default_factory=set)  # message references not yet delivered
     delivered: int = 0
     untracked: bool = False  # a part got no reference: delivery can never be confirmed
+    sent_at: float = field(default_factory=time.time)
 
 
 @dataclass(eq=False)
@@ -227,10 +231,17 @@ class ModemBackend(Backend):
     """A ``Backend`` on a GSM modem (one SIM, slot 0)."""
 
     def __init__(
-        self, config: ModemConfig, *, channel_factory: ChannelFactory | None = None
+        self,
+        config: ModemConfig,
+        *,
+        channel_factory: ChannelFactory | None = None,
+        state: PhoneStore | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        # Where the message references waiting for status reports are kept, so a report
+        # that arrives after the agent restarted still finds its message.
+        self._state = state
         self.info = ModemInfo()
         self._factory = channel_factory or open_serial_channel
         self._channel: AtChannel | None = None
@@ -275,6 +286,7 @@ class ModemBackend(Backend):
             await self._close_channel()
             raise
         self._started = True
+        self._load_outgoing()
         self._inbound.put_nowait(_Scan())  # SMS that arrived while the agent was down
         self._spawn(self._urc_worker())
         self._spawn(self._inbound_worker())
@@ -381,6 +393,8 @@ class ModemBackend(Backend):
                         out.untracked = True
                     elif self.config.delivery_reports:
                         self._track(mr, out)
+                if out.pending:
+                    self._save_outgoing()
         finally:
             self._sending.discard(message_id)
             if message_id in self._early_deliveries:
@@ -489,6 +503,58 @@ class ModemBackend(Backend):
             if self._by_reference.get(mr) is out:
                 del self._by_reference[mr]
         out.pending.clear()
+        self._save_outgoing()
+
+    # Key of the agent's state under which the references are kept (at most 256 of them:
+    # references are 8 bits, so a few KiB of JSON, written after each change).
+    OUTGOING_KEY = "modem.outgoing"
+
+    def _save_outgoing(self) -> None:
+        if self._state is None:
+            return
+        messages = {id(o): o for o in self._by_reference.values()}.values()
+        doc = [
+            {
+                "id": o.message_id,
+                "to": o.recipient,
+                "total": o.total,
+                "delivered": o.delivered,
+                "untracked": o.untracked,
+                "pending": sorted(o.pending),
+                "at": o.sent_at,
+            }
+            for o in messages
+        ]
+        self._state.set_meta(self.OUTGOING_KEY, json.dumps(doc) if doc else None)
+
+    def _load_outgoing(self) -> None:
+        """The references of messages sent before a restart, younger than the network
+        keeps an SMS (then its report says expired, or never comes)."""
+        raw = self._state.get_meta(self.OUTGOING_KEY) if self._state is not None else None
+        if not raw:
+            return
+        oldest = time.time() - SENT_KEPT_SECONDS
+        try:
+            for item in json.loads(raw):
+                if float(item["at"]) < oldest:
+                    continue
+                out = _Outgoing(
+                    message_id=str(item["id"]),
+                    recipient=str(item["to"]),
+                    total=int(item["total"]),
+                    delivered=int(item["delivered"]),
+                    untracked=bool(item["untracked"]),
+                    sent_at=float(item["at"]),
+                )
+                for mr in item["pending"]:
+                    self._track(int(mr), out)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: ignoring unreadable stored references: %s", self.config.port, exc)
+        log.info(
+            "%s: waiting for %d status report(s) from before the restart",
+            self.config.port,
+            len(self._by_reference),
+        )
 
     async def _deliver_soon(self, message_id: str) -> None:
         await asyncio.sleep(0)  # let the client record "sent" first
@@ -519,6 +585,7 @@ class ModemBackend(Backend):
         out.pending.discard(mr)
         if state is DeliveryState.DELIVERED:
             out.delivered += 1
+            self._save_outgoing()
             if out.delivered == out.total and not out.untracked:
                 await self._delivered(out.message_id)
             return

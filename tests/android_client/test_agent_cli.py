@@ -226,9 +226,10 @@ def test_modem_backend_is_imported_lazily_with_its_options(
         retry_unconfirmed: bool = False
 
     class ModemBackend(SimulatedBackend):
-        def __init__(self, config: ModemConfig) -> None:
+        def __init__(self, config: ModemConfig, *, state: object = None) -> None:
             super().__init__()
             self.modem_config = config
+            self.state = state
 
     fake = types.ModuleType("android_client.modem")
     fake.ModemConfig = ModemConfig  # type: ignore[attr-defined]
@@ -241,6 +242,7 @@ def test_modem_backend_is_imported_lazily_with_its_options(
         backend = agent.make_backend(opts, AgentDir(tmp_path), store)
         assert isinstance(backend, ModemBackend)
         assert backend.modem_config == ModemConfig("/dev/ttyUSB3", 9600, "1234", None, True)
+        assert backend.state is store  # its delivery references outlive a restart
         with pytest.raises(AgentError, match="needs --port") as info:
             agent.make_backend(RunOptions(backend="modem"), AgentDir(tmp_path), store)
         assert info.value.exit_code == agent.EXIT_USAGE

@@ -102,3 +102,15 @@ def test_same_protocol_outcome_as_the_memory_store(tmp_path: Path) -> None:
         ("m1", 1, "transmitted"),
         ("m3", 2, "owned"),
     ]
+
+
+def test_sent_messages_are_kept_for_their_report_until_they_age_out(tmp_path: Path) -> None:
+    with SqlitePhoneStore(tmp_path / "s.db") as store:
+        store.put_sent("old", 1, 1_000_000.0)
+        store.put_sent("m", 2, 1_000_000.0 + 3600)
+        assert (store.sent_attempt("old"), store.sent_attempt("m")) == (1, 2)
+        store.put_sent("new", 4, 1_000_000.0 + 6 * 86400)  # 6 days on: "old" is too old
+        assert store.sent_attempt("old") is None and store.sent_attempt("m") is None
+        assert store.sent_attempt("new") == 4
+        store.drop_sent("new")
+        assert store.sent_attempt("new") is None

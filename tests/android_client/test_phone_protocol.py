@@ -325,3 +325,33 @@ def test_bad_hub_frames_are_ignored(text: str) -> None:
     p = make()
     assert p.receive_text(text) == []
     assert p.store.held() == []
+
+
+def test_a_delivery_report_after_a_restart_carries_the_sent_attempt(tmp_path: Any) -> None:
+    """The attempt of a sent message is kept in the agent's database until its delivery
+    report, so a report that comes after the agent restarted is still sent, and right."""
+    from android_client.state import SqlitePhoneStore
+
+    with SqlitePhoneStore(tmp_path / "s.db") as store:
+        p = make(store)
+        welcome(p)
+        p.receive(send("m1", 3))
+        p.accept("m1", 3)
+        p.receive(ownership("m1", True, attempt=3))
+        (report,) = frames(p.transmitted("m1", 3, SendResult(ok=True)))
+        p.receive({"type": "ack", "id": "a", "ref": report["id"]})
+        assert store.get_held("m1") is None  # forgotten once acked ...
+    with SqlitePhoneStore(tmp_path / "s.db") as store:
+        (delivered,) = frames(make(store).delivered("m1"))  # ... but not its attempt
+        assert (delivered["type"], delivered["attempt"]) == ("delivered", 3)
+        assert store.sent_attempt("m1") is None  # reported: forgotten now
+        assert make(store).delivered("m1") == []
+
+
+def test_what_is_kept_for_late_reports_ages_out() -> None:
+    store = MemoryPhoneStore()
+    p = make(store, clock=lambda: 1_000_000.0)
+    p._remember_sent("old", 1)
+    p2 = make(store, clock=lambda: 1_000_000.0 + 6 * 86400)
+    p2._remember_sent("new", 2)
+    assert store.sent_attempt("old") is None and store.sent_attempt("new") == 2

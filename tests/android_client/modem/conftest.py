@@ -34,8 +34,9 @@ async def make_backend(modem: FakeModem, recorder: Recorder) -> AsyncIterator[Ma
             "send_timeout": 2.0,
             "registration_timeout": 0.0,
         }
+        state = config.pop("state", None)  # the agent's PhoneStore, if the test gives one
         options.update(config)
-        backend = ModemBackend(ModemConfig(port=modem.port, **options))
+        backend = ModemBackend(ModemConfig(port=modem.port, **options), state=state)
         created.append(backend)
         if listen:
             recorder.attach(backend)

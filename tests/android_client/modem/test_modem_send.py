@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from pathlib import Path
 
 import pytest
 from fake_modem import FakeModem, MakeBackend, Recorder, status_report_pdu
 
 from android_client.modem import ModemBackend
 from android_client.modem.pdu import Encoding, join_parts
+from android_client.state import SqlitePhoneStore
 
 TO = "+4915112345678"
 LONG_GSM = "The quick brown fox jumps over the lazy dog. " * 9  # 405 septets: 3 parts
@@ -310,3 +314,39 @@ async def test_an_unconfirmed_send_can_be_handed_back_when_chosen(
     modem.hang_after_submit = True
     result = await backend.send_sms("m1", TO, "hi", None)
     assert (result.error_code, result.retryable) == ("send_unconfirmed", True)
+
+
+async def test_a_status_report_after_a_restart_finds_its_message(
+    modem: FakeModem, make_backend: MakeBackend, recorder: Recorder, tmp_path: Path
+) -> None:
+    """References are kept in the agent's state database: the modem's report of a message
+    sent before the agent restarted is matched (a multi-part one when every part is), and
+    references older than the network keeps an SMS are dropped."""
+    state = SqlitePhoneStore(tmp_path / "state.db")
+    first = await make_backend(state=state)
+    modem.next_mr = 10
+    assert (await first.send_sms("m1", TO, "one", None)).ok
+    assert (await first.send_sms("m2", TO, "x" * 200, None)).ok  # two parts: 11, 12
+    await first.aclose()
+    state.close()
+
+    state = SqlitePhoneStore(tmp_path / "state.db")  # the agent starts again
+    second = await make_backend(state=state)
+    report(modem, 11)
+    report(modem, 10)
+    assert await recorder.next_delivery() == "m1"
+    report(modem, 12)
+    assert await recorder.next_delivery() == "m2"
+    assert state.get_meta(ModemBackend.OUTGOING_KEY) is None  # nothing left to wait for
+    await second.aclose()
+
+    # An entry older than SMS validity is not waited for.
+    old = [{"id": "m9", "to": TO, "total": 1, "delivered": 0, "untracked": False,
+            "pending": [20], "at": time.time() - 6 * 86400}]  # fmt: skip
+    state.set_meta(ModemBackend.OUTGOING_KEY, json.dumps(old))
+    third = await make_backend(state=state)
+    report(modem, 20)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(recorder.next_delivery(), 0.3)
+    await third.aclose()
+    state.close()
