@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import agent
 from .pacing import DEFAULT_DAILY_CAP, DEFAULT_MIN_INTERVAL
+from .pool import run_pool
 from .simulate import DEFAULT_STATE_DIR, SimulateOptions, simulate
 
 
@@ -178,7 +179,12 @@ def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="SIM slots to offer the hub (default: 0)",
     )
     modem = run.add_argument_group("modem backend")
-    modem.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    modem.add_argument(
+        "--port",
+        action="append",
+        help="serial device, e.g. /dev/ttyUSB0; repeat it for several modems: one agent "
+        "process each, state in <state-dir>/<port name> (docs/modems.md)",
+    )
     modem.add_argument("--baudrate", type=_positive_int, default=115200, help="default: 115200")
     modem.add_argument(
         "--pin",
@@ -247,6 +253,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _log_setup(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    ports: list[str] = args.port or []
+    if args.backend == "modem" and len(ports) > 1:
+        return _run_pool(args, ports)
     opts = agent.RunOptions(
         state_dir=args.state_dir,
         backend=args.backend,
@@ -256,7 +265,7 @@ def _run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         tool_timeout=args.tool_timeout,
         sim_slots=args.sim_slots,
-        port=args.port,
+        port=ports[0] if ports else None,
         baudrate=args.baudrate,
         pin=args.pin,
         smsc=args.smsc,
@@ -265,6 +274,27 @@ def _run(args: argparse.Namespace) -> int:
         sim_deliver=not args.sim_no_deliver,
     )
     return asyncio.run(agent.run_agent(opts))
+
+
+def _run_pool(args: argparse.Namespace, ports: list[str]) -> int:
+    """Several modems: one agent process each, with the same options."""
+    passthrough = [
+        "--baudrate", str(args.baudrate),
+        "--min-interval", str(args.min_interval),
+        "--daily-cap", str(args.daily_cap),
+        "--backoff-max", str(args.backoff_max),
+    ]  # fmt: skip
+    if args.smsc:
+        passthrough += ["--smsc", args.smsc]
+    if args.retry_unconfirmed:
+        passthrough.append("--retry-unconfirmed")
+    passthrough += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
+    if args.pin:
+        os.environ["SMSGW_MODEM_PIN"] = args.pin  # for the children, never on a command line
+    try:
+        return asyncio.run(run_pool(ports, args.state_dir, passthrough))
+    except ValueError as exc:
+        raise agent.AgentError(str(exc), agent.EXIT_USAGE) from exc
 
 
 def _status(args: argparse.Namespace) -> int:
