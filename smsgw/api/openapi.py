@@ -14,7 +14,10 @@ from smsgw.api.framework import Api
 _DESCRIPTION = (
     "Self-hosted SMS gateway. Authenticate with `X-API-Key: <key>` or "
     "`Authorization: Bearer <key>`. Every error has the shape "
-    '`{"error": {"code": "...", "message": "..."}}`.'
+    '`{"error": {"code": "...", "message": "..."}}` (SMSGate\'s API under '
+    '`/api/3rdparty/v1` answers `{"message": "...", "code": "..."}`, as its clients expect). '
+    "Phones connect to `GET /ws/device` (a WebSocket, not listed here): the device protocol "
+    "is documented in docs/protocol.md and defined in android_client/wire.py."
 )
 
 

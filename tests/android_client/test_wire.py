@@ -9,7 +9,7 @@ understand each other at every step (no socket: frames are passed as text).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +244,108 @@ def test_the_protocol_doc_holds_the_definitions_tables() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     begin, end = "<!-- wire.reference: begin -->\n", "<!-- wire.reference: end -->"
     assert doc[doc.index(begin) + len(begin) : doc.index(end)] == wire.reference()
+
+
+def _hello(**changes: Any) -> dict[str, Any]:
+    frame = PhoneProtocol(MemoryPhoneStore(), id_prefix="p").hello(DeviceStatus(50, False, 2), [])
+    frame.update(changes)
+    return frame
+
+
+def _open_hub() -> DeviceProtocol:
+    h = DeviceProtocol()
+    (event,) = h.receive_text(json.dumps(_hello()))
+    assert isinstance(event, FrameReceived)
+    return h
+
+
+@pytest.mark.parametrize(
+    ("frame", "accepted"),
+    [
+        # Optional fields left out: the definition's defaults.
+        ({"type": "heartbeat", "id": "a", "battery": 5, "signal": 1}, True),
+        (
+            {
+                "type": "failed",
+                "id": "a",
+                "message_id": "m",
+                "attempt": 1,
+                "error_code": "x",
+                "retryable": True,
+            },
+            True,
+        ),
+        # retryable is required: guessing it would lose a message or send it twice.
+        ({"type": "failed", "id": "a", "message_id": "m", "attempt": 1, "error_code": "x"}, False),
+        # Unknown fields are ignored (a newer agent may send more).
+        ({"type": "sent", "id": "a", "message_id": "m", "attempt": 1, "colour": "red"}, True),
+        ({"type": "sent", "id": "a", "message_id": "m", "attempt": 0}, False),
+        (
+            {
+                "type": "inbound",
+                "id": "a",
+                "local_id": "l",
+                "from": "+1",
+                "body": "b",
+                "received_at": "2026-12-07T10:00:00",
+            },
+            True,
+        ),
+        (
+            {
+                "type": "inbound",
+                "id": "a",
+                "local_id": "l",
+                "from": "+1",
+                "body": "b",
+                "received_at": "yesterday",
+            },
+            False,
+        ),
+    ],
+)
+def test_the_hub_reads_the_edge_cases_as_the_definition_says(
+    frame: dict[str, Any], accepted: bool
+) -> None:
+    h = _open_hub()
+    h.data_to_send()
+    events = h.receive_text(json.dumps(frame))
+    assert bool(events) == accepted, (frame, events, h.data_to_send())
+    if not accepted:
+        (error,) = h.data_to_send()
+        assert json.loads(error)["code"] == "invalid_frame"
+    # The agent's validator agrees field by field.
+    try:
+        wire.check(wire.PHONE_FRAMES, frame)
+        agent_accepts = True
+    except wire.WireError:
+        agent_accepts = False
+    assert agent_accepts == accepted
+
+
+def test_a_hello_with_only_the_required_fields_opens_the_session() -> None:
+    h = DeviceProtocol()
+    minimal = {"type": "hello", "id": "h", "protocol": "1.0", "battery": 1, "signal": 0}
+    (event,) = h.receive_text(json.dumps(minimal))
+    assert isinstance(event, FrameReceived) and isinstance(event.frame, hub.HelloFrame)
+    assert event.frame.held == [] and event.frame.sims == [] and event.frame.app_version == ""
+
+
+def test_an_inbound_date_without_a_zone_is_utc_on_the_hub_side() -> None:
+    h = _open_hub()
+    (event,) = h.receive_text(json.dumps({"type": "inbound", "id": "a", "local_id": "l",
+                                          "from": "+1", "body": "b",
+                                          "received_at": "2026-12-07T10:00:00"}))  # fmt: skip
+    assert isinstance(event, FrameReceived) and isinstance(event.frame, hub.InboundFrame)
+    received = event.frame.received_at
+    assert received.tzinfo is None or received.utcoffset() == timedelta(0)
+
+
+def test_the_agent_never_imports_the_hub() -> None:
+    root = Path(__file__).resolve().parents[2] / "android_client"
+    for path in root.rglob("*.py"):
+        if "build" in path.relative_to(root).parts:
+            continue
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            assert not stripped.startswith(("from smsgw", "import smsgw")), (path, line)
