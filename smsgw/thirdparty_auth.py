@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import jwt
 from starlette.requests import HTTPConnection
 
 from smsgw.appwire import app_time
-from smsgw.auth import Authenticator, Principal, Scope, presented_secret
+from smsgw.auth import Authenticator, Principal, Scope, hash_secret, presented_secret
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
 from smsgw.store import Store
@@ -38,7 +39,9 @@ ALGORITHM = "HS256"
 DEFAULT_TTL = 24 * 3600
 MAX_TTL = 365 * 24 * 3600
 REFRESH_TTL = 30 * 24 * 3600
-ENV_ADMIN = "env:SMSGW_ADMIN_KEY"  # the ``sub`` of a token asked for with the admin key
+# The ``sub`` of a token asked for with SMSGW_ADMIN_KEY names that key by a fingerprint,
+# so a token dies with the key it came from when the environment's key is changed.
+ENV_ADMIN = "env:"
 KEY_CACHE_SECONDS = 5.0
 
 
@@ -112,8 +115,9 @@ class ThirdPartyAuth:
         return claims
 
     async def _principal(self, sub: str) -> Principal | None:
-        if sub == ENV_ADMIN:
-            if not self.auth.env_admin_key:
+        if sub.startswith(ENV_ADMIN):
+            env_key = self.auth.env_admin_key
+            if not env_key or not hmac.compare_digest(sub, _env_sub(env_key)):
                 return None
             return Principal(None, "SMSGW_ADMIN_KEY", frozenset({Scope.ADMIN.value}))
         cached = self._keys.get(sub)
@@ -174,7 +178,8 @@ class ThirdPartyAuth:
     async def _pair(self, principal: Principal, scopes: list[str], ttl: int) -> dict[str, Any]:
         now = int(time.time())
         jti = new_id()
-        sub = principal.key_id or ENV_ADMIN
+        env_key = self.auth.env_admin_key
+        sub = principal.key_id or (_env_sub(env_key) if env_key else ENV_ADMIN)
         key = await self._key()
         access = jwt.encode(
             {"sub": sub, "jti": jti, "iat": now, "exp": now + ttl, "scopes": scopes},
@@ -209,6 +214,10 @@ class ThirdPartyAuth:
             "expires_at": expires,
             "expiresAt": expires,
         }
+
+
+def _env_sub(env_key: str) -> str:
+    return ENV_ADMIN + hash_secret(env_key)[:24]
 
 
 def _basic_password(value: str) -> str:

@@ -652,3 +652,25 @@ async def test_health_logs_and_unknown_routes(hub: HubServer, farm: Farm) -> Non
         r = await c.request("TRACE", "/messages", headers=basic())
         error(r, 405)
         assert "POST" in r.headers["allow"]
+
+
+async def test_a_token_of_the_environments_admin_key_dies_with_that_key(tmp_path: Any) -> None:
+    """Tokens asked for with SMSGW_ADMIN_KEY name that key (by a fingerprint): change the
+    key in the environment, and they stop working, though the hub's signing secret (in
+    the database) is the same."""
+    first = await HubServer(tmp_path / "hub.db").start()
+    try:
+        async with httpx.AsyncClient(base_url=first.url + BASE, headers=basic(), timeout=30) as c:
+            r = await c.post("/auth/token", json={"scopes": ["messages:list"]})
+            token = r.json()["accessToken"]
+            assert (await c.get("/messages", headers=bearer(token))).status_code == 200
+    finally:
+        await first.stop()
+    other_key = "sk_111111111111_another-admin-key"
+    second = await HubServer(tmp_path / "hub.db", admin_key=other_key).start()
+    try:
+        async with httpx.AsyncClient(base_url=second.url + BASE, timeout=30) as c:
+            error(await c.get("/messages", headers=bearer(token)), 401)
+            assert (await c.get("/messages", headers=basic(other_key))).status_code == 200
+    finally:
+        await second.stop()
