@@ -504,6 +504,13 @@ async def logs(call: Call) -> Response:
     raise ApiError(501, "not_implemented", "device logs are not accessible through smsgw")
 
 
+@route("GET", "/inbox/{message_id}/attachments/{part_id}",
+       "Not served: smsgw receives no MMS", responses={501: SmsgateError})  # fmt: skip
+async def inbox_attachment(call: Call) -> Response:
+    await caller(call, "inbox:list")
+    raise ApiError(501, "not_implemented", "MMS attachments: smsgw receives no MMS")
+
+
 # -- tokens -----------------------------------------------------------------------------------
 
 

@@ -648,6 +648,7 @@ async def test_health_logs_and_unknown_routes(hub: HubServer, farm: Farm) -> Non
         await farm.add()
         assert (await c.get("/health")).json()["status"] == "pass"
         error(await c.get("/logs", headers=basic()), 501)
+        error(await c.get("/inbox/x/attachments/1", headers=basic()), 501)
         error(await c.get("/nowhere", headers=basic()), 404)
         r = await c.request("TRACE", "/messages", headers=basic())
         error(r, 405)
