@@ -42,6 +42,7 @@ from smsgw.errors import (
     server_error_handler,
 )
 from smsgw.hub import Hub
+from smsgw.logs import RequestIds
 
 _SWAGGER = """<!doctype html>
 <html><head><title>smsgw API</title><meta charset="utf-8">
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
             Exception: server_error_handler,
         },
         lifespan=lifespan,
-        middleware=[Middleware(CollapseSlashes)],
+        middleware=[Middleware(RequestIds), Middleware(CollapseSlashes)],
     )
     app.state.hub = the_hub
     return app

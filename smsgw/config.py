@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
@@ -20,6 +21,7 @@ class Settings(BaseSettings):
     agent_pyz: str = "dist/smsgw-agent.pyz"
     admin_key: str | None = None
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (smsgw/logs.py)
     # HTTPS (docs/smsgate-app.md): a certificate chain and its key, e.g. from
     # ``smsgw tls init``. Both or neither.
     tls_cert: str | None = None

@@ -11,6 +11,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from smsgw import logs
 from smsgw.api.device_ws import protocol_for
 from smsgw.app import create_app
 from smsgw.config import Settings
@@ -91,9 +92,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(settings.log_level, settings.log_format)
     # `kill -USR1 <pid>` writes every thread's stack to stderr: for a node that will not stop.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = create_app(settings)
