@@ -23,6 +23,7 @@ from smsgw.api import (  # noqa: F401
     health,
     keys,
     messages,
+    metrics,
     mobile,
     optouts,
     otp,

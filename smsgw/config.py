@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     port: int = Field(default=9000, ge=0, le=65535)
     # Public base URL phones should use; derived from the request when unset.
     public_url: str | None = None
+    # GET /metrics takes this Bearer token; unset: an admin API key (never open).
+    metrics_token: str | None = None
     # The agent in one file (``make agent``), served at GET /agent/smsgw-agent.pyz.
     agent_pyz: str = "dist/smsgw-agent.pyz"
     admin_key: str | None = None

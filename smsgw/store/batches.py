@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from smsgw.store import rows
 from smsgw.store.operations import Operations
@@ -43,6 +44,25 @@ class Batches(Operations):
             batch_id,
         )
         return rows.batch(row, {r[0]: r[1] for r in counts}, self.dec)
+
+    @read
+    def gauges(self, now: datetime) -> Op[dict[str, Any]]:
+        """What /metrics shows of the database at one moment: messages by status, the
+        outbox's due messages and the age of the oldest, webhook deliveries by status."""
+        by_status = yield fetch("SELECT status, count(*) FROM messages GROUP BY status")
+        due = yield fetchrow(
+            "SELECT count(*), min(coalesce(next_attempt_at, created_at)) FROM messages "
+            "WHERE status = 'PENDING' AND (next_attempt_at IS NULL OR next_attempt_at <= $1)",
+            now,
+        )
+        deliveries = yield fetch("SELECT status, count(*) FROM webhook_deliveries GROUP BY status")
+        oldest = self.dec.dt(due[1]) if due[1] is not None else None
+        return {
+            "messages": {r[0]: int(r[1]) for r in by_status},
+            "due": int(due[0]),
+            "oldest_due_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+            "deliveries": {r[0]: int(r[1]) for r in deliveries},
+        }
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         """Counts over messages, inbound SMS and OTP codes created in [since, until)."""
