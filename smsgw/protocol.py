@@ -46,6 +46,8 @@ def _rule(spec: wire.Spec) -> Any:
     kw: dict[str, Any] = {}
     if spec.name is not None:
         kw["alias"] = spec.name
+    if spec.kind in (int, bool):
+        kw["strict"] = True  # as the agent's validator: "1" is not 1, 1 is not true
     bounds = ("ge", "le") if spec.kind in (int, float) else ("min_length", "max_length")
     for key, bound in zip(bounds, (spec.low, spec.high), strict=True):
         if bound is not None:

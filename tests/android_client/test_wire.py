@@ -280,6 +280,10 @@ def _open_hub() -> DeviceProtocol:
         # Unknown fields are ignored (a newer agent may send more).
         ({"type": "sent", "id": "a", "message_id": "m", "attempt": 1, "colour": "red"}, True),
         ({"type": "sent", "id": "a", "message_id": "m", "attempt": 0}, False),
+        # Strict types on both sides: a string is not an integer, a number not a boolean.
+        ({"type": "sent", "id": "a", "message_id": "m", "attempt": "1"}, False),
+        ({"type": "sent", "id": "a", "message_id": "m", "attempt": 1.0}, False),
+        ({"type": "heartbeat", "id": "a", "battery": 5, "signal": 1, "charging": 1}, False),
         (
             {
                 "type": "inbound",
