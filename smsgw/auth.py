@@ -10,6 +10,8 @@ a device token never authenticates a client call, a client key never opens a dev
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import hmac
@@ -17,7 +19,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from starlette.requests import HTTPConnection
 
@@ -92,6 +94,30 @@ def presented_secret(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def basic_password(authorization: str) -> str | None:
+    """The password of an ``Authorization: Basic`` header; None if it is not one or is
+    malformed. (The stock app and SMSGate's clients send an API key there.)"""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+async def issue_enrollment_code(
+    store: Store, now: datetime, ttl_seconds: float
+) -> tuple[str, datetime]:
+    """A single-use enrollment code (only its hash is stored) and when it expires."""
+    expires = now + timedelta(seconds=ttl_seconds)
+    code = new_enrollment_code()
+    await store.create_enrollment_code(hash_secret(normalise_code(code)), now, expires)
+    return code, expires
 
 
 # A verified client key is remembered this long, so a busy client costs one database read

@@ -16,8 +16,6 @@ issues a new pair with the scopes of the first.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import secrets
 import time
@@ -29,7 +27,14 @@ import jwt
 from starlette.requests import HTTPConnection
 
 from smsgw.appwire import app_time
-from smsgw.auth import Authenticator, Principal, Scope, hash_secret, presented_secret
+from smsgw.auth import (
+    Authenticator,
+    Principal,
+    Scope,
+    basic_password,
+    hash_secret,
+    presented_secret,
+)
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
 from smsgw.store import Store
@@ -72,9 +77,11 @@ class ThirdPartyAuth:
 
     async def identify(self, conn: HTTPConnection) -> Caller:
         header = conn.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "basic":
-            principal = await self.auth.resolve_client(_basic_password(value.strip()))
+        if header.partition(" ")[0].lower() == "basic":
+            password = basic_password(header)
+            if password is None:
+                raise ApiError(401, "unauthorized", "malformed Basic credentials")
+            principal = await self.auth.resolve_client(password)
         else:
             secret = presented_secret(conn.headers)
             if secret is None:
@@ -218,14 +225,3 @@ class ThirdPartyAuth:
 
 def _env_sub(env_key: str) -> str:
     return ENV_ADMIN + hash_secret(env_key)[:24]
-
-
-def _basic_password(value: str) -> str:
-    try:
-        decoded = base64.b64decode(value, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise ApiError(401, "unauthorized", "malformed Basic credentials") from None
-    _, sep, password = decoded.partition(":")
-    if not sep or not password:
-        raise ApiError(401, "unauthorized", "malformed Basic credentials")
-    return password

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from smsgw.api import api
 from smsgw.api.agent import install_lines
 from smsgw.api.framework import Call, Reply
@@ -30,8 +28,8 @@ from smsgw.auth import (
     DEVICE_PREFIX,
     Scope,
     hash_secret,
+    issue_enrollment_code,
     new_credential,
-    new_enrollment_code,
     normalise_code,
     presented_secret,
 )
@@ -69,10 +67,8 @@ async def _device_or_404(call: Call) -> Device:
 )
 async def create_enrollment_code(call: Call) -> Reply:
     body: EnrollmentCodeIn = call.body
-    now = utcnow()
-    expires = now + timedelta(seconds=body.ttl_seconds or call.hub.settings.enrollment_code_ttl)
-    code = new_enrollment_code()
-    await call.hub.store.create_enrollment_code(hash_secret(normalise_code(code)), now, expires)
+    ttl = body.ttl_seconds or call.hub.settings.enrollment_code_ttl
+    code, expires = await issue_enrollment_code(call.hub.store, utcnow(), ttl)
     base = call.hub.settings.public_url or str(call.request.base_url)
     out = EnrollmentCodeOut(code=code, expires_at=expires, install=install_lines(base, code))
     return Reply(out, 201)

@@ -8,9 +8,6 @@ it register again), never a redirect.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, RootModel, ValidationError
@@ -29,7 +26,7 @@ from smsgw.appwire import (
     StateReport,
     app_time,
 )
-from smsgw.auth import Scope, hash_secret, new_enrollment_code, normalise_code
+from smsgw.auth import Scope, basic_password, issue_enrollment_code
 from smsgw.clock import utcnow
 from smsgw.errors import ApiError, validation_details
 
@@ -273,18 +270,12 @@ async def app_events(call: Call) -> Response:
     responses={200: UserCode, **AUTH_ERRORS},
 )
 async def app_user_code(call: Call) -> UserCode:
-    scheme, _, value = (_authorization(call) or "").partition(" ")
-    secret = ""
-    if scheme.lower() == "basic":
-        try:
-            secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            secret = ""
+    secret = basic_password(_authorization(call) or "")
     principal = await call.hub.auth.resolve_client(secret) if secret else None
     if principal is None or not principal.allows(Scope.ADMIN):
         raise ApiError(401, "unauthorized", "Basic with an admin API key as the password")
-    now = utcnow()
-    expires = now + timedelta(seconds=call.hub.settings.enrollment_code_ttl)
-    code = new_enrollment_code()
-    await call.hub.store.create_enrollment_code(hash_secret(normalise_code(code)), now, expires)
+    hub = call.hub
+    code, expires = await issue_enrollment_code(
+        hub.store, utcnow(), hub.settings.enrollment_code_ttl
+    )
     return UserCode(code=code, validUntil=app_time(expires))
