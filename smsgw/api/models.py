@@ -359,39 +359,20 @@ class DeviceOut(BaseModel):
     @classmethod
     def of(cls, d: Device, *, live: Any, default_quota: int, today: str) -> DeviceOut:
         """``live`` is the registry's LiveDevice when the phone is connected."""
-        # The app reports no battery or signal: what routing assumes is not shown.
-        if live is not None and d.kind == "agent":
+        if live is not None:
+            # The app reports no battery or signal: what routing assumes is not shown.
+            reports = d.kind == "agent"
             return cls(
                 id=d.id,
                 name=d.name,
-                kind="agent",
+                kind="agent" if reports else "app",
                 hardware_id=d.hardware_id,
                 online=True,
                 enabled=live.enabled,
-                battery=live.battery,
-                charging=live.charging,
-                signal=live.signal,
-                network=live.network,
-                app_version=d.app_version,
-                last_seen=live.last_seen,
-                sent_today=live.sent_today,
-                daily_quota=live.daily_quota,
-                in_flight=live.in_flight,
-                sims=live.sims,
-                created_at=d.created_at,
-            )
-        if live is not None:  # an app phone with its stream open
-            return cls(
-                id=d.id,
-                name=d.name,
-                kind="app",
-                hardware_id=d.hardware_id,
-                online=True,
-                enabled=live.enabled,
-                battery=None,
-                charging=None,
-                signal=None,
-                network=None,
+                battery=live.battery if reports else None,
+                charging=live.charging if reports else None,
+                signal=live.signal if reports else None,
+                network=live.network if reports else None,
                 app_version=d.app_version,
                 last_seen=live.last_seen,
                 sent_today=live.sent_today,

@@ -79,11 +79,22 @@ class SmsgateRecords(Operations):
             f"LIMIT {p(f.limit)} OFFSET {p(f.offset)}",
             *p.values,
         )
-        groups = []
-        for r in page:
-            found = yield from self._group(r["id"])
-            if found is not None:
-                groups.append(found)
+        if not page:
+            return [], int(total)
+        # The page's batches and all their messages in two reads, not one per message.
+        ids = Params()
+        listed = ", ".join(ids(r["id"]) for r in page)
+        batch_rows = yield fetch(f"SELECT * FROM batches WHERE id IN ({listed})", *ids.values)
+        message_rows = yield fetch(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE batch_id IN ({listed}) "
+            "ORDER BY created_at, id",
+            *ids.values,
+        )
+        batches = {r["id"]: rows.batch(r, {}, self.dec) for r in batch_rows}
+        by_batch: dict[str, list[Message]] = {}
+        for r in message_rows:
+            by_batch.setdefault(r["batch_id"], []).append(rows.message(r, self.dec))
+        groups = [(batches[r["id"]], by_batch.get(r["id"], [])) for r in page]
         return groups, int(total)
 
     # -- the API's settings document ------------------------------------------------------
