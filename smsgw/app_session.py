@@ -123,7 +123,6 @@ class AppSession(Session):
 
     async def _detach(self) -> None:
         live, self.live = self.live, None
-        self.hub.dispatcher.session_closed(self)
-        if live is not None and await self.hub.registry.detach(live):
+        if await self.hub.session_ended(self, live):
             log.info("app phone %s offline", self.device_id)
             await self.hub.store.device_seen(self.device_id, utcnow(), offline=True)

@@ -112,8 +112,7 @@ class DeviceConnection(Session):
 
     async def _detach(self) -> None:
         live, self.live = self.live, None
-        self.hub.dispatcher.session_closed(self)
-        if live is not None and await self.hub.registry.detach(live):
+        if await self.hub.session_ended(self, live) and live is not None:
             log.info("device %s offline", self.device_id)
             # The last state it reported, and when it was last seen, for the device list.
             await self.hub.store.record_device_status(

@@ -20,7 +20,8 @@ from smsgw.extras import need
 from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
-from smsgw.registry import LocalRegistry, Registry
+from smsgw.registry import LiveDevice, LocalRegistry, Registry
+from smsgw.session import Session
 from smsgw.store import Message, OptOut, Status, Store, create_store
 from smsgw.thirdparty_auth import ThirdPartyAuth
 from smsgw.wakeup import Waker
@@ -267,6 +268,13 @@ class Hub:
             self.opted_out.add(number)
         else:
             self.opted_out.discard(number)
+
+    async def session_ended(self, session: Session, live: LiveDevice | None) -> bool:
+        """A phone's session ended (agent socket or app stream): its offers fail over now.
+        True when ``live`` was still the registry's, so the phone is offline now (and
+        not when a newer session of it took over meanwhile)."""
+        self.dispatcher.session_closed(session)
+        return live is not None and await self.registry.detach(live)
 
     async def cancel_message(self, message_id: str) -> Message | None:
         """Cancel a message no phone owns yet (both APIs): the message as it then stands

@@ -202,8 +202,12 @@ def parse_model(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = validation_details(exc)
-        first = details[0]
-        raise ApiError(
-            422, "invalid_request", f"{first['field']}: {first['message']}", details
-        ) from None
+        raise invalid(exc) from None
+
+
+def invalid(exc: ValidationError, status: int = 422) -> ApiError:
+    """The one error for a body that does not validate: its first problem, and all of
+    them in ``details``."""
+    details = validation_details(exc)
+    first = details[0]
+    return ApiError(status, "invalid_request", f"{first['field']}: {first['message']}", details)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, RootModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from smsgw.api import api
-from smsgw.api.framework import Call, Reply, decode_json, read_body
+from smsgw.api.framework import Call, Reply, decode_json, invalid, read_body
 from smsgw.api.models import ErrorOut
 from smsgw.app_session import AppSession
 from smsgw.appwire import (
@@ -28,7 +28,7 @@ from smsgw.appwire import (
 )
 from smsgw.auth import Scope, basic_password, issue_enrollment_code
 from smsgw.clock import utcnow
-from smsgw.errors import ApiError, validation_details
+from smsgw.errors import ApiError
 
 DEVICE_TOKEN = "Bearer device token (from POST /api/mobile/v1/device)"
 AUTH_ERRORS: dict[int, type[BaseModel] | None] = {401: ErrorOut}
@@ -67,10 +67,7 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = validation_details(exc)
-        raise ApiError(
-            400, "invalid_request", f"{details[0]['field']}: {details[0]['message']}", details
-        ) from None
+        raise invalid(exc, 400) from None  # the app reads no body: 400, not 422
 
 
 async def _json(call: Call) -> Any:
@@ -227,10 +224,7 @@ async def app_webhook_in(call: Call) -> Reply:
             call.path("key"), body, headers.get("x-timestamp"), headers.get("x-signature")
         )
     except ValidationError as exc:
-        details = validation_details(exc)
-        raise ApiError(
-            400, "invalid_request", f"{details[0]['field']}: {details[0]['message']}", details
-        ) from None
+        raise invalid(exc, 400) from None
     return Reply(None, 204)
 
 
