@@ -16,6 +16,7 @@ from smsgw.api.device_ws import protocol_for
 from smsgw.app import create_app
 from smsgw.config import Settings
 from smsgw.hub import Hub
+from smsgw.lingering import LingeringClose
 
 # Younger collection rounds between two full ones (Python's default: 10); see startup().
 FULL_COLLECTION_AFTER = 100
@@ -27,7 +28,8 @@ def uvicorn_config(
     """WebSocket compression off and a small frame limit: per-connection memory matters
     when one hub holds thousands of idle phones. Protocol heartbeats replace WS pings.
     Phones' sockets are served by the hub's own protocol class (smsgw/api/device_ws.py),
-    not by uvicorn's ASGI WebSocket path."""
+    not by uvicorn's ASGI WebSocket path. Every HTTP answer is served with a lingering close
+    (smsgw/lingering.py), so clients that upload before they read get it."""
     app = app or create_app(settings)
     options: dict[str, object] = {
         "host": settings.host,
@@ -50,7 +52,7 @@ def uvicorn_config(
     if settings.tls_cert and settings.tls_key:
         options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     options.update(overrides)
-    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
+    return uvicorn.Config(LingeringClose(app), **options)  # type: ignore[arg-type]
 
 
 class DrainingServer(uvicorn.Server):

@@ -162,7 +162,9 @@ def count_request(hub: Hub, principal: Principal) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``. The
+    rest of a refused body is read and dropped before the 413 goes out, within a bound
+    (smsgw/lingering.py), so a client still uploading reads the answer."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")

@@ -4,7 +4,10 @@ hub keeps serving everyone else."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +15,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import Farm, HubServer
+from smsgw import lingering
+from tests.harness import ADMIN_KEY, Farm, HubServer
 
 TO = "+12025550999"
 
@@ -81,6 +85,153 @@ async def test_oversize_body_is_413_and_writes_nothing(api: httpx.AsyncClient) -
     r = await api.post("/sms/dispatch", content=chunks())
     assert r.status_code == 413
     assert await count_messages(api) == 0
+
+
+# -- a client that uploads its whole body before it reads (urllib, requests, PHP's curl) --
+
+BIG = json.dumps({"to": TO, "message": "x" * 3_000_000}).encode()  # 3 MB: over the 1 MiB limit
+
+
+def head(path: str, *lines: str, length: int | None = None) -> bytes:
+    """A request head; ``Connection: close`` as urllib sends it (then an unread body left
+    in the socket when the hub closes is a reset)."""
+    fields = ["Host: hub", "Connection: close", "Content-Type: application/json", *lines]
+    if length is not None:
+        fields.append(f"Content-Length: {length}")
+    return (f"POST {path} HTTP/1.1\r\n" + "".join(f"{f}\r\n" for f in fields) + "\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one HTTP/1.1 answer with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before an answer: {data!r}")
+        data += chunk
+    top, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines)}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def upload_then_read(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """What urllib does: sendall the whole request, then read (blocking: run in a thread,
+    the hub serves from this test's event loop)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        return read_answer(sock)
+
+
+def chunked(body: bytes, size: int = 65536) -> bytes:
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    ]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+async def test_oversize_body_reaches_a_client_that_uploads_before_reading(
+    hub: HubServer, api: httpx.AsyncClient
+) -> None:
+    """The hub reads and drops the rest of a refused body before answering (a lingering
+    close): without it, about 4 in 5 of these got a reset instead of the 413."""
+    key = f"X-API-Key: {ADMIN_KEY}"
+    for _ in range(20):
+        status, _, body = await asyncio.to_thread(
+            upload_then_read, hub.port, head("/sms/dispatch", key, length=len(BIG)) + BIG
+        )
+        assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+    # No Content-Length: refused while streaming, then the rest drained just the same.
+    request = head("/sms/dispatch", key, "Transfer-Encoding: chunked") + chunked(BIG)
+    for _ in range(3):
+        status, _, _ = await asyncio.to_thread(upload_then_read, hub.port, request)
+        assert status == 413
+    # Refused before the body is even read (a bad key): the same drain.
+    request = head("/sms/dispatch", "X-API-Key: sk_nope", length=len(BIG)) + BIG
+    for _ in range(5):
+        status, _, _ = await asyncio.to_thread(upload_then_read, hub.port, request)
+        assert status == 401
+    # SMSGate's API and the mobile API read bodies through the same reader.
+    basic = "Authorization: Basic " + base64.b64encode(f"u:{ADMIN_KEY}".encode()).decode()
+    request = head("/api/3rdparty/v1/messages", basic, length=len(BIG)) + BIG
+    status, _, body = await asyncio.to_thread(upload_then_read, hub.port, request)
+    assert status == 413 and json.loads(body)["code"] == "payload_too_large"
+    request = head("/api/mobile/v1/device", "Authorization: Bearer nope", length=len(BIG)) + BIG
+    status, _, _ = await asyncio.to_thread(upload_then_read, hub.port, request)
+    assert status == 401
+    assert await count_messages(api) == 0
+
+
+async def test_a_drained_connection_stays_usable(hub: HubServer) -> None:
+    """Kept alive, a connection whose refused body was drained serves the next request."""
+
+    def two_requests() -> tuple[int, int]:
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=20) as sock:
+            first = head("/sms/dispatch", f"X-API-Key: {ADMIN_KEY}", length=len(BIG))
+            sock.sendall(first.replace(b"Connection: close", b"Connection: keep-alive") + BIG)
+            status, headers, _ = read_answer(sock)
+            assert headers.get("connection") != "close"
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: hub\r\n\r\n")
+            return status, read_answer(sock)[0]
+
+    assert await asyncio.to_thread(two_requests) == (413, 200)
+
+
+async def test_a_body_past_the_drain_bound_is_answered_at_once_and_closed(
+    hub: HubServer, api: httpx.AsyncClient
+) -> None:
+    """Nobody makes the hub read without end: a body declared larger than the limit plus
+    lingering.DRAIN_BYTES is answered at once, with Connection: close, before a byte of it
+    is read (a client still uploading may then see a reset: documented)."""
+    length = 1024 * 1024 + lingering.DRAIN_BYTES + 1
+
+    def headers_only(*extra: str) -> tuple[int, dict[str, str], bytes]:
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=20) as sock:
+            sock.sendall(head("/sms/dispatch", f"X-API-Key: {ADMIN_KEY}", *extra, length=length))
+            return read_answer(sock)
+
+    status, headers, _ = await asyncio.to_thread(headers_only)
+    assert status == 413 and headers["connection"] == "close"
+    # Expect: 100-continue: the client waits to be told to upload; it is told 413 instead.
+    status, headers, _ = await asyncio.to_thread(headers_only, "Expect: 100-continue")
+    assert status == 413 and headers["connection"] == "close"
+
+    def upload_all() -> int | str:
+        try:
+            request = head("/sms/dispatch", f"X-API-Key: {ADMIN_KEY}", length=length)
+            return upload_then_read(hub.port, request + b"x" * length)[0]
+        except OSError as exc:  # the hub closed while we were writing
+            return type(exc).__name__
+
+    assert await asyncio.to_thread(upload_all) in (413, "BrokenPipeError", "ConnectionResetError")
+    assert (await api.get("/health")).status_code == 200
+    assert await count_messages(api) == 0
+
+
+async def test_a_stalled_body_is_drained_for_a_bounded_time(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that stops arriving holds the drain at most lingering.DRAIN_SECONDS; then the
+    413 goes out and the connection is closed."""
+    monkeypatch.setattr(lingering, "DRAIN_SECONDS", 0.5)
+
+    def stall() -> tuple[int, dict[str, str], float]:
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=20) as sock:
+            started = time.monotonic()
+            sock.sendall(head("/sms/dispatch", f"X-API-Key: {ADMIN_KEY}", length=len(BIG)))
+            sock.sendall(BIG[:100_000])
+            status, headers, _ = read_answer(sock)
+            return status, headers, time.monotonic() - started
+
+    status, headers, took = await asyncio.to_thread(stall)
+    assert status == 413 and headers["connection"] == "close"
+    assert 0.4 < took < 5
 
 
 async def test_too_long_message_and_unknown_ids(api: httpx.AsyncClient) -> None:
