@@ -234,6 +234,7 @@ class AppPhones:
                 )
             if status is None:
                 continue  # a duplicate, or a state going backwards: nothing changed
+            hub.metrics.reported(device.id, status, code)
             hub.dispatcher.reported(msg.id, device.id, status, code, text, recipient, attempt)
             self._relay(
                 device.id,

@@ -187,6 +187,8 @@ class DeviceConnection(Session):
                     frame.message_id, self.device_id, utcnow()
                 )
                 self.protocol.ack(frame.id)
+                if recipient:
+                    self.hub.metrics.reported(self.device_id, Status.SENT)
                 self.hub.dispatcher.reported(
                     frame.message_id,
                     self.device_id,
@@ -196,6 +198,8 @@ class DeviceConnection(Session):
             elif isinstance(frame, DeliveredFrame):
                 ok = await self.hub.store.mark_delivered(frame.message_id, self.device_id, utcnow())
                 self.protocol.ack(frame.id)
+                if ok:
+                    self.hub.metrics.reported(self.device_id, Status.DELIVERED)
                 self.hub.dispatcher.reported(
                     frame.message_id, self.device_id, Status.DELIVERED if ok else None
                 )
@@ -326,6 +330,8 @@ class DeviceConnection(Session):
             max_attempts=settings.max_attempts,
         )
         self.protocol.ack(frame.id)
+        if status is not None:
+            self.hub.metrics.reported(self.device_id, status, frame.error_code)
         self.hub.dispatcher.reported(
             frame.message_id,
             self.device_id,

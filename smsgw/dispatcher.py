@@ -31,6 +31,7 @@ from smsgw.registry import LiveDevice, Registry
 from smsgw.routing import APP, eligible, free_slots, spent
 from smsgw.session import Session, SessionClosed
 from smsgw.store import FINAL_STATUSES, Message, Status, Store
+from smsgw.telemetry import HubMetrics
 from smsgw.wakeup import Waker
 
 log = logging.getLogger("smsgw.dispatch")
@@ -42,6 +43,11 @@ BUSY_BACKOFF = 2.0
 # so a node holding 10,000 phones does not walk every one of them on each wake-up (a
 # reconnect storm wakes it thousands of times); a full round asks for another at once.
 ROUND_LIMIT = 500
+
+# Accepted messages whose SENT report this node waits for, to time their dispatch, at
+# most: a report that never comes here (the phone took it to another node) leaves an
+# entry, and the oldest go first.
+SINCE_LIMIT = 100_000
 
 T = TypeVar("T")
 
@@ -120,6 +126,11 @@ class Dispatcher:
         self._slot_waiters: list[asyncio.Future[None]] = []
         # Wakes offline phones (FCM) when work waits that no online phone can take.
         self.waker: Waker | None = None
+        # Counters and histograms (the hub puts its own here: smsgw/telemetry.py).
+        self.metrics = HubMetrics()
+        # Accepted messages: when each was created (or due, if scheduled), as a Unix time,
+        # for smsgw_dispatch_seconds once the phone reports it SENT.
+        self._since: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -361,6 +372,8 @@ class Dispatcher:
         live.mark_used()
         self._tried.setdefault(msg.id, set()).add(live.device_id)
         msg.attempt = attempt
+        if attempt > 1:
+            self.metrics.failovers.inc()
         # A timer resolving the future, not wait_for: wait_for costs a task per call.
         timer = asyncio.get_running_loop().call_later(
             timeout, _resolve, offer.future, Outcome.TIMEOUT
@@ -399,7 +412,10 @@ class Dispatcher:
                 raise
         if outcome is Outcome.ACCEPTED:
             msg.status, msg.device_id = Status.QUEUED, live.device_id
+            self._taken(msg)
             return outcome
+        if outcome is Outcome.TIMEOUT:
+            self.metrics.offer_timeouts.inc()
         self._release_slot(live, msg.id)
         if outcome in (Outcome.DECLINED, Outcome.LOST):
             return outcome  # a failure report or a cancel already updated the store
@@ -440,14 +456,28 @@ class Dispatcher:
                 if current.status is Status.QUEUED:  # still the phone's to report on
                     live.holding.add(msg.id)
                 msg.status, msg.device_id = current.status, current.device_id
+                self._taken(msg)
                 return Outcome.ACCEPTED
             return Outcome.LOST
         msg.device_id = None
         if status is Status.FAILED:
             msg.status, msg.error_code = Status.FAILED, "max_attempts"
             msg.error = f"no phone took the message after {attempt} attempts"
+            self.metrics.transition(Status.FAILED, msg.error_code)
             self._finished(msg.id, Change(Status.FAILED, None, msg.error_code, msg.error))
         return outcome
+
+    def _taken(self, msg: Message) -> None:
+        """A phone accepted this node's offer of ``msg``: count it, and remember since when
+        the message waits, for its dispatch time once it is SENT."""
+        self.metrics.transition(Status.QUEUED)
+        if msg.id not in self._since:
+            start = msg.created_at
+            if msg.send_at is not None and msg.send_at > start:
+                start = msg.send_at  # scheduled: its wait for send_at is not a delay
+            if len(self._since) >= SINCE_LIMIT:
+                del self._since[next(iter(self._since))]
+            self._since[msg.id] = start.timestamp()
 
     # -- reports from phones (called after the store recorded them) -------------------
 
@@ -580,6 +610,10 @@ class Dispatcher:
         if status is None:
             return
         self.registry.reported(message_id, device_id, status, error_code, error, recipient, attempt)
+        if status is Status.SENT or status is Status.DELIVERED:  # a delivery implies the send
+            since = self._since.pop(message_id, None)
+            if since is not None:
+                self.metrics.dispatched(time.time() - since)
         if status is Status.SENT and recipient is not None:
             self._affinity.put(recipient, device_id)
         live = self.registry.get(device_id)
@@ -622,6 +656,7 @@ class Dispatcher:
     def _finished(self, message_id: str, change: Change) -> None:
         self._tried.pop(message_id, None)
         self._busy.pop(message_id, None)
+        self._since.pop(message_id, None)
         self._notify(message_id, change)
 
     # -- the outbox ---------------------------------------------------------------------
@@ -698,7 +733,10 @@ class Dispatcher:
             self._next_purge = time.monotonic() + 60.0
             await self.store.purge_idempotency(now - timedelta(seconds=IDEMPOTENCY_KEEP))
             await self.store.purge_otps(now - timedelta(days=1))
-        for message_id in await self.store.expire_messages(now):
+        expired = await self.store.expire_messages(now)
+        if expired:
+            self.metrics.transition(Status.FAILED, "expired", len(expired))
+        for message_id in expired:
             self._finished(
                 message_id,
                 Change(

@@ -23,6 +23,7 @@ from smsgw.ratelimit import Limits
 from smsgw.registry import LiveDevice, LocalRegistry, Registry
 from smsgw.session import Session
 from smsgw.store import Message, OptOut, Status, Store, create_store
+from smsgw.telemetry import HubMetrics
 from smsgw.thirdparty_auth import ThirdPartyAuth
 from smsgw.wakeup import Waker
 from smsgw.webhook_worker import WebhookWorker
@@ -73,10 +74,14 @@ class Hub:
     app_secret: str = ""
     # Callers of SMSGate's 3rd-party API (smsgw/thirdparty_auth.py).
     thirdparty: ThirdPartyAuth = field(init=False)
+    # This node's counters and histograms (smsgw/telemetry.py), in a registry of its own.
+    metrics: HubMetrics = field(default_factory=HubMetrics)
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
         self.dispatcher.waker = self.waker
+        self.dispatcher.metrics = self.metrics
+        self.metrics.watch_store(self.store)
         self.apps = AppPhones(self)
         self.thirdparty = ThirdPartyAuth(self.store, self.auth)
 
@@ -279,14 +284,18 @@ class Hub:
     async def cancel_message(self, message_id: str) -> Message | None:
         """Cancel a message no phone owns yet (both APIs): the message as it then stands
         (CANCELLED, or the status that kept it from being cancelled), None if unknown."""
-        msg = await self.store.cancel_message(message_id, utcnow())
+        now = utcnow()
+        msg = await self.store.cancel_message(message_id, now)
         if msg is not None and msg.status is Status.CANCELLED:
+            if msg.cancelled_at == now:  # this call cancelled it, not an earlier one
+                self.metrics.transition(Status.CANCELLED)
             self.dispatcher.cancelled(message_id)
         return msg
 
     async def revoke_device(self, device_id: str) -> bool:
         if not await self.store.delete_device(device_id, utcnow()):
             return False
+        self.metrics.forget_device(device_id)
         await self.forget_device_token(device_id)
         live = self.registry.get(device_id)
         if live is not None:

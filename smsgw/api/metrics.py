@@ -1,18 +1,23 @@
 """``GET /metrics``: the hub's state in Prometheus' text format (prometheus_client).
 
-Everything here is read at scrape time from what the hub already keeps (the registry's
-live phones, the store's counts): nothing is added to the path of a message. A scrape
-needs ``Authorization: Bearer <token>``: ``SMSGW_METRICS_TOKEN``, or an admin API key
-when that is unset, so the farm's state is never open by default.
+Two sources, one answer. Gauges are read at scrape time from what the hub already keeps
+(the registry's live phones, the store's counts, the PostgreSQL pool), in a fresh
+registry each time. What cannot be read back afterwards (HTTP requests, transitions,
+dispatch latency, offer timeouts, failovers, per-phone reports, the SQLite writer's
+batches) is counted as it happens in the node's own registry (smsgw/telemetry.py), whose
+families are added to the scrape's. A scrape needs ``Authorization: Bearer <token>``:
+``SMSGW_METRICS_TOKEN``, or an admin API key when that is unset, so the farm's state is
+never open by default.
 
 Per-phone series exist for the phones that exist: a removed phone's series are gone from
-the next scrape (the label set is the device table's, bounded by the farm).
+the next scrape (the label set is the device table's, bounded by the farm; the live
+per-phone counters are pruned to it at each scrape).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -46,6 +51,9 @@ class _Snapshot(Collector):
 async def _families(hub: Hub, now: datetime) -> list[Metric]:
     devices = await hub.store.list_devices()
     gauges = await hub.store.gauges(now)
+    # A phone removed through another node (or reported on just as it was removed here)
+    # still has counters on this one: the enrolled list decides.
+    hub.metrics.keep_devices({d.id for d in devices})
     online = GaugeMetricFamily("smsgw_phones_online", "Phones connected now", labels=["kind"])
     registered = GaugeMetricFamily("smsgw_phones_registered", "Phones enrolled", labels=["kind"])
     labels = ["device", "name", "kind"]
@@ -102,8 +110,31 @@ async def _families(hub: Hub, now: datetime) -> list[Metric]:
         deliveries.add_metric([outcome], float(gauges["deliveries"].get(outcome, 0)))
     wakes = CounterMetricFamily("smsgw_wakes_sent", "FCM wake-ups sent by this node")
     wakes.add_metric([], float(hub.waker.wakes_sent))
-    return [online, registered, up, enabled, battery, signal, flight, sent, seen, messages,
+    read = [online, registered, up, enabled, battery, signal, flight, sent, seen, messages,
             due, oldest, deliveries, wakes]  # fmt: skip
+    return [*read, *_pool(hub), *hub.metrics.registry.collect()]
+
+
+def _pool(hub: Hub) -> list[Metric]:
+    """The PostgreSQL pool's connections (by duck type: asyncpg is an optional extra,
+    so its driver's class is not imported here; SQLite has no pool)."""
+    stats: Callable[[], tuple[int, int, int] | None] | None = getattr(
+        hub.store.driver, "pool_stats", None
+    )
+    found = stats() if stats is not None else None
+    if found is None:
+        return []
+    size, idle, most = found
+    families: list[Metric] = []
+    for name, text, value in (
+        ("smsgw_store_pool_size", "PostgreSQL connections open in the pool", size),
+        ("smsgw_store_pool_idle", "Of those, idle (not running a statement)", idle),
+        ("smsgw_store_pool_max_size", "The most the pool opens (SMSGW_DB_POOL_SIZE)", most),
+    ):
+        family = GaugeMetricFamily(name, text)
+        family.add_metric([], float(value))
+        families.append(family)
+    return families
 
 
 async def _authorize(call: Call) -> None:

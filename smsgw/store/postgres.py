@@ -273,6 +273,14 @@ class PostgresDriver:
         # Bounded: readiness must say "no" promptly, not hang on a dead server.
         await asyncio.wait_for(self._p().fetchval("SELECT 1"), PING_TIMEOUT)
 
+    def pool_stats(self) -> tuple[int, int, int] | None:
+        """The pool's connections now: (open, idle, most it may open); None when closed.
+        Read by ``GET /metrics`` at scrape time."""
+        pool = self._pool
+        if pool is None:
+            return None
+        return pool.get_size(), pool.get_idle_size(), pool.get_max_size()
+
     def _p(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("store is not open")

@@ -22,6 +22,7 @@ import functools
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -97,10 +98,13 @@ class _Writer(threading.Thread):
             db.close()
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        committed = 0.0
         try:
             db.execute("BEGIN IMMEDIATE")
             outcomes = self._apply(db, batch)
             db.execute("COMMIT")
+            committed = time.perf_counter()
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing of the batch is
             # durable, so every caller gets the error.
@@ -111,6 +115,10 @@ class _Writer(threading.Thread):
         self.writes += len(batch)
         loop = batch[0][1].get_loop()
         loop.call_soon_threadsafe(_deliver, outcomes)
+        # After the hand-over, so the loop delivers the results meanwhile.
+        observe = self._driver.on_batch
+        if observe is not None and committed:
+            observe(len(batch), committed - started)
 
     def _apply(self, db: sqlite3.Connection, batch: list[Job]) -> list[Outcome]:
         """Run a batch's writes inside the open transaction; a write that raises leaves no
@@ -174,6 +182,9 @@ class SqliteDriver:
         self.path = f"file:/smsgw-{new_id()}?vfs=memdb" if self.memory else str(path)
         self.writer: _Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        # Told (on the writer thread) of each committed batch: its writes and the seconds
+        # from BEGIN to the end of COMMIT. Set by the hub's metrics (smsgw/telemetry.py).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
