@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,14 +44,8 @@ from smsgw.errors import (
 )
 from smsgw.hub import Hub
 from smsgw.logs import RequestIds
-
-_SWAGGER = """<!doctype html>
-<html><head><title>smsgw API</title><meta charset="utf-8">
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""
+from smsgw.ui.routes import routes as ui_routes
+from smsgw.ui.sessions import Sessions
 
 
 class CollapseSlashes:
@@ -82,9 +76,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
     async def openapi(request: Request) -> Response:
         return JSONResponse(spec)
 
-    async def docs(request: Request) -> Response:
-        return HTMLResponse(_SWAGGER)
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await the_hub.start()
@@ -97,7 +88,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
         routes=[
             *api.routes(),
             Route("/openapi.json", openapi, include_in_schema=False),
-            Route("/docs", docs, include_in_schema=False),
+            *ui_routes(),  # the dashboard at /ui/, and /docs (Swagger UI served by the hub)
             # /ws/device is not an ASGI route: uvicorn hands WebSocket upgrades straight to
             # smsgw.api.device_ws (see smsgw/server.py).
         ],
@@ -110,4 +101,5 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
         middleware=[Middleware(RequestIds), Middleware(CollapseSlashes)],
     )
     app.state.hub = the_hub
+    app.state.ui_sessions = Sessions(the_hub)
     return app

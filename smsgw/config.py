@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # GET /metrics takes this Bearer token; unset: an admin API key (never open).
     metrics_token: str | None = None
+    # A dashboard sign-in lasts this long (seconds); signing out or revoking the key ends it.
+    ui_session_ttl: float = Field(default=12 * 3600, gt=0)
     # The agent in one file (``make agent``), served at GET /agent/smsgw-agent.pyz.
     agent_pyz: str = "dist/smsgw-agent.pyz"
     admin_key: str | None = None

@@ -300,6 +300,7 @@ async def list_messages(call: Call) -> MessagePage:
         MessageFilter(
             status=q.status,
             custom_id=q.custom_id,
+            recipient=recipient_e164(call.hub, q.recipient) if q.recipient else None,
             device_id=q.device_id,
             since=q.since,
             after=decode_cursor(q.cursor),

@@ -264,6 +264,7 @@ class ListQuery(Strict):
 class MessageQuery(ListQuery):
     status: Status | None = None
     custom_id: str | None = Field(default=None, max_length=100)
+    recipient: str | None = Field(default=None, max_length=32, description="E.164 or national")
 
 
 class InboundQuery(ListQuery):

@@ -31,6 +31,9 @@ class StatsOut(BaseModel):
     total: int
     by_status: dict[str, int]
     by_day: dict[str, dict[str, int]]
+    by_hour: dict[str, dict[str, int]] = Field(
+        description='"YYYY-MM-DDTHH" (UTC) -> status -> count'
+    )
     by_device: dict[str, dict[str, int]]
     delivery_rate: float | None = Field(
         description="DELIVERED / (SENT + DELIVERED): of what left a phone, how much the "
@@ -40,6 +43,7 @@ class StatsOut(BaseModel):
         description="(SENT + DELIVERED) / (SENT + DELIVERED + FAILED)"
     )
     failure_reasons: dict[str, int]
+    failovers: int = Field(description="offers after a message's first: another phone tried")
     inbound: int
     otp: OtpStats
 
@@ -73,10 +77,12 @@ async def stats(call: Call) -> StatsOut:
         total=sum(s.by_status.values()),
         by_status=s.by_status,
         by_day=dict(sorted(s.by_day.items())),
+        by_hour=dict(sorted(s.by_hour.items())),
         by_device=s.by_device,
         delivery_rate=_ratio(delivered, sent + delivered),
         success_rate=_ratio(sent + delivered, sent + delivered + failed),
         failure_reasons=s.failure_reasons,
+        failovers=s.failovers,
         inbound=s.inbound,
         otp=OtpStats(
             sent=s.otp_sent,

@@ -29,6 +29,7 @@ from smsgw.store.records import (
     Stats,
     Status,
     Template,
+    UiSession,
     Webhook,
 )
 from smsgw.store.store import Store
@@ -55,6 +56,7 @@ __all__ = [
     "Status",
     "Store",
     "Template",
+    "UiSession",
     "Webhook",
     "create_store",
 ]

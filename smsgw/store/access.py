@@ -7,7 +7,7 @@ from datetime import datetime
 
 from smsgw.store import rows
 from smsgw.store.operations import Operations
-from smsgw.store.records import ApiKey, IdempotencyRecord
+from smsgw.store.records import ApiKey, IdempotencyRecord, UiSession
 from smsgw.store.sql import Op, execute, fetch, fetchrow, fetchval, read, write
 
 
@@ -50,17 +50,53 @@ class Access(Operations):
 
     @write
     def revoke_api_key(self, key_id: str, now: datetime) -> Op[bool]:
+        """Revoke a key and end the dashboard sessions signed in with it."""
         n = yield execute(
             "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
             now,
             key_id,
         )
+        yield execute("DELETE FROM ui_sessions WHERE key_id = $1", key_id)
         return bool(n == 1)
 
     @read
     def has_admin_key(self) -> Op[bool]:
         found = yield fetch("SELECT scopes FROM api_keys WHERE revoked_at IS NULL")
         return any("admin" in r[0].split() for r in found)
+
+    # -- dashboard sessions (smsgw/ui/sessions.py) -------------------------------------
+
+    @write
+    def create_ui_session(self, session: UiSession) -> Op[None]:
+        yield execute(
+            "INSERT INTO ui_sessions (id_hash, key_id, env_key, csrf, created_at, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            session.id_hash,
+            session.key_id,
+            session.env_key,
+            session.csrf,
+            session.created_at,
+            session.expires_at,
+        )
+
+    @read
+    def ui_session(self, id_hash: str, now: datetime) -> Op[UiSession | None]:
+        """The session, unless it expired, was ended, or its key was revoked."""
+        row = yield fetchrow(
+            "SELECT s.* FROM ui_sessions s LEFT JOIN api_keys k ON k.id = s.key_id "
+            "WHERE s.id_hash = $1 AND s.expires_at > $2 "
+            "AND (s.key_id IS NULL OR k.revoked_at IS NULL)",
+            id_hash,
+            now,
+        )
+        return rows.ui_session(row, self.dec) if row else None
+
+    @write
+    def end_ui_session(self, id_hash: str, now: datetime) -> Op[None]:
+        """Sign-out; expired sessions go with it, so the table holds only live ones."""
+        yield execute(
+            "DELETE FROM ui_sessions WHERE id_hash = $1 OR expires_at <= $2", id_hash, now
+        )
 
     # -- idempotency --------------------------------------------------------------------
 

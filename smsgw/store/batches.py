@@ -85,6 +85,21 @@ class Batches(Operations):
         )
         for day, status, n in found:
             by_day.setdefault(day, {})[status] = n
+        by_hour: dict[str, dict[str, int]] = {}
+        found = yield fetch(
+            f"SELECT {self.d.utc_hour('created_at')}, status, count(*) FROM messages "
+            f"WHERE {in_range} GROUP BY 1, 2",
+            since,
+            until,
+        )
+        for hour, status, n in found:
+            by_hour.setdefault(hour, {})[status] = n
+        failovers = yield fetchval(
+            "SELECT count(*) FROM message_attempts "
+            "WHERE attempt > 1 AND offered_at >= $1 AND offered_at < $2",
+            since,
+            until,
+        )
         by_device: dict[str, dict[str, int]] = {}
         found = yield fetch(
             f"SELECT device_id, status, count(*) FROM messages WHERE {in_range} "
@@ -107,4 +122,6 @@ class Batches(Operations):
         otp = yield fetchrow(
             f"SELECT count(*), count(verified_at) FROM otp_codes WHERE {in_range}", since, until
         )
-        return Stats(by_status, by_day, by_device, reasons, inbound, otp[0], otp[1])
+        return Stats(
+            by_status, by_day, by_hour, by_device, reasons, inbound, otp[0], otp[1], failovers
+        )

@@ -81,6 +81,9 @@ class Dialect:
     def utc_day(self, column: str) -> str:
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
+    def utc_hour(self, column: str) -> str:
+        return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24')"""
+
     def indexed_by(self, index: str) -> str:
         return ""
 
@@ -133,6 +136,9 @@ class SqliteDialect(Dialect):
 
     def utc_day(self, column: str) -> str:
         return f"substr({column}, 1, 10)"  # ISO 8601 UTC text
+
+    def utc_hour(self, column: str) -> str:
+        return f"substr({column}, 1, 13)"
 
     def indexed_by(self, index: str) -> str:
         # Without statistics SQLite prefers the wider index on device_id, which holds

@@ -130,6 +130,7 @@ class Messages(Operations):
                 ("status", flt.status.value if flt.status else None),
                 ("device_id", flt.device_id),
                 ("custom_id", flt.custom_id),
+                ("recipient", flt.recipient),
             ],
             flt.since,
             flt.after,

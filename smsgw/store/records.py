@@ -197,11 +197,13 @@ class Batch:
 class Stats:
     by_status: dict[str, int]
     by_day: dict[str, dict[str, int]]  # "YYYY-MM-DD" -> status -> count
+    by_hour: dict[str, dict[str, int]]  # "YYYY-MM-DDTHH" -> status -> count
     by_device: dict[str, dict[str, int]]  # device id -> status -> count
     failure_reasons: dict[str, int]
     inbound: int
     otp_sent: int
     otp_verified: int
+    failovers: int  # offers after a message's first (another phone tried)
 
 
 @dataclass(slots=True)
@@ -274,11 +276,25 @@ class IdempotencyRecord:
     response: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class UiSession:
+    """A dashboard sign-in: ``key_id`` None is the environment's admin key, whose hash at
+    sign-in is ``env_key`` (changing SMSGW_ADMIN_KEY ends those sessions)."""
+
+    id_hash: str
+    key_id: str | None
+    env_key: str | None
+    csrf: str
+    created_at: datetime
+    expires_at: datetime
+
+
 @dataclass(slots=True)
 class MessageFilter:
     status: Status | None = None
     device_id: str | None = None
     custom_id: str | None = None
+    recipient: str | None = None  # E.164
     since: datetime | None = None
     # Keyset cursor: the (created_at, id) of the last row of the previous page.
     after: tuple[datetime, str] | None = None

@@ -37,6 +37,7 @@ from smsgw.store.records import (
     Otp,
     Status,
     Template,
+    UiSession,
     Webhook,
 )
 
@@ -277,6 +278,17 @@ def app_token(row: Row, d: Decoder) -> AppToken:
         expires_at=d.dt(row["expires_at"]),
         revoked_at=d.dt(row["revoked_at"]),
         last_used_at=d.dt(row["last_used_at"]),
+    )
+
+
+def ui_session(row: Row, d: Decoder) -> UiSession:
+    return UiSession(
+        id_hash=row["id_hash"],
+        key_id=row["key_id"],
+        env_key=row["env_key"],
+        csrf=row["csrf"],
+        created_at=d.req_dt(row["created_at"]),
+        expires_at=d.req_dt(row["expires_at"]),
     )
 
 

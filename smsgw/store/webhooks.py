@@ -301,6 +301,15 @@ class Webhooks(Operations):
             )
         )
 
+    @read
+    def subject_deliveries(self, subject: str, limit: int = 100) -> Op[list[Delivery]]:
+        """What was sent about one message (or phone, received SMS...), oldest first."""
+        return (
+            yield from self._deliveries(
+                "WHERE d.subject = $1 ORDER BY d.created_at, d.id LIMIT $2", [subject, limit]
+            )
+        )
+
     def _deliveries(self, tail: str, args: list[Any]) -> Op[list[Delivery]]:
         found = yield fetch(
             f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d "
