@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from smsgw import httpmetrics
+
 # Endpoint modules register themselves on ``api`` when imported.
 from smsgw.api import (  # noqa: F401
     agent,
@@ -98,7 +100,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Star
             Exception: server_error_handler,
         },
         lifespan=lifespan,
-        middleware=[Middleware(RequestIds), Middleware(CollapseSlashes)],
+        # Outermost first; the request metrics innermost, where the router's match is seen.
+        middleware=[
+            Middleware(RequestIds),
+            Middleware(CollapseSlashes),
+            httpmetrics.middleware(the_hub),
+        ],
     )
     app.state.hub = the_hub
     app.state.ui_sessions = Sessions(the_hub)
