@@ -14,14 +14,23 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from smsgw.api import api
-from smsgw.api.framework import Call, parse_model, read_body
+from smsgw.api.framework import Call, parse_model, query_values, read_body
 from smsgw.api.messages import prepare
-from smsgw.api.models import DispatchIn, ErrorOut, HttpUrl, Strict
+from smsgw.api.models import DispatchIn, ErrorOut, HttpUrl, Instant, Strict, Variables, one_of
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError, validation_details
@@ -34,19 +43,23 @@ MAX_ROWS = 10_000
 
 class BatchRow(Strict):
     to: str = Field(min_length=1, max_length=64)
-    variables: dict[str, str | int | float] | None = None
+    variables: Variables | None = None
     custom_id: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class BatchOptions(Strict):
+    """Exactly one of message and template_id."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("message", "template_id"))
+
     name: str | None = Field(default=None, max_length=100)
     message: str | None = Field(default=None, min_length=1, max_length=1600)
     template_id: str | None = Field(default=None, max_length=64)
-    smart_encoding: bool = False
-    send_at: AwareDatetime | None = None
-    ttl: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
-    expires_at: AwareDatetime | None = None
-    priority: int = Field(default=0, ge=-100, le=100)
+    smart_encoding: StrictBool = False
+    send_at: Instant | None = None
+    ttl: StrictFloat | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    expires_at: Instant | None = None
+    priority: StrictInt = Field(default=0, ge=-100, le=100)
     metadata: dict[str, Any] | None = None
     callback_url: HttpUrl | None = None
 
@@ -55,6 +68,15 @@ class BatchOptions(Strict):
         if (self.message is None) == (self.template_id is None):
             raise ValueError("give either message or template_id")
         return self
+
+
+class CsvOptions(BatchOptions):
+    """The options of a CSV batch, from the query string: text, read as numbers and
+    booleans where the JSON body takes those types strictly."""
+
+    smart_encoding: bool = False
+    ttl: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    priority: int = Field(default=0, ge=-100, le=100)
 
 
 class BatchIn(BatchOptions):
@@ -97,7 +119,7 @@ async def _rows(request: Request, limit: int) -> tuple[BatchOptions, list[dict[s
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None or "to" not in reader.fieldnames:
             raise ApiError(422, "invalid_csv", "the CSV needs a header row with a 'to' column")
-        options = parse_model(BatchOptions, dict(request.query_params))
+        options: BatchOptions = parse_model(CsvOptions, query_values(request))
         rows: list[dict[str, Any]] = []
         for line in reader:
             if len(rows) >= MAX_ROWS:

@@ -222,9 +222,7 @@ async def get_device(call: Call) -> DeviceOut:
 async def patch_device(call: Call) -> DeviceOut:
     body: DevicePatch = call.body
     await _device_or_404(call)
-    fields = body.model_dump(exclude_unset=True)
-    if fields.get("name", 0) is None or fields.get("enabled", 0) is None:
-        raise ApiError(422, "invalid_request", "name and enabled cannot be null")
+    fields = body.model_dump(exclude_unset=True)  # null for name or enabled: 422 already
     device = await call.hub.store.update_device(call.path("device_id"), utcnow(), **fields)
     if device is None:
         raise ApiError(404, "device_not_found", f"no device {call.path('device_id')}")

@@ -12,9 +12,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
+    StrictStr,
     model_validator,
 )
 
@@ -34,11 +38,69 @@ def normalise_e164(value: str) -> str:
     return compact
 
 
-E164 = Annotated[str, Field(max_length=32), AfterValidator(normalise_e164)]
+E164 = Annotated[
+    str,
+    Field(
+        max_length=32,
+        description="E.164 (+ and 7 to 15 digits, the first not 0); spaces, dots, dashes and "
+        "parentheses are ignored, and a leading 00 is read as +",
+        examples=["+12025550123"],
+    ),
+    AfterValidator(normalise_e164),
+]
 
 
 class Strict(BaseModel):
+    """Request bodies and query strings: unknown fields refused.
+
+    Bodies read numbers and booleans strictly (StrictInt, StrictFloat, StrictBool): true is
+    not a number of seconds, 1 and "yes" are not true, "5" is not 5, as their schema says.
+    Query models keep plain types: a query string carries only text."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _text_or_datetime(value: Any) -> Any:
+    # pydantic would read a number as a Unix time; the schema says an ISO-8601 string.
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("an ISO-8601 date and time with a timezone is expected")
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_text_or_datetime)]
+
+
+def _absent() -> None:
+    return None
+
+
+def unchanged_if_absent(**constraints: Any) -> Any:
+    """A PATCH field that cannot be null: absent leaves it as it is, null is refused (422).
+    Its default (None, never validated) comes from a factory, which keeps it out of the
+    schema: that gives only the field's real type."""
+    return Field(default_factory=_absent, **constraints)
+
+
+def one_of(*names: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of these fields, not null" (null counts as absent)."""
+    return {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {
+                    name: {"not": {"type": "null"}},
+                    **{other: {"type": "null"} for other in names if other != name},
+                },
+            }
+            for name in names
+        ]
+    }
+
+
+def not_both(a: str, b: str) -> dict[str, Any]:
+    """JSON Schema for "not both of these fields, not null"."""
+    both = {x: {"not": {"type": "null"}} for x in (a, b)}
+    return {"not": {"required": [a, b], "properties": both}}
 
 
 class ErrorDetail(BaseModel):
@@ -78,7 +140,16 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_http_url)]
+HttpUrl = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=2048,
+        json_schema_extra={"format": "uri"},
+        description="an absolute http:// or https:// URL with a host",
+    ),
+    AfterValidator(_http_url),
+]
 
 
 Recipient = Annotated[
@@ -86,35 +157,64 @@ Recipient = Annotated[
     Field(
         min_length=1,
         max_length=64,
-        description="phone number; stored as E.164. National numbers use SMSGW_DEFAULT_REGION",
+        description="phone number; stored as E.164 (+ and 7 to 15 digits). Spaces, dots, "
+        "dashes and parentheses are ignored; a national number needs SMSGW_DEFAULT_REGION. "
+        "Refused with invalid_number, missing_region or not_mobile (a number that cannot "
+        "receive SMS)",
+        examples=["+12025550123"],
     ),
 ]
 
+# A template's values: text or numbers (not booleans: true would be written as "True").
+Variables = dict[str, StrictStr | StrictInt | StrictFloat]
+
 
 class DispatchIn(Strict):
+    """Exactly one of message and template_id; variables only with template_id; ttl or
+    expires_at, not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                one_of("message", "template_id"),
+                not_both("ttl", "expires_at"),
+                {
+                    "if": {
+                        "required": ["variables"],
+                        "properties": {"variables": {"type": "object"}},
+                    },
+                    "then": {
+                        "required": ["template_id"],
+                        "properties": {"template_id": {"type": "string"}},
+                    },
+                },
+            ]
+        }
+    )
+
     to: Recipient
     message: str | None = Field(default=None, min_length=1, max_length=1600)
     template_id: str | None = Field(default=None, max_length=64)
-    variables: dict[str, str | int | float] | None = Field(
+    variables: Variables | None = Field(
         default=None, description="values for the template's {{placeholders}}"
     )
-    smart_encoding: bool = Field(
+    smart_encoding: StrictBool = Field(
         default=False, description="replace look-alike characters so the text stays GSM-7"
     )
-    wait: bool = Field(default=True, description="false: return 202 at once")
-    timeout: float | None = Field(
+    wait: StrictBool = Field(default=True, description="false: return 202 at once")
+    timeout: StrictFloat | None = Field(
         default=None, gt=0, le=60, description="seconds to wait (default: the hub's deadline)"
     )
-    ttl: float | None = Field(
+    ttl: StrictFloat | None = Field(
         default=None, gt=0, le=7 * 24 * 3600, description="seconds before an unsent message expires"
     )
-    expires_at: AwareDatetime | None = Field(
-        default=None, description="absolute expiry (instead of ttl)"
-    )
-    send_at: AwareDatetime | None = Field(
+    expires_at: Instant | None = Field(default=None, description="absolute expiry (instead of ttl)")
+    send_at: Instant | None = Field(
         default=None, description="schedule: not sent before this time (returns 202)"
     )
-    priority: int = Field(default=0, ge=-100, le=100, description="higher leaves the outbox first")
+    priority: StrictInt = Field(
+        default=0, ge=-100, le=100, description="higher leaves the outbox first"
+    )
     custom_id: str | None = Field(default=None, min_length=1, max_length=100)
     metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)] = Field(
         default=None, description="free JSON object, stored and returned (at most 4 KiB)"
@@ -138,7 +238,7 @@ class DispatchIn(Strict):
 
 class SendIn(DispatchIn):
     device_id: str = Field(min_length=1, max_length=64)
-    sim_slot: int | None = Field(default=None, ge=0, le=7)
+    sim_slot: StrictInt | None = Field(default=None, ge=0, le=7)
 
 
 class AttemptOut(BaseModel):
@@ -304,13 +404,18 @@ class InboundPage(BaseModel):
 
 
 class SimIn(Strict):
-    slot: int = Field(ge=0, le=7)
+    slot: StrictInt = Field(ge=0, le=7)
     carrier: str | None = Field(default=None, max_length=64)
     number: str | None = Field(default=None, max_length=32)
 
 
 class EnrollmentCodeIn(Strict):
-    ttl_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    ttl_seconds: StrictFloat | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds the code is valid (default: SMSGW_ENROLLMENT_CODE_TTL)",
+    )
 
 
 class EnrollmentCodeOut(BaseModel):
@@ -437,16 +542,20 @@ class DeviceList(BaseModel):
 
 
 class DevicePatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=100)
-    enabled: bool | None = None
-    daily_quota: int | None = Field(default=None, ge=0, le=100_000)
-    fcm_token: str | None = Field(default=None, max_length=4096)
+    """Absent fields are left as they are; null clears daily_quota and fcm_token."""
+
+    name: str = unchanged_if_absent(min_length=1, max_length=100)
+    enabled: StrictBool = unchanged_if_absent()
+    daily_quota: StrictInt | None = Field(
+        default=None, ge=0, le=100_000, description="null: back to SMSGW_DEFAULT_DAILY_QUOTA"
+    )
+    fcm_token: str | None = Field(default=None, max_length=4096, description="null: cleared")
 
 
 class HeartbeatIn(Strict):
-    battery: int = Field(ge=0, le=100)
-    charging: bool = False
-    signal: int = Field(ge=0, le=4)
+    battery: StrictInt = Field(ge=0, le=100)
+    charging: StrictBool = False
+    signal: StrictInt = Field(ge=0, le=4)
     network: str | None = Field(default=None, max_length=32)
 
 
@@ -460,11 +569,17 @@ class HeartbeatOut(BaseModel):
 
 class KeyIn(Strict):
     name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1, max_length=3)
-    rate_limit_rpm: int | None = Field(
+    # Checked by the handler (422 invalid_scopes); the schema lists the names it takes.
+    scopes: list[str] = Field(
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"items": {"type": "string", "enum": ["send", "read", "admin"]}},
+        description="admin implies the others",
+    )
+    rate_limit_rpm: StrictInt | None = Field(
         default=None, ge=1, description="requests per minute (default: SMSGW_KEY_RATE_LIMIT_RPM)"
     )
-    daily_message_limit: int | None = Field(
+    daily_message_limit: StrictInt | None = Field(
         default=None, ge=1, description="messages per day (default: SMSGW_KEY_DAILY_MESSAGES)"
     )
 
@@ -497,7 +612,7 @@ class HealthOut(BaseModel):
 
 class PreviewIn(Strict):
     message: str = Field(min_length=1, max_length=1600)
-    smart_encoding: bool = False
+    smart_encoding: StrictBool = False
 
 
 class PreviewOut(BaseModel):
@@ -531,14 +646,16 @@ class TemplateIn(Strict):
     name: str = Field(min_length=1, max_length=100)
     body: str = Field(min_length=1, max_length=1600)
     category: str | None = Field(default=None, max_length=50)
-    active: bool = True
+    active: StrictBool = True
 
 
 class TemplatePatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=100)
-    body: str | None = Field(default=None, min_length=1, max_length=1600)
-    category: str | None = Field(default=None, max_length=50)
-    active: bool | None = None
+    """Absent fields are left as they are; null clears category."""
+
+    name: str = unchanged_if_absent(min_length=1, max_length=100)
+    body: str = unchanged_if_absent(min_length=1, max_length=1600)
+    category: str | None = Field(default=None, max_length=50, description="null: cleared")
+    active: StrictBool = unchanged_if_absent()
 
 
 class TemplateOut(BaseModel):
@@ -567,9 +684,9 @@ class TemplateQuery(Strict):
 
 class OtpSendIn(Strict):
     to: Recipient
-    length: int = Field(default=6, ge=4, le=10)
-    expiry_seconds: int = Field(default=300, ge=30, le=3600)
-    alphanumeric: bool = False
+    length: StrictInt = Field(default=6, ge=4, le=10)
+    expiry_seconds: StrictInt = Field(default=300, ge=30, le=3600)
+    alphanumeric: StrictBool = False
     template: str | None = Field(
         default=None,
         min_length=1,
@@ -591,6 +708,10 @@ class OtpSent(BaseModel):
 
 
 class OtpVerifyIn(Strict):
+    """Exactly one of otp_id and to."""
+
+    model_config = ConfigDict(json_schema_extra=one_of("otp_id", "to"))
+
     otp_id: str | None = Field(default=None, max_length=64)
     to: Recipient | None = None
     code: str = Field(min_length=1, max_length=32)
@@ -657,14 +778,16 @@ class WebhookIn(Strict):
     url: HttpUrl
     events: list[EventName] = Field(min_length=1, max_length=20, description='"*": every event')
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class WebhookPatch(Strict):
-    url: HttpUrl | None = None
-    events: list[EventName] | None = Field(default=None, min_length=1, max_length=20)
-    description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    """Absent fields are left as they are; null clears description."""
+
+    url: HttpUrl = unchanged_if_absent()
+    events: list[EventName] = unchanged_if_absent(min_length=1, max_length=20)
+    description: str | None = Field(default=None, max_length=500, description="null: cleared")
+    enabled: StrictBool = unchanged_if_absent()
 
 
 class WebhookOut(BaseModel):
@@ -695,7 +818,7 @@ class WebhookList(BaseModel):
 
 
 class RotateIn(Strict):
-    grace_seconds: float | None = Field(
+    grace_seconds: StrictFloat | None = Field(
         default=None, ge=0, le=30 * 86400, description="how long the old secret still signs"
     )
 

@@ -108,10 +108,7 @@ async def get_template(call: Call) -> TemplateOut:
 )
 async def patch_template(call: Call) -> TemplateOut:
     body: TemplatePatch = call.body
-    fields = body.model_dump(exclude_unset=True)
-    for name in ("name", "body", "active"):
-        if name in fields and fields[name] is None:
-            raise ApiError(422, "invalid_request", f"{name} cannot be null")
+    fields = body.model_dump(exclude_unset=True)  # null for name, body or active: 422 already
     try:
         t = await call.hub.store.update_template(call.path("template_id"), utcnow(), **fields)
     except Conflict as exc:
