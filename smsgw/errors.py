@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 log = logging.getLogger("smsgw")
 
@@ -105,13 +106,28 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return error_response(
         exc.status_code,
         code,
         str(exc.detail),
-        headers=dict(exc.headers or {}),
+        headers=headers,
         path=request.url.path,
     )
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's 405 names only the first
+    route it tried, and each method of a path is a route of its own here: /devices/{id}
+    would allow GET but not PATCH or DELETE."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        served = isinstance(route, Route) and route.methods
+        if served and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def server_error_handler(request: Request, exc: Exception) -> Response:

@@ -127,7 +127,7 @@ def _asgi(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
                 raw = decode_json(data)  # the request's fingerprint is of the parsed body
             call.body = parse_json_model(ep.body, data)
         if ep.query is not None:
-            call.body = parse_model(ep.query, dict(request.query_params))
+            call.body = parse_model(ep.query, query_values(request))
 
         async def respond() -> Response:
             result = await ep.handler(call)
@@ -175,6 +175,12 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def query_values(request: Request) -> dict[str, str]:
+    """The query string's parameters, an empty one (``?limit=``) taken as absent: what a
+    form or a client that fills a template with an unset value sends."""
+    return {k: v for k, v in request.query_params.items() if v != ""}
 
 
 def decode_json(raw: bytes) -> Any:

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from smsgw import __version__
-from smsgw.api.framework import Api
+from smsgw.api.framework import Api, Endpoint
+from smsgw.api.models import ErrorOut
 
 _DESCRIPTION = (
     "Self-hosted SMS gateway. Authenticate with `X-API-Key: <key>` or "
@@ -34,6 +35,8 @@ def build_openapi(api: Api) -> dict[str, Any]:
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
         return dict(refs[(model, mode)])  # type: ignore[index]
 
+    schemas: dict[str, Any] = defs.get("$defs", {})
+
     paths: dict[str, dict[str, Any]] = {}
     for ep in api.endpoints:
         op: dict[str, Any] = {
@@ -47,16 +50,7 @@ def build_openapi(api: Api) -> dict[str, Any]:
             for name in re.findall(r"{(\w+)}", ep.path)
         ]
         if ep.query is not None:
-            for name, field in ep.query.model_fields.items():
-                params.append(
-                    {
-                        "name": field.alias or name,
-                        "in": "query",
-                        "required": False,
-                        "schema": {},
-                        "description": field.description or "",
-                    }
-                )
+            params.extend(_query_params(ep.query, schemas))
         if params:
             op["parameters"] = params
         if ep.body is not None:
@@ -64,7 +58,7 @@ def build_openapi(api: Api) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": ref(ep.body, "validation")}},
             }
-        for status, model in sorted(ep.responses.items()):
+        for status, model in sorted(_responses(ep).items()):
             resp: dict[str, Any] = {"description": _reason(status)}
             if model is not None:
                 resp["content"] = {"application/json": {"schema": ref(model, "serialization")}}
@@ -80,13 +74,54 @@ def build_openapi(api: Api) -> dict[str, Any]:
         "info": {"title": "smsgw", "version": __version__, "description": _DESCRIPTION},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
             },
         },
     }
+
+
+def _query_params(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    """The query model's fields as parameters, each with its validation schema. Absent
+    (or empty: ``?limit=``) is the default, so null, which a query string cannot say, is
+    left out of each schema."""
+    model = schemas[query.__name__]
+    required = set(model.get("required", ()))
+    params = []
+    for name, prop in model["properties"].items():
+        schema = {k: v for k, v in prop.items() if k not in ("title", "description")}
+        options = [s for s in schema.pop("anyOf", ()) if s != {"type": "null"}]
+        if len(options) == 1:
+            schema.update(options[0])
+        elif options:
+            schema["anyOf"] = options
+        if schema.get("default", 0) is None:
+            del schema["default"]
+        described = schema.pop("description", None)  # a type's own (E164), if the field has none
+        params.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": schema,
+                "description": prop.get("description") or described or "",
+            }
+        )
+    return params
+
+
+def _responses(ep: Endpoint) -> dict[int, type[BaseModel] | None]:
+    """The endpoint's answers, with those the framework gives any operation of its kind:
+    400 (not JSON) and 413 (too large) to every one with a body, 422 to every one with a
+    query model. In the error body the endpoint already documents (SMSGate's on its API)."""
+    out = dict(ep.responses)
+    error = next((m for s, m in sorted(out.items()) if s >= 400 and m is not None), ErrorOut)
+    added = ([400, 413] if ep.body is not None else []) + ([422] if ep.query is not None else [])
+    for status in added:
+        out.setdefault(status, error)
+    return out
 
 
 def _reason(status: int) -> str:

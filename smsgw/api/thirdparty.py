@@ -492,6 +492,7 @@ for _path in ("/inbox/refresh", "/inbox/export", "/messages/inbox/export"):
         "POST",
         _path,
         "Ask app phones to post again the SMS they received in a time range",
+        body=Json,  # {since, until, deviceId?}: read by the handler, listed for its 400/413
         responses={202: Json, **ERRORS},
     )(refresh_inbox)
 
