@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from smsgw.auth import Scope
 from smsgw.errors import ApiError
 from smsgw.ui import actions, live, pages
-from smsgw.ui.page import TEMPLATES, read_form, sessions
+from smsgw.ui.page import page, read_form, sessions
 from smsgw.ui.sessions import csrf_ok
 
 STATIC = Path(__file__).parent / "static"
@@ -68,7 +68,7 @@ async def _sign_in_page(
         "csrf": token,
         "next": _local(after),
     }
-    response = TEMPLATES.TemplateResponse(request, "sign_in.html", context, status_code=status)
+    response = page(request, "sign_in.html", context, status)
     ui.remember_sign_in(request, response, nonce)
     return response
 

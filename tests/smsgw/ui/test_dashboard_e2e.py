@@ -80,6 +80,9 @@ async def test_sign_in_sets_a_strict_session_cookie_and_redirects_only_inside(
         assert "secure" not in cookie.lower()  # plain HTTP here
         page = await c.get("/ui/")
         assert page.status_code == 200 and "SMSGW_ADMIN_KEY" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert page.headers["x-frame-options"] == "DENY"
         # Behind a TLS proxy the cookie is Secure.
         page = await c.get("/ui/sign-in")
         r = await c.post(
