@@ -1,17 +1,9 @@
-"""Scraping a live hub's ``GET /metrics`` in tests: the text parsed as Prometheus parses it,
-and the HTTP middleware (smsgw/httpmetrics.py) on the hub under test."""
+"""Scraping a live hub's ``GET /metrics`` in tests: the text parsed as Prometheus parses it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
-
-import tests.harness
-from smsgw.httpmetrics import HttpMetrics, middleware
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -34,18 +26,3 @@ async def scrape_text(api: httpx.AsyncClient) -> str:
 
 async def scrape(api: httpx.AsyncClient) -> Samples:
     return samples(await scrape_text(api))
-
-
-def with_http_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hubs started by ``HubServer`` from now on count their HTTP requests: the
-    middleware is added innermost, where ``create_app`` is to list it, unless
-    ``create_app`` already does (then this changes nothing)."""
-    create = tests.harness.create_app
-
-    def create_app(*args: Any, **kwargs: Any) -> Starlette:
-        app = create(*args, **kwargs)
-        if not any(m.cls is HttpMetrics for m in app.user_middleware):
-            app.user_middleware.append(middleware(app.state.hub))
-        return app
-
-    monkeypatch.setattr(tests.harness, "create_app", create_app)

@@ -22,12 +22,7 @@ from smsgw.httpmetrics import HttpMetrics
 from smsgw.store import Status
 from smsgw.telemetry import HubMetrics, error_label
 from tests.harness import ADMIN_KEY, Farm, HubServer, wait_for
-from tests.scrape import Samples, samples, scrape, with_http_metrics
-
-
-@pytest.fixture(autouse=True)
-def _http_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_http_metrics(monkeypatch)
+from tests.scrape import Samples, samples, scrape
 
 
 def phone(device: str, name: str, kind: str = "agent") -> tuple[tuple[str, str], ...]:

@@ -28,18 +28,13 @@ from smsgw.store.sqlite import SqliteDriver
 from smsgw.telemetry import HubMetrics
 from tests.harness import Farm, HubServer, wait_for
 from tests.pgtest import in_ci
-from tests.scrape import samples, scrape, scrape_text, with_http_metrics
+from tests.scrape import samples, scrape, scrape_text
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "smsgw.json"
 # Every metric of the hub is named smsgw_…; a PromQL expression names them as words.
 METRIC = re.compile(r"\bsmsgw_[A-Za-z0-9_]+\b")
-
-
-@pytest.fixture(autouse=True)
-def _http_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_http_metrics(monkeypatch)
 
 
 def promtool_binary() -> str | None:
