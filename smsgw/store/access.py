@@ -167,8 +167,8 @@ class Access(Operations):
         yield execute(
             "INSERT INTO hub_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             name,
-            candidate,
+            self.box.seal(candidate),
         )
         # A new statement, a new snapshot: it sees a racing node's committed secret.
         value = yield fetchval("SELECT value FROM hub_secrets WHERE name = $1", name)
-        return str(value)
+        return self.dec.secret(value)

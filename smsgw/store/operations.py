@@ -25,6 +25,7 @@ from smsgw.events import (
     make_event,
     message_data,
 )
+from smsgw.secretbox import SecretBox
 from smsgw.store import rows
 from smsgw.store.dialect import Dialect
 from smsgw.store.records import Message
@@ -75,6 +76,7 @@ class Operations:
     _driver: Driver
     d: Dialect
     dec: Decoder
+    box: SecretBox  # seals a secret column's value on its way in; ``dec.secret`` opens it
     _subs: Subscriptions
     # Called on the event loop after a write that queued webhook deliveries has
     # committed (the webhook worker sets it): a hint to look now, not at the next poll.

@@ -32,6 +32,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from smsgw.events import EventType
+from smsgw.secretbox import SecretBox
 from smsgw.store.dialect import NOTIFY_CHANNEL, Dialect
 from smsgw.store.migrations import load_migrations
 from smsgw.store.rows import MESSAGE_COLUMNS
@@ -340,9 +341,11 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 class PostgresStore(Store):
     """The store on PostgreSQL, with the one fast path of its own that earns its keep."""
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, box: SecretBox | None = None
+    ) -> None:
         self.postgres = PostgresDriver(url, min_size=min_size, max_size=max_size)
-        super().__init__(self.postgres)
+        super().__init__(self.postgres, box)
 
     # The hot path's second write in one statement (one round trip, not four): the
     # message, its attempt, the phone's daily count and the recipient's affinity, locked

@@ -60,6 +60,9 @@ class Decoder:
     """A ``NOT NULL`` timestamp column."""
     flag: Callable[[Any], bool]
     """A ``NOT NULL`` flag column (a nullable one is mapped as ``None`` when NULL)."""
+    secret: Callable[[str], str] = str
+    """A secret the hub signs with: opened when sealed at rest (``smsgw/secretbox.py``);
+    each store binds its own key (``Store.dec``), the engine's decoder keeps them as read."""
 
 
 def _req_iso(value: str) -> datetime:
@@ -339,16 +342,17 @@ def batch(row: Row, by_status: dict[str, int], d: Decoder) -> Batch:
 
 def webhook(row: Row, d: Decoder) -> Webhook:
     dt = d.dt
+    previous = row["previous_secret"]
     return Webhook(
         id=row["id"],
         url=row["url"],
         events=frozenset(row["events"].split()),
         description=row["description"],
         enabled=d.flag(row["enabled"]),
-        secret=row["secret"],
+        secret=d.secret(row["secret"]),
         created_at=d.req_dt(row["created_at"]),
         updated_at=d.req_dt(row["updated_at"]),
-        previous_secret=row["previous_secret"],
+        previous_secret=None if previous is None else d.secret(previous),
         previous_secret_until=dt(row["previous_secret_until"]),
         failing_since=dt(row["failing_since"]),
         disabled_at=dt(row["disabled_at"]),

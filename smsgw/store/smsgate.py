@@ -18,6 +18,7 @@ from smsgw.store.operations import Operations
 from smsgw.store.records import Batch, Message
 from smsgw.store.rows import MESSAGE_COLUMNS
 from smsgw.store.rules import group_state_sql
+from smsgw.store.secrets import map_document
 from smsgw.store.sql import Op, Params, execute, fetch, fetchrow, fetchval, read, write
 
 SMSGATE = "smsgate"
@@ -102,16 +103,17 @@ class SmsgateRecords(Operations):
     @write
     def hub_setting(self, name: str, default: dict[str, Any], now: datetime) -> Op[dict[str, Any]]:
         """The stored document ``name``; stores ``default`` first if there is none (two
-        nodes asking at once agree on the first one stored)."""
+        nodes asking at once agree on the first one stored). Its ``webhooks.signing_key``
+        is sealed at rest (``smsgw/store/secrets.py``)."""
         yield execute(
             "INSERT INTO hub_settings (name, value, updated_at) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING",
             name,
-            json.dumps(default),
+            json.dumps(map_document(default, self.box.seal)),
             now,
         )
         value = yield fetchval("SELECT value FROM hub_settings WHERE name = $1", name)
-        return dict(json.loads(value))
+        return map_document(dict(json.loads(value)), self.dec.secret)
 
     @write
     def put_hub_setting(self, name: str, value: dict[str, Any], now: datetime) -> Op[None]:
@@ -120,7 +122,7 @@ class SmsgateRecords(Operations):
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
             "updated_at = excluded.updated_at",
             name,
-            json.dumps(value),
+            json.dumps(map_document(value, self.box.seal)),
             now,
         )
 

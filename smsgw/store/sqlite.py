@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from smsgw.clock import iso, new_id
+from smsgw.secretbox import SecretBox
 from smsgw.store.dialect import SqliteDialect
 from smsgw.store.migrations import load_migrations
 from smsgw.store.sql import (
@@ -338,6 +339,8 @@ def _result(kind: Kind, found: list[Any]) -> Any:
 class SqliteStore(Store):
     """The store on a SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", box: SecretBox | None = None
+    ) -> None:
         self.sqlite = SqliteDriver(path, synchronous=synchronous)
-        super().__init__(self.sqlite)
+        super().__init__(self.sqlite, box)

@@ -8,12 +8,16 @@ Nothing outside ``smsgw/store/`` may assume a particular engine.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from smsgw.events import Subscriptions
+from smsgw.secretbox import SecretBox
 from smsgw.store.access import Access
 from smsgw.store.batches import Batches
 from smsgw.store.devices import Devices
 from smsgw.store.inbound import InboundMessages
 from smsgw.store.messages import Messages
+from smsgw.store.secrets import Secrets
 from smsgw.store.smsgate import SmsgateRecords
 from smsgw.store.sql import Driver, Op, fetch
 from smsgw.store.templates import Templates
@@ -21,14 +25,27 @@ from smsgw.store.webhooks import Webhooks
 
 
 class Store(
-    Messages, Devices, Access, Templates, InboundMessages, Batches, Webhooks, SmsgateRecords
+    Messages,
+    Devices,
+    Access,
+    Templates,
+    InboundMessages,
+    Batches,
+    Webhooks,
+    SmsgateRecords,
+    Secrets,
 ):
-    """Async storage on the engine ``driver`` speaks to (``SqliteStore``, ``PostgresStore``)."""
+    """Async storage on the engine ``driver`` speaks to (``SqliteStore``, ``PostgresStore``).
 
-    def __init__(self, driver: Driver) -> None:
+    ``box`` seals the secrets the hub signs with (``SMSGW_SECRET_KEY``); without one
+    they are stored in clear."""
+
+    def __init__(self, driver: Driver, box: SecretBox | None = None) -> None:
         self._driver = driver
         self.d = driver.dialect
-        self.dec = self.d.decoder
+        self.box = box or SecretBox()
+        # The engine's decoder, with this store's key for the secret columns.
+        self.dec = replace(self.d.decoder, secret=self.box.open)
         # Who wants which event, kept in memory so a transition that nobody listens to
         # writes and reads nothing extra. Other nodes change webhooks too: the driver
         # says when to look again (PostgreSQL's NOTIFY).
@@ -39,8 +56,14 @@ class Store(
         return self._driver
 
     async def open(self) -> None:
-        """Connect and apply pending migrations."""
+        """Connect, apply pending migrations, and check (and seal) the stored secrets:
+        ``SecretKeyError`` when one cannot be opened with the store's key."""
         await self._driver.open()
+        try:
+            await self.seal_secrets()
+        except BaseException:
+            await self._driver.close()
+            raise
         # Listening before the first load: a change made in between is heard, not lost.
         await self._driver.watch(self.reload_subscriptions)
         await self.reload_subscriptions()

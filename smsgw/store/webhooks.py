@@ -37,7 +37,7 @@ class Webhooks(Operations):
             " ".join(sorted(hook.events)),
             hook.description,
             hook.enabled,
-            hook.secret,
+            self.box.seal(hook.secret),
             hook.created_at,
             hook.updated_at,
             hook.format,
@@ -132,7 +132,7 @@ class Webhooks(Operations):
             "UPDATE webhooks SET previous_secret = secret, previous_secret_until = $1, "
             "secret = $2, updated_at = $3 WHERE id = $4 RETURNING *",
             previous_until,
-            secret,
+            self.box.seal(secret),
             now,
             webhook_id,
         )
