@@ -1,9 +1,11 @@
-"""``smsgw``: serve the hub, apply migrations, manage client API keys."""
+"""``smsgw``: serve the hub, apply migrations, manage client API keys, back up and restore
+the database, seal stored secrets."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from smsgw.auth import ALL_SCOPES, issue_api_key
 from smsgw.clock import iso, utcnow
 from smsgw.config import Settings
 from smsgw.extras import MissingExtra
+from smsgw.secretbox import SETTING as SECRET_KEY_SETTING
+from smsgw.secretbox import SecretKeyError
 from smsgw.store import Store, create_store
 
 
@@ -38,8 +42,80 @@ async def _with_store(settings: Settings, action: str, args: argparse.Namespace)
                 print(f"error: no active key {args.key_id}", file=sys.stderr)
                 return 1
             print(f"revoked {args.key_id}")
+        elif action in ("encrypt", "decrypt"):
+            return await _secrets(store, action)
     finally:
         await store.close()
+    return 0
+
+
+async def _secrets(store: Store, action: str) -> int:
+    """Opening the store sealed what was in clear already (it does at every start); this
+    says so, or writes every secret back in clear."""
+    if not store.box.enabled:
+        print(f"error: {SECRET_KEY_SETTING} is not set", file=sys.stderr)
+        return 2
+    if action == "encrypt":
+        report = await store.seal_secrets()
+        print(
+            f"{report.kept + report.rewritten} stored secret(s) sealed under key id "
+            f"{store.box.key_id}"
+        )
+        return 0
+    report = await store.seal_secrets(clear=True)
+    print(f"{report.rewritten} stored secret(s) written back in clear")
+    print(
+        f"remove {SECRET_KEY_SETTING} from every node before starting them again: a hub "
+        "started with it seals them again"
+    )
+    return 0
+
+
+def _backup(settings: Settings, dest: Path, pages: int) -> int:
+    from smsgw.backup import BackupError, postgres_backup, sqlite_backup
+
+    url = settings.database_url
+    try:
+        if url.startswith("sqlite:///"):
+            done = sqlite_backup(Path(settings.sqlite_path), dest, pages=pages)
+            how = f"SQLite online backup, {done.steps} step(s), integrity ok"
+        elif url.startswith(("postgresql://", "postgres://")):
+            done = postgres_backup(url, dest)
+            how = "pg_dump --format=custom"
+        else:
+            raise BackupError(f"{url} keeps nothing on disk: there is nothing to back up")
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"smsgw: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {settings.database_url_redacted} to {done.path} ({done.bytes} bytes; {how})")
+    if done.version is not None:
+        print(f"migrations up to {done.version}, {done.messages} message(s)")
+    return 0
+
+
+def _restore(settings: Settings, backup: Path) -> int:
+    from smsgw.backup import BackupError, postgres_restore, sqlite_restore
+
+    url = settings.database_url
+    try:
+        if url.startswith("sqlite:///"):
+            done = sqlite_restore(backup, Path(settings.sqlite_path))
+            how = "integrity ok"
+        elif url.startswith(("postgresql://", "postgres://")):
+            done = postgres_restore(url, backup)
+            how = "pg_restore in one transaction"
+        else:
+            raise BackupError(f"{url} keeps nothing on disk: there is nothing to restore to")
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"smsgw: restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {backup} into {settings.database_url_redacted} ({how}): "
+        f"migrations up to {done.version}, {done.messages} message(s)"
+    )
+    if done.replaced is not None:
+        print(f"the database it replaced is kept as {done.replaced}")
+    print("start the hub: it applies any newer migrations")
     return 0
 
 
@@ -88,6 +164,31 @@ def main(argv: list[str] | None = None) -> int:
         help="an IP address or name phones use to reach the hub (repeat for several)",
     )
     init.add_argument("--dir", default="tls", help="where the files go (default: ./tls)")
+    backup = sub.add_parser(
+        "backup",
+        help="copy the database to PATH while the hub runs (SQLite: online backup; "
+        "PostgreSQL: pg_dump --format=custom)",
+    )
+    backup.add_argument("path", type=Path)
+    backup.add_argument(
+        "--pages", type=int, default=1024, help="SQLite pages copied per step (default 1024)"
+    )
+    restore = sub.add_parser(
+        "restore",
+        help="put a backup in place of the database (SQLite: the hub stopped; PostgreSQL: "
+        "into an empty schema)",
+    )
+    restore.add_argument("path", type=Path)
+    secrets = sub.add_parser(
+        "secrets", help=f"stored signing secrets and {SECRET_KEY_SETTING} (docs/deploy.md)"
+    )
+    secrets_sub = secrets.add_subparsers(dest="action", required=True)
+    secrets_sub.add_parser(
+        "encrypt", help=f"seal every stored secret under {SECRET_KEY_SETTING} (done at start too)"
+    )
+    secrets_sub.add_parser(
+        "decrypt", help="write every stored secret back in clear, to stop using the key"
+    )
     args = parser.parse_args(argv)
     if args.command == "tls":
         return _tls_init(args.dir, args.host)
@@ -99,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings)
             return 0
+        if args.command == "backup":
+            return _backup(settings, args.path, max(1, args.pages))
+        if args.command == "restore":
+            return _restore(settings, args.path)
         action = "migrate" if args.command == "migrate" else args.action
         return asyncio.run(_with_store(settings, action, args))
-    except MissingExtra as exc:
+    except (MissingExtra, SecretKeyError) as exc:
         print(f"smsgw: {exc}", file=sys.stderr)
         return 2
 
