@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # The agent in one file (``make agent``), served at GET /agent/smsgw-agent.pyz.
     agent_pyz: str = "dist/smsgw-agent.pyz"
     admin_key: str | None = None
+    # Slow clients (smsgw/deadlines.py): a request's head, and then its body, must arrive
+    # within these many seconds, or the connection is closed.
+    http_head_timeout: float = Field(default=10.0, gt=0)
+    http_body_timeout: float = Field(default=30.0, gt=0)
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line (smsgw/logs.py)
     # HTTPS (docs/smsgate-app.md): a certificate chain and its key, e.g. from

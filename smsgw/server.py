@@ -37,7 +37,7 @@ def uvicorn_config(
         # uvloop and httptools when installed (they are dependencies): "auto" falls back to
         # asyncio and h11 where they are not, e.g. a platform without wheels.
         "loop": "auto",
-        "http": "auto",
+        "http": _http_protocol(settings),
         "ws": protocol_for(app.state.hub),
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_frame_bytes,
@@ -53,6 +53,16 @@ def uvicorn_config(
         options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     options.update(overrides)
     return uvicorn.Config(LingeringClose(app), **options)  # type: ignore[arg-type]
+
+
+def _http_protocol(settings: Settings) -> str | type:
+    """httptools with deadlines for slow clients (smsgw/deadlines.py); without httptools,
+    uvicorn's choice ("auto": h11), which has none."""
+    try:
+        from smsgw.deadlines import http_protocol
+    except ImportError:
+        return "auto"
+    return http_protocol(settings.http_head_timeout, settings.http_body_timeout)
 
 
 class DrainingServer(uvicorn.Server):
