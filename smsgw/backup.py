@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import shlex
@@ -36,7 +37,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,10 +118,9 @@ def sqlite_backup(
     *,
     pages: int = STEP_PAGES,
     pause: float = STEP_PAUSE,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Copied:
     """Copy the database at ``db`` to ``dest``, consistent as of the moment the copy
-    began, while the hub keeps writing. ``progress(remaining, total)`` after each step."""
+    began, while the hub keeps writing."""
     if not db.is_file():
         raise BackupError(f"no database at {db}")
     if dest.exists() and dest.resolve() in {
@@ -134,8 +134,6 @@ def sqlite_backup(
     def step(status: int, remaining: int, total: int) -> None:
         nonlocal steps
         steps += 1
-        if progress is not None:
-            progress(remaining, total)
 
     src = sqlite3.connect(db, isolation_level=None, timeout=10)
     try:
@@ -212,6 +210,10 @@ def _move_aside(db: Path) -> Path | None:
     WAL index is dropped. The database path itself changes only by the final rename."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = db.with_name(f"{db.name}.replaced-{stamp}")
+    for n in itertools.count(2):  # never over an earlier restore's
+        if not any(Path(f"{aside}{x}").exists() for x in ("", "-wal", "-journal")):
+            break
+        aside = db.with_name(f"{db.name}.replaced-{stamp}-{n}")
     if db.exists():
         try:
             os.link(db, aside)  # the old file stays at db until the rename replaces it

@@ -199,6 +199,9 @@ async def test_restore_refuses_a_running_hub_and_bad_backups_and_keeps_what_it_r
     kept = re.search(r"kept as (\S+)", out)
     assert kept
     replaced(db, Path(kept.group(1)), first)
+    code, out = await smsgw(url, "restore", str(copy))  # again: a second file kept
+    again = re.search(r"kept as (\S+)", out)
+    assert code == 0 and again and again.group(1) != kept.group(1), out
 
     # A damaged backup, a file that is not a database, and one from a newer smsgw.
     damaged = tmp_path / "damaged.db"
