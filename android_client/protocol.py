@@ -118,15 +118,18 @@ class PhoneProtocol:
     ) -> Frame:
         """First frame of every connection; lists the held commands."""
         self._sim_slots = {sim.slot for sim in sims}
+        hello = wire.PHONE_FRAMES["hello"]
         frame = self._frame(
             "hello",
             protocol=PROTOCOL_VERSION,
-            app_version=self.app_version,
+            app_version=_clip(self.app_version, hello["app_version"]),
             **_status_fields(status),
-            sims=[sim.to_wire() for sim in sims],
-            held=[cmd.message_id for cmd in self.store.held()],
+            sims=_wire_sims(sims),
+            # Past the bound the hub would refuse the hello (and the phone stop): the rest
+            # stay held, and the hub's sends of them again are duplicates, dropped.
+            held=[cmd.message_id for cmd in self.store.held()][: _high(hello["held"])],
         )
-        if fcm_token is not None:
+        if fcm_token is not None and len(fcm_token) <= _high(hello["fcm_token"]):
             frame["fcm_token"] = fcm_token
         self.hello_id = frame["id"]
         return frame
@@ -142,7 +145,7 @@ class PhoneProtocol:
     def receive_text(self, text: str) -> list[Action]:
         try:
             raw = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
             log.warning("hub sent invalid JSON: %.200s", text)
             return []
         if not isinstance(raw, dict):
@@ -151,9 +154,10 @@ class PhoneProtocol:
         return self.receive(raw)
 
     def receive(self, raw: Mapping[str, Any]) -> list[Action]:
-        if raw.get("type") not in wire.HUB_FRAMES:
+        kind = raw.get("type")
+        if not isinstance(kind, str) or kind not in wire.HUB_FRAMES:
             # A newer hub may add frame types; ignoring them keeps old phones working.
-            log.info("ignoring unknown hub frame type %r", raw.get("type"))
+            log.info("ignoring unknown hub frame type %.100r", kind)
             return []
         try:
             frame = wire.parse_hub_frame(raw)
@@ -367,6 +371,12 @@ class PhoneProtocol:
         return wire.frame(kind, self.new_id(), **fields)
 
     def _report(self, kind: str, **fields: Any) -> Emit:
+        if kind == "failed":
+            # A backend's error text (a tool's stderr, an exception) may be longer than
+            # the hub takes; a refused report would be dropped and the hub never learn.
+            spec = wire.PHONE_FRAMES["failed"]
+            fields["error_code"] = _clip(fields["error_code"], spec["error_code"])
+            fields["error"] = _clip(fields["error"], spec["error"])
         frame = self._frame(kind, **fields)
         self.store.put_report(frame)
         return Emit(frame)
@@ -377,9 +387,37 @@ class PhoneProtocol:
 
 
 def _status_fields(status: DeviceStatus) -> dict[str, Any]:
+    network = status.network
     return {
         "battery": status.battery,
         "charging": status.charging,
         "signal": status.signal,
-        "network": status.network,
+        "network": None if network is None else _clip(network, wire.NETWORK),
     }
+
+
+def _high(spec: wire.Spec) -> int:
+    assert spec.high is not None
+    return int(spec.high)
+
+
+def _clip(text: str, spec: wire.Spec) -> str:
+    """Free text (a version, a carrier's name, an error) cut to what the hub accepts."""
+    return text[: _high(spec)]
+
+
+def _wire_sims(sims: Sequence[SimInfo]) -> list[dict[str, object]]:
+    """The SIM cards as ``hello`` carries them: slots the wire has, names cut to fit."""
+    spec = wire.PHONE_FRAMES["hello"]["sims"]
+    fields = wire.SIM
+    out: list[dict[str, object]] = []
+    for sim in sims:
+        slot = fields["slot"]
+        if not (slot.low or 0) <= sim.slot <= _high(slot):
+            continue  # a slot no send can name
+        entry: dict[str, object] = {"slot": sim.slot}
+        for name, value in (("carrier", sim.carrier), ("number", sim.number)):
+            if value is not None:
+                entry[name] = _clip(value, fields[name])
+        out.append(entry)
+    return out[: _high(spec)]

@@ -18,7 +18,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 PROTOCOL_VERSION = "1.0"
@@ -47,7 +47,30 @@ class CloseCode(enum.IntEnum):
 def major(version: str) -> int | None:
     """The major number of a protocol version ("1.0" -> 1), None if it has none."""
     head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    # ASCII digits only ("²".isdigit() is true, int("²") raises), and few of them (int()
+    # refuses a string of more than 4300 digits): a version is read before it is checked.
+    if head.isascii() and head.isdigit() and len(head) <= 16:
+        return int(head)
+    return None
+
+
+# The largest integer a count may hold: the databases store attempts as 32-bit INTEGERs.
+MAX_INT = 2**31 - 1
+
+
+def parse_date(value: object) -> datetime:
+    """A date of a frame: an ISO 8601 string (``datetime.fromisoformat``), taken as UTC
+    without a zone, in UTC. ValueError for anything else, and for a date that has no UTC
+    equivalent (``9999-12-31T23:00:00-05:00``), which no store could keep."""
+    if not isinstance(value, str):
+        raise ValueError("an ISO 8601 date is expected")
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("an ISO 8601 date is expected") from None
 
 
 # -- fields -----------------------------------------------------------------------------------
@@ -74,7 +97,7 @@ def _opt(kind: type, default: Any = None, **kw: Any) -> Spec:
 
 ID = Spec(str, low=1, high=64)
 MESSAGE_ID = Spec(str, high=64)
-ATTEMPT = Spec(int, low=1)
+ATTEMPT = Spec(int, low=1, high=MAX_INT)
 BATTERY = Spec(int, low=0, high=100)
 SIGNAL = Spec(int, low=0, high=4)
 NETWORK = _opt(str, high=32)
@@ -101,7 +124,11 @@ PHONE_FRAMES: dict[str, dict[str, Spec]] = {
         "fcm_token": _opt(str, high=4096),
     },
     "accepted": {"message_id": MESSAGE_ID, "attempt": ATTEMPT},
-    "sent": {"message_id": MESSAGE_ID, "attempt": ATTEMPT, "parts": _opt(int, low=1)},
+    "sent": {
+        "message_id": MESSAGE_ID,
+        "attempt": ATTEMPT,
+        "parts": _opt(int, low=1, high=MAX_INT),
+    },
     "failed": {
         "message_id": MESSAGE_ID,
         "attempt": ATTEMPT,
@@ -135,18 +162,19 @@ HUB_FRAMES: dict[str, dict[str, Spec]] = {
         "server_time": _opt(str),
     },
     "send": {
-        "message_id": Spec(str),
+        "message_id": MESSAGE_ID,  # the phone's answers carry it, and they are bounded
         "attempt": ATTEMPT,
         "to": Spec(str),
         "body": Spec(str),
         "sim_slot": SIM_SLOT,
-        "parts": _opt(int, low=1),
+        "parts": _opt(int, low=1, high=MAX_INT),
         "expires_at": _opt(str),
     },
     "ownership": {
         "ref": _opt(str),
         "message_id": Spec(str),
-        "attempt": Spec(int, low=0),  # 0: an answer about a held id the hub does not know
+        # 0: an answer about a held id the hub does not know
+        "attempt": Spec(int, low=0, high=MAX_INT),
         "owner": Spec(bool),
     },
     "ack": {"ref": Spec(str)},
@@ -204,22 +232,29 @@ def _typed(where: str, kind: type, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WireError(where, "a number is expected")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # an integer of 400 digits does not fit: OverflowError
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise WireError(where, "a finite number is expected")
-        return float(value)
+        return number
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise WireError(where, "an integer is expected")
         return value
     if kind is datetime:
-        if not isinstance(value, str):
-            raise WireError(where, "an ISO 8601 date is expected")
         try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            raise WireError(where, "an ISO 8601 date is expected") from None
+            return parse_date(value)
+        except ValueError as exc:
+            raise WireError(where, str(exc)) from None
     if not isinstance(value, kind):
         raise WireError(where, f"{kind.__name__} expected")
+    if kind is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON), as the hub
+            raise WireError(where, "a string of Unicode characters is expected") from None
     return value
 
 
@@ -325,10 +360,9 @@ def _describe(spec: Spec) -> str:
         kind = f"list of {inner}"
     limits = []
     unit = "" if spec.kind in (int, float) else (" items" if spec.kind is list else " chars")
-    if spec.low is not None:
-        limits.append(f"≥ {spec.low:g}{unit}")
-    if spec.high is not None:
-        limits.append(f"≤ {spec.high:g}{unit}")
+    for sign, bound in (("≥", spec.low), ("≤", spec.high)):
+        if bound is not None:
+            limits.append(f"{sign} {int(bound) if bound == int(bound) else bound}{unit}")
     if limits:
         kind += f" ({', '.join(limits)})"
     if spec.required:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from android_client import wire
 from android_client.wire import (
@@ -33,6 +34,11 @@ __all__ = ["MAX_FRAME_BYTES", "PROTOCOL_VERSION", "SUPPORTED_MAJOR", "CloseCode"
 
 # After this many consecutive bad frames the phone is clearly not speaking our protocol.
 MAX_CONSECUTIVE_ERRORS = 20
+
+# A JSON escape of U+0000 (an even number of backslashes before it, so not a quoted
+# backslash followed by "u0000"). PostgreSQL's text cannot hold U+0000: a phone's string
+# carrying one would fail its write and end the session, so the hub reads it as U+FFFD.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class State(enum.Enum):
@@ -65,7 +71,9 @@ def _field(frame: str, name: str) -> Any:
 
 
 class _Frame(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # Fields are read by their wire names only, as the agent's validator reads them: an
+    # inbound's "sender" is not its "from".
+    model_config = ConfigDict(extra="ignore")
     id: str = _rule(wire.ID)
 
 
@@ -135,7 +143,11 @@ class InboundFrame(_Frame):
     local_id: str = _field("inbound", "local_id")
     sender: str = _field("inbound", "sender")
     body: str = _field("inbound", "body")
-    received_at: datetime = _field("inbound", "received_at")
+    # The agent's rule, not pydantic's: an ISO 8601 string (not a number of seconds), in
+    # UTC, and one that has a UTC equivalent (what the store writes).
+    received_at: Annotated[datetime, BeforeValidator(wire.parse_date)] = _field(
+        "inbound", "received_at"
+    )
     sim_slot: int | None = _field("inbound", "sim_slot")
 
 
@@ -201,6 +213,8 @@ class DeviceProtocol:
     def receive_text(self, text: str) -> list[Event]:
         if self.state is State.CLOSED:
             return []
+        if "\\u0000" in text:
+            text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
         if self.state is State.OPEN:
             # Fast path: pydantic parses and validates the JSON in one pass. Anything it
             # refuses goes down the slow path below, which explains what is wrong.
@@ -214,14 +228,16 @@ class DeviceProtocol:
                     return [FrameReceived(fast)]
         try:
             raw = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
             return self._bad_frame(None, "invalid_json", "frame is not valid JSON")
         if not isinstance(raw, dict):
             return self._bad_frame(None, "invalid_frame", "frame must be a JSON object")
-        ref = raw.get("id") if isinstance(raw.get("id"), str) else None
+        ref = _ref(raw.get("id"))
         kind = raw.get("type")
-        if kind not in PHONE_FRAME_TYPES:
-            return self._bad_frame(ref, "unknown_type", f"unknown frame type {kind!r}")
+        if not isinstance(kind, str) or kind not in PHONE_FRAME_TYPES:
+            shown = repr(kind)
+            shown = shown if len(shown) <= 64 else shown[:60] + "..."
+            return self._bad_frame(ref, "unknown_type", f"unknown frame type {shown}")
         if self.state is State.AWAITING_HELLO and kind != "hello":
             return self._close(CloseCode.PROTOCOL_ERROR, "first frame must be hello")
         if kind == "hello":
@@ -335,6 +351,18 @@ class DeviceProtocol:
         )
         self._urgent = self._urgent or urgent
         return frame_id
+
+
+def _ref(frame_id: object) -> str | None:
+    """The id of a refused frame, to answer in ``error.ref``: only one that is a valid id
+    (a string of 1 to 64 characters that UTF-8 can write), else null."""
+    if not isinstance(frame_id, str) or not 1 <= len(frame_id) <= 64:
+        return None
+    try:
+        frame_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate (\ud800)
+        return None
+    return frame_id
 
 
 def _summarise(exc: ValidationError) -> str:
