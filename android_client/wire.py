@@ -250,7 +250,7 @@ def _typed(where: str, kind: type, value: Any) -> Any:
             raise WireError(where, str(exc)) from None
     if not isinstance(value, kind):
         raise WireError(where, f"{kind.__name__} expected")
-    if kind is str:
+    if isinstance(value, str):
         try:
             value.encode()
         except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON), as the hub

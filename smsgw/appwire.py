@@ -97,7 +97,12 @@ def parse_app_time(text: str) -> datetime:
     if not minutes and len(hours) == 4:
         hours, minutes = hours[:2], hours[2:]
     offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
-    return naive.replace(tzinfo=timezone(sign * offset))
+    found = naive.replace(tzinfo=timezone(sign * offset))
+    try:
+        found.astimezone(UTC)  # what the store writes: 9999-12-31T23:00-05:00 has none
+    except OverflowError:
+        raise ValueError(f"not a date with a UTC equivalent: {text!r}") from None
+    return found
 
 
 # -- bodies of the mobile API -------------------------------------------------------------
@@ -259,7 +264,15 @@ def sign(key: str, body: bytes, timestamp: str) -> str:
 
 
 def signature_valid(key: str, body: bytes, timestamp: str, signature: str) -> bool:
-    return hmac.compare_digest(sign(key, body, timestamp), signature.strip().lower())
+    # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500),
+    # and a header may carry any latin-1 byte.
+    given = signature.strip().lower().encode(errors="replace")
+    return hmac.compare_digest(sign(key, body, timestamp).encode(), given)
+
+
+def _no_nul(value: str | None) -> str | None:
+    """U+0000 read as U+FFFD: PostgreSQL's text cannot hold it (the write failed, a 500)."""
+    return value.replace("\x00", "\ufffd") if value else value
 
 
 class ReceivedSms(_AppModel):
@@ -278,6 +291,11 @@ class ReceivedSms(_AppModel):
         parse_app_time(value)
         return value
 
+    @field_validator("message", "message_id", "sender", "phone_number")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _no_nul(value)
+
     @property
     def from_number(self) -> str:
         return self.sender or self.phone_number or ""
@@ -291,3 +309,8 @@ class Envelope(_AppModel):
     event: str = Field(max_length=64)
     device_id: str | None = Field(default=None, alias="deviceId", max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _no_nul(value) or value  # the SMS's local id in the store
