@@ -43,6 +43,8 @@ def page(request: Request, template: str, context: dict[str, Any], status: int) 
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
 # A form is a few fields: far below the API's body limit.
 MAX_FORM_BYTES = 64 * 1024
 

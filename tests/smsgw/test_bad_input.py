@@ -349,3 +349,12 @@ async def test_silent_socket_is_closed_and_the_phone_goes_offline(tmp_path: Path
         await f.close()
     finally:
         await fast.stop()
+
+
+async def test_json_nested_too_deep_is_400_not_500(api: httpx.AsyncClient) -> None:
+    for path in ("/sms/dispatch", "/webhooks", "/opt-outs"):
+        r = await api.post(path, content=b"[" * 100_000 + b"]" * 100_000)
+        assert r.status_code in (400, 413), (path, r.status_code, r.text)
+        r = await api.post(path, content=b"[" * 20_000)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"]["code"] == "invalid_json"
