@@ -94,7 +94,10 @@ def _utc(value: datetime | None) -> datetime | None:
     # client-py sends naive datetimes ("2026-01-01T12:00:00"): taken as UTC (§6.7).
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value
+    try:
+        return value.astimezone(UTC) if value is not None else None
+    except OverflowError:  # 9999-12-31T23:59:59-01:00: past year 9999 in UTC (was a 500)
+        raise ValueError("a date and time between years 1 and 9999 in UTC is expected") from None
 
 
 class MessageIn(_In):
@@ -168,7 +171,7 @@ class MessagesQuery(_In):
     ) = None
     device_id: str | None = Field(default=None, alias="deviceId", max_length=64)
     limit: int = Field(default=50, ge=1, le=100)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=1_000_000_000)  # a database's OFFSET: 64 bits
     include_content: bool = Field(default=False, alias="includeContent")
     sort: Literal["created_at", "-created_at"] = "-created_at"
 

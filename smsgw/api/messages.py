@@ -120,6 +120,8 @@ def schedule(
             raise ApiError(
                 422, "too_far_ahead", f"{name} is more than {MAX_SCHEDULE_DAYS} days ahead"
             )
+    if ttl is not None and ttl > MAX_SCHEDULE_DAYS * 86400:  # SMSGate's ttl has no maximum
+        raise ApiError(422, "too_far_ahead", f"ttl is more than {MAX_SCHEDULE_DAYS} days")
     if send_at is not None:
         if send_at < now - timedelta(seconds=SEND_AT_SKEW):
             raise ApiError(422, "send_at_in_past", "send_at is in the past")

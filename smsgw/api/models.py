@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -60,14 +60,37 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# A date, then a time: what a "date-time" string starts with (RFC 3339).
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _text_or_datetime(value: Any) -> Any:
-    # pydantic would read a number as a Unix time; the schema says an ISO-8601 string.
-    if isinstance(value, str | datetime):
+    # pydantic would read a number, or a string of one ("0.5", "4102444800"), as a Unix
+    # time; the schema says an ISO-8601 string (the fuzzer's find: GET /stats?to=0.5).
+    if isinstance(value, datetime) or (isinstance(value, str) and _ISO_DATE_TIME.match(value)):
         return value
-    raise ValueError("an ISO-8601 date and time with a timezone is expected")
+    raise ValueError("an ISO-8601 date and time is expected, e.g. 2025-01-31T12:00:00Z")
 
 
-Instant = Annotated[AwareDatetime, BeforeValidator(_text_or_datetime)]
+def _in_utc(value: datetime) -> datetime:
+    """The same instant in UTC (without an offset: already UTC). One that UTC cannot hold
+    (9999-12-31T23:00:00-02:00 is in year 10000) is refused: it was a 500 further on."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("a date and time between years 1 and 9999 in UTC is expected") from None
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_text_or_datetime), AfterValidator(_in_utc)]
+
+# A query string's date and time: ISO 8601 as for bodies, but one without an offset is
+# read as UTC (the dashboard's datetime-local fields send none).
+QueryInstant = Annotated[
+    datetime,
+    BeforeValidator(_text_or_datetime),
+    AfterValidator(_in_utc),
+    Field(description="ISO 8601; without an offset: UTC"),
+]
 
 
 def _absent() -> None:
@@ -357,7 +380,7 @@ class MessagePage(BaseModel):
 class ListQuery(Strict):
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=200)
-    since: datetime | None = None
+    since: QueryInstant | None = None
     device_id: str | None = Field(default=None, max_length=64)
 
 
@@ -576,11 +599,18 @@ class KeyIn(Strict):
         json_schema_extra={"items": {"type": "string", "enum": ["send", "read", "admin"]}},
         description="admin implies the others",
     )
+    # Bounded: the columns are 32-bit (a larger number was a 500 from the database).
     rate_limit_rpm: StrictInt | None = Field(
-        default=None, ge=1, description="requests per minute (default: SMSGW_KEY_RATE_LIMIT_RPM)"
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="requests per minute (default: SMSGW_KEY_RATE_LIMIT_RPM)",
     )
     daily_message_limit: StrictInt | None = Field(
-        default=None, ge=1, description="messages per day (default: SMSGW_KEY_DAILY_MESSAGES)"
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="messages per day (default: SMSGW_KEY_DAILY_MESSAGES)",
     )
 
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from smsgw.api import api
 from smsgw.api.framework import Call
-from smsgw.api.models import ErrorOut, Strict
+from smsgw.api.models import ErrorOut, Instant, Strict
 from smsgw.auth import Scope
 from smsgw.clock import utcnow
 from smsgw.errors import ApiError
 
 
 class StatsQuery(Strict):
-    since: AwareDatetime | None = Field(default=None, alias="from")
-    until: AwareDatetime | None = Field(default=None, alias="to")
+    since: Instant | None = Field(default=None, alias="from")
+    until: Instant | None = Field(default=None, alias="to")
 
 
 class OtpStats(BaseModel):
@@ -64,7 +64,8 @@ def _ratio(part: int, whole: int) -> float | None:
 async def stats(call: Call) -> StatsOut:
     q: StatsQuery = call.body
     until = q.until or utcnow()
-    since = q.since or until - timedelta(days=7)
+    # The week before ``to``, or what there is of it (to=0001-01-01T00:00:00Z was a 500).
+    since = q.since or until - min(timedelta(days=7), until - datetime.min.replace(tzinfo=UTC))
     if since >= until:
         raise ApiError(422, "invalid_range", "from must be before to")
     s = await call.hub.store.stats(since, until)

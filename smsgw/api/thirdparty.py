@@ -67,6 +67,8 @@ ERRORS: dict[int, type[BaseModel] | None] = {
     403: SmsgateError,
     404: SmsgateError,
 }
+# What an operation that serves nothing still answers: the caller is checked first.
+REFUSALS: dict[int, type[BaseModel] | None] = {401: SmsgateError, 403: SmsgateError}
 
 
 class TokenIn(BaseModel):
@@ -173,9 +175,8 @@ async def _messages(call: Call, who: Caller, body: MessageIn, group_id: str) -> 
     if len(set(body.phone_numbers)) != len(body.phone_numbers):
         raise ApiError(400, "invalid_request", "phoneNumbers must be unique")
     now = utcnow()
-    send_at, expires_at = schedule(
-        hub, now, body.schedule_at, body.valid_until, float(body.ttl) if body.ttl else None
-    )
+    # The ttl as it came: float() of a 400-digit number was a 500.
+    send_at, expires_at = schedule(hub, now, body.schedule_at, body.valid_until, body.ttl)
     text = body.text
     if body.data_message is not None:
         content, parts, encoding = body.data_message.data, 1, "binary"
@@ -498,7 +499,10 @@ for _path in ("/inbox/refresh", "/inbox/export", "/messages/inbox/export"):
 
 
 @route(
-    "GET", "/logs", "Not served: a phone's logs stay on the phone", responses={501: SmsgateError}
+    "GET",
+    "/logs",
+    "Not served: a phone's logs stay on the phone",
+    responses={501: SmsgateError, **REFUSALS},
 )
 async def logs(call: Call) -> Response:
     await caller(call, "logs:read")
@@ -506,7 +510,7 @@ async def logs(call: Call) -> Response:
 
 
 @route("GET", "/inbox/{message_id}/attachments/{part_id}",
-       "Not served: smsgw receives no MMS", responses={501: SmsgateError})  # fmt: skip
+       "Not served: smsgw receives no MMS", responses={501: SmsgateError, **REFUSALS})  # fmt: skip
 async def inbox_attachment(call: Call) -> Response:
     await caller(call, "inbox:list")
     raise ApiError(501, "not_implemented", "MMS attachments: smsgw receives no MMS")
