@@ -183,7 +183,7 @@ class StateReport(_AppModel):
 
 
 def _digits(number: str) -> str:
-    return "".join(c for c in number if c.isdigit())
+    return "".join(c for c in number if c in "0123456789")
 
 
 def mobile_message(m: Message) -> dict[str, Any]:

@@ -166,7 +166,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     rest of a refused body is read and dropped before the 413 goes out, within a bound
     (smsgw/lingering.py), so a client still uploading reads the answer."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -33,7 +33,7 @@ def test_rotation_header_verifies_with_either_secret() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "v1=abc", "t=notanumber,v1=abc", "t=123", "garbage"],
+    [None, "", "v1=abc", "t=notanumber,v1=abc", "t=123", "garbage", "t=²,v1=abc", "t=١٢٣,v1=abc"],
 )
 def test_malformed_headers_are_refused(header: str | None) -> None:
     with pytest.raises(SignatureError):
