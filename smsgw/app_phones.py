@@ -91,15 +91,18 @@ class AppPhones:
 
     def hook_device(self, path: str) -> str | None:
         device_id, _, mac = path.partition(".")
-        if not device_id or not hmac.compare_digest(mac, self._mac("hook", device_id)):
+        # Bytes: compare_digest raises on a str with non-ASCII characters (a path may hold
+        # any), which answered 500 (found by tests/fuzz/test_mobile_fuzz.py).
+        expected = self._mac("hook", device_id).encode()
+        if not device_id or not hmac.compare_digest(mac.encode(errors="replace"), expected):
             return None
         return device_id
 
-    async def admit(self, authorization: str) -> str | None:
+    async def admit(self, authorization: str, client: str | None) -> str | None:
         """Who may register (``POST /device``), checked before the body is read: an
         admin's app token (``Bearer``), or a single-use enrollment code (``Code``), whose
         hash is returned to be consumed with the registration. Never open: anything else
-        is a 401."""
+        is a 401. ``client``: the caller's address, which failures are counted under."""
         scheme, _, value = authorization.partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if scheme == "code" and value:
@@ -111,10 +114,13 @@ class AppPhones:
             if found is not None and hmac.compare_digest(hash_secret(value), found[1]):
                 await self.hub.store.app_token_used(found[0].id, now)
                 return None
-            raise ApiError(401, "unauthorized", "unknown, expired or revoked app token")
+            refusal = ApiError(401, "unauthorized", "unknown, expired or revoked app token")
+            raise self.hub.auth.failures.refuse(client, refusal)
         raise ApiError(401, "unauthorized", "an app registration token is required")
 
-    async def register(self, code_hash: str | None, body: RegisterRequest) -> tuple[Device, str]:
+    async def register(
+        self, code_hash: str | None, body: RegisterRequest, client: str | None
+    ) -> tuple[Device, str]:
         """A new app phone, admitted by ``admit``."""
         now = utcnow()
         device_id = new_id()
@@ -132,21 +138,25 @@ class AppPhones:
             kind="app",
         )
         if result is None:
-            raise ApiError(
+            refusal = ApiError(
                 401, "invalid_enrollment_code", "enrollment code unknown, used or expired"
             )
+            raise self.hub.auth.failures.refuse(client, refusal)
         log.info("app phone %s registered (%s)", result[0].id, body.name)
         return result[0], token
 
-    async def device(self, authorization: str | None) -> Device:
+    async def device(self, authorization: str | None, client: str | None) -> Device:
         """The app phone a device token names. Anything else is a 401, the one answer
-        that makes the app register again (§3.2)."""
+        that makes the app register again (§3.2). A token that names no phone counts as
+        a failed authentication of ``client``."""
         scheme, _, value = (authorization or "").partition(" ")
-        device = None
-        if scheme.lower() == "bearer" and value.strip():
-            device = await self.hub.auth.resolve_device(value.strip())
+        presented = scheme.lower() == "bearer" and value.strip()
+        device = await self.hub.auth.resolve_device(value.strip()) if presented else None
         if device is None or device.kind != "app":
-            raise ApiError(401, "unauthorized", "unknown or revoked device token")
+            refusal = ApiError(401, "unauthorized", "unknown or revoked device token")
+            if presented and device is None:
+                raise self.hub.auth.failures.refuse(client, refusal)
+            raise refusal  # no token, or an agent's (a phone's own, not a guess)
         await self.seen(device.id)
         return device
 
@@ -291,19 +301,27 @@ class AppPhones:
         ]
 
     async def receive(
-        self, path: str, body: bytes, timestamp: str | None, signature: str | None
+        self,
+        path: str,
+        body: bytes,
+        timestamp: str | None,
+        signature: str | None,
+        client: str | None,
     ) -> None:
         """A webhook the phone posted to its receiving URL: checked (the URL's secret,
         then the signature over the raw body), then a received SMS is stored once per
-        envelope id. Raises ``ApiError``; returning means 2xx."""
+        envelope id. Raises ``ApiError``; returning means 2xx. A wrong URL or signature
+        counts as a failed authentication of ``client``."""
+        failures = self.hub.auth.failures
         device_id = self.hook_device(path)
         device = await self.hub.store.get_device(device_id) if device_id else None
         if device is None:
-            raise ApiError(401, "unauthorized", "unknown receiving URL")
+            raise failures.refuse(client, ApiError(401, "unauthorized", "unknown receiving URL"))
         if not timestamp or not signature:
             raise ApiError(401, "unauthorized", "X-Timestamp and X-Signature are required")
         if not signature_valid(self.signing_key(device.id), body, timestamp, signature):
-            raise ApiError(401, "invalid_signature", "the signature does not match the body")
+            refusal = ApiError(401, "invalid_signature", "the signature does not match the body")
+            raise failures.refuse(client, refusal)
         envelope = Envelope.model_validate_json(body)
         if envelope.event != "sms:received":
             return  # nothing else is asked for; a stale subscription gets its 2xx

@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 
 from smsgw.clock import new_id
 from smsgw.errors import ApiError
+from smsgw.ratelimit import AuthFailures
 from smsgw.store import ApiKey, Device, Store
 
 
@@ -96,6 +97,12 @@ def presented_secret(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def client_address(conn: HTTPConnection) -> str | None:
+    """The caller's address: the socket's peer, or what a trusted proxy's X-Forwarded-For
+    says (uvicorn's forwarded_allow_ips, ``SMSGW_FORWARDED_ALLOW_IPS``)."""
+    return conn.client.host if conn.client else None
+
+
 def basic_password(authorization: str) -> str | None:
     """The password of an ``Authorization: Basic`` header; None if it is not one or is
     malformed. (The stock app and SMSGate's clients send an API key there.)"""
@@ -128,9 +135,13 @@ DEVICE_CACHE_SECONDS = 300.0
 
 
 class Authenticator:
-    def __init__(self, store: Store, env_admin_key: str | None) -> None:
+    def __init__(
+        self, store: Store, env_admin_key: str | None, failures: AuthFailures | None = None
+    ) -> None:
         self.store = store
         self.env_admin_key = env_admin_key
+        # Every refusal of a presented credential, on every API, goes through this.
+        self.failures = failures if failures is not None else AuthFailures(0)
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._device_cache: dict[str, tuple[str, float]] = {}
 
@@ -155,7 +166,8 @@ class Authenticator:
                 raise ApiError(
                     403, "wrong_credential", "a device token cannot call client endpoints"
                 )
-            raise ApiError(401, "unauthorized", "invalid or revoked API key")
+            refusal = ApiError(401, "unauthorized", "invalid or revoked API key")
+            raise self.failures.refuse(client_address(conn), refusal)
         return principal
 
     async def resolve_client(self, secret: str) -> Principal | None:
@@ -191,13 +203,16 @@ class Authenticator:
             raise ApiError(401, "unauthorized", "missing device token (Authorization: Bearer)")
         device = await self.resolve_device(secret)
         if device is None:
-            raise ApiError(401, "unauthorized", "invalid or revoked device token")
+            refusal = ApiError(401, "unauthorized", "invalid or revoked device token")
+            raise self.failures.refuse(client_address(conn), refusal)
+        _agent_only(device)
         return device
 
     async def resolve_device_id(self, secret: str) -> str | None:
-        """The device a token belongs to, for the socket upgrade. Cached for
-        ``DEVICE_CACHE_SECONDS`` (a reconnect storm of thousands of phones then costs no
-        reads); revocation and re-registration through this hub forget it at once."""
+        """The agent phone a token belongs to, for the socket upgrade; 403 for a stock-app
+        phone's token (``_agent_only``). Cached for ``DEVICE_CACHE_SECONDS`` (a reconnect
+        storm of thousands of phones then costs no reads); revocation and re-registration
+        through this hub forget it at once."""
         prefix = lookup_prefix(secret, DEVICE_PREFIX)
         if prefix is None:
             return None
@@ -209,6 +224,7 @@ class Authenticator:
         device = await self.resolve_device(secret)
         if device is None:
             return None
+        _agent_only(device)
         if len(self._device_cache) > 100_000:
             self._device_cache.clear()
         self._device_cache[digest] = (device.id, now + DEVICE_CACHE_SECONDS)
@@ -230,6 +246,14 @@ class Authenticator:
         if not hmac.compare_digest(hash_secret(secret), stored_hash):
             return None
         return device
+
+
+def _agent_only(device: Device) -> None:
+    """The agent's endpoints (its socket, the HTTP heartbeat) refuse a stock-app phone's
+    token as a client endpoint refuses a device token: it is valid, but not for this.
+    (The app's own API, ``/api/mobile/v1``, likewise refuses an agent's token.)"""
+    if device.kind != "agent":
+        raise ApiError(403, "wrong_credential", "a stock-app phone's token is not an agent's")
 
 
 async def issue_api_key(

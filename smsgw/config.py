@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # The agent in one file (``make agent``), served at GET /agent/smsgw-agent.pyz.
     agent_pyz: str = "dist/smsgw-agent.pyz"
     admin_key: str | None = None
+    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips: a
+    # comma-separated list of addresses or networks, or "*"). Unset: uvicorn's default,
+    # $FORWARDED_ALLOW_IPS or else 127.0.0.1 and ::1.
+    forwarded_allow_ips: str | None = None
     # Slow clients (smsgw/deadlines.py): a request's head, and then its body, must arrive
     # within these many seconds, or the connection is closed.
     http_head_timeout: float = Field(default=10.0, gt=0)
@@ -64,6 +68,12 @@ class Settings(BaseSettings):
     key_rate_limit_rpm: int | None = Field(default=None, ge=1)  # default per-key limits
     key_daily_messages: int | None = Field(default=None, ge=1)
     recipient_hourly_limit: int | None = Field(default=30, ge=1)  # anti SMS pumping
+    # Failed authentications per client address within the window before further failures
+    # get 429 instead of 401 (valid credentials are still served); 0: off.
+    auth_failure_limit: int = Field(default=20, ge=0)
+    auth_failure_window: float = Field(default=60.0, gt=0)
+    # Failed OTP verifications per number per hour, across its codes (then 429).
+    otp_max_failures_per_hour: int = Field(default=10, ge=1)
     retry_backoff: float = Field(default=5.0, ge=0)
     outbox_interval: float = Field(default=1.0, gt=0)
     # Several nodes (docs/deploy.md): Redis carries phone ownership, presence and commands
@@ -110,6 +120,10 @@ class Settings(BaseSettings):
     webhook_poll_interval: float = Field(default=1.0, gt=0)
     webhook_retention: float = Field(default=7 * 86400.0, gt=0)  # finished deliveries kept
     callback_secret: str | None = None  # signs callback_url requests; generated when unset
+    # Seals the secrets the hub signs with in the database (smsgw/secretbox.py); unset: in
+    # clear. _PREVIOUS: an old key that still opens what it sealed (rotation).
+    secret_key: SecretStr | None = None
+    secret_key_previous: SecretStr | None = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

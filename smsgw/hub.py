@@ -19,8 +19,9 @@ from smsgw.dispatcher import Dispatcher
 from smsgw.extras import need
 from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
-from smsgw.ratelimit import Limits
+from smsgw.ratelimit import AuthFailures, Limits
 from smsgw.registry import LiveDevice, LocalRegistry, Registry
+from smsgw.secretbox import SecretKeyError
 from smsgw.session import Session
 from smsgw.store import Message, OptOut, Status, Store, create_store
 from smsgw.telemetry import HubMetrics
@@ -104,12 +105,21 @@ class Hub:
             store=store,
             registry=registry,
             dispatcher=Dispatcher(store, registry, settings),
-            auth=Authenticator(store, settings.admin_key),
+            auth=Authenticator(
+                store,
+                settings.admin_key,
+                AuthFailures(settings.auth_failure_limit, settings.auth_failure_window),
+            ),
             idempotency=Idempotency(store),
         )
 
     async def start(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except SecretKeyError as exc:
+            # Said plainly before the server's traceback: which setting to fix.
+            log.error("not starting: %s", exc)
+            raise
         await self.ensure_admin_key()
         self.otp_secret = await self.store.hub_secret("otp", secrets.token_hex(32))
         self.app_secret = await self.store.hub_secret("app", secrets.token_hex(32))

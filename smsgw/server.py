@@ -51,6 +51,10 @@ def uvicorn_config(
     }
     if settings.tls_cert and settings.tls_key:
         options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+    if settings.forwarded_allow_ips is not None:
+        # Who may say who the client is: the address failed authentications are counted
+        # under (smsgw/ratelimit.py), for HTTP and the phones' upgrade alike.
+        options["forwarded_allow_ips"] = settings.forwarded_allow_ips
     options.update(overrides)
     return uvicorn.Config(LingeringClose(app), **options)  # type: ignore[arg-type]
 

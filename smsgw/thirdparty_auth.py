@@ -32,6 +32,7 @@ from smsgw.auth import (
     Principal,
     Scope,
     basic_password,
+    client_address,
     hash_secret,
     presented_secret,
 )
@@ -77,17 +78,27 @@ class ThirdPartyAuth:
 
     async def identify(self, conn: HTTPConnection) -> Caller:
         header = conn.headers.get("authorization", "")
-        if header.partition(" ")[0].lower() == "basic":
+        basic = header.partition(" ")[0].lower() == "basic"
+        secret = None if basic else presented_secret(conn.headers)
+        if not basic and secret is None:
+            raise ApiError(401, "unauthorized", "missing credentials (Basic or Bearer)")
+        try:
+            return await self._caller(header, secret)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            raise self.auth.failures.refuse(client_address(conn), exc) from None
+
+    async def _caller(self, header: str, secret: str | None) -> Caller:
+        """The caller of presented credentials: Basic (``secret`` None) or Bearer."""
+        if secret is None:
             password = basic_password(header)
             if password is None:
                 raise ApiError(401, "unauthorized", "malformed Basic credentials")
             principal = await self.auth.resolve_client(password)
+        elif secret.count(".") == 2:  # a JWT: header.payload.signature
+            return (await self._from_token(secret, refresh=False))[0]
         else:
-            secret = presented_secret(conn.headers)
-            if secret is None:
-                raise ApiError(401, "unauthorized", "missing credentials (Basic or Bearer)")
-            if secret.count(".") == 2:  # a JWT: header.payload.signature
-                return (await self._from_token(secret, refresh=False))[0]
             principal = await self.auth.resolve_client(secret)
         if principal is None:
             raise ApiError(401, "unauthorized", "invalid or revoked credentials")
@@ -166,7 +177,12 @@ class ThirdPartyAuth:
         secret = presented_secret(conn.headers)
         if secret is None or secret.count(".") != 2:
             raise ApiError(401, "unauthorized", "a refresh token is needed (Bearer)")
-        caller, claims = await self._from_token(secret, refresh=True)
+        try:
+            caller, claims = await self._from_token(secret, refresh=True)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            raise self.auth.failures.refuse(client_address(conn), exc) from None
         caller.require(REFRESH_SCOPE)
         assert caller.token_id is not None
         await self.store.revoke_token(

@@ -18,10 +18,12 @@ any other WebSocket path is a 404.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 from typing import Any, cast
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -30,7 +32,7 @@ from websockets.server import ServerProtocol
 
 from smsgw.auth import presented_secret
 from smsgw.connection import DeviceConnection, Transport
-from smsgw.errors import error_response
+from smsgw.errors import ApiError, error_response
 from smsgw.hub import Hub
 from smsgw.protocol import MAX_FRAME_BYTES, CloseCode
 
@@ -67,6 +69,11 @@ class DeviceSocket(asyncio.Protocol, Transport):
         self._tasks: set[asyncio.Task[None]] = server_state.tasks
         self._root_path: str = config.root_path or ""
         self._max_size: int = config.ws_max_size or MAX_FRAME_BYTES
+        # Who may name the client in X-Forwarded-For (None: nobody), as for HTTP requests.
+        allowed = getattr(config, "forwarded_allow_ips", None)
+        self._trusted: str | None = None
+        if getattr(config, "proxy_headers", False) and allowed is not None:
+            self._trusted = allowed if isinstance(allowed, str) else ",".join(allowed)
         self.transport: asyncio.Transport | None = None
         self.ws: ServerProtocol | None = None
         self.conn: DeviceConnection | None = None
@@ -195,8 +202,16 @@ class DeviceSocket(asyncio.Protocol, Transport):
         if data:
             transport.write(data)
         if eof:
-            transport.close()  # after the buffer is flushed...
-            self._arm_close_timer()  # ...unless the peer never reads it
+            # A lingering close: end our side (FIN after the buffer, the close frame in it)
+            # and go on reading, dropping what comes (websockets discards it), until the
+            # phone hangs up. Closing at once while the phone is still sending makes the
+            # kernel answer its data with a reset, which destroys the close frame unread:
+            # the phone saw 1006, not 1009 or 1007 (found by tests/fuzz/test_device_fuzz.py).
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:  # TLS cannot half-close
+                transport.close()
+            self._arm_close_timer()  # ...and hang up on a phone that never does
 
     def _send_close(self, code: int, reason: str) -> None:
         assert self.ws is not None
@@ -232,16 +247,35 @@ class DeviceSocket(asyncio.Protocol, Transport):
         if self.transport is not None and not self._lost:
             self.transport.abort()
 
-    def _reject(self, status: int, code: str, message: str) -> None:
+    def _reject(self, error: ApiError) -> None:
         ws = self.ws
         assert ws is not None
+        status = error.status
         # The same body and headers as every other refusal of the API.
-        refusal = error_response(status, code, message)
+        refusal = error_response(status, error.code, error.message, headers=error.headers)
         headers = Headers([(k.decode(), v.decode()) for k, v in refusal.raw_headers])
         headers["Connection"] = "close"
         phrase = http.HTTPStatus(status).phrase
         ws.send_response(Response(status, phrase, headers, bytes(refusal.body)))
         self._write_out()
+
+    async def _client(self, request: Request) -> str | None:
+        """The phone's address, which failed upgrades are counted under: the socket's
+        peer, or the client a trusted proxy names. uvicorn's own proxy-headers middleware
+        decides, so the upgrade reads X-Forwarded-For exactly as every HTTP request does
+        (this protocol bypasses the ASGI path it runs on)."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        if self._trusted is None or client is None:
+            return client[0] if client else None
+        forwarded = [
+            (b"x-forwarded-for", value.encode("latin-1", "replace"))
+            for value in request.headers.get_all("X-Forwarded-For")
+        ]
+        scope: dict[str, Any] = {"type": "http", "client": client, "headers": forwarded}
+        await _proxy(self._trusted)(scope, _no_receive, _no_send)  # sets scope["client"]
+        found = scope.get("client")
+        return str(found[0]) if found else None
 
     async def _handshake(self, request: Request) -> None:
         try:
@@ -249,7 +283,7 @@ class DeviceSocket(asyncio.Protocol, Transport):
         except Exception:
             log.exception("WebSocket upgrade failed")
             if not self._gone() and self.ws is not None and self.ws.state is State.CONNECTING:
-                self._reject(500, "internal_error", "the upgrade could not be completed")
+                self._reject(ApiError(500, "internal_error", "the upgrade could not be completed"))
             elif self.transport is not None and not self._lost and self.conn is None:
                 self.transport.abort()
         finally:
@@ -261,30 +295,40 @@ class DeviceSocket(asyncio.Protocol, Transport):
         assert ws is not None
         path = request.path.partition("?")[0]
         if path != PATH and path != self._root_path + PATH:
-            self._reject(404, "not_found", f"no WebSocket endpoint at {path}")
+            self._reject(ApiError(404, "not_found", f"no WebSocket endpoint at {path}"))
             return
         if hub.draining:
             # Shutting down: the phone retries, and the load balancer sends it elsewhere.
-            self._reject(503, "draining", "this hub node is draining")
+            self._reject(ApiError(503, "draining", "this hub node is draining"))
             return
         try:
             secret = presented_secret(request.headers)
         except MultipleValuesError:
-            self._reject(400, "bad_request", "more than one credential header")
+            self._reject(ApiError(400, "bad_request", "more than one credential header"))
             return
         device_id = None
+        refused: ApiError | None = None
         if secret:
-            async with asyncio.timeout(AUTH_TIMEOUT):
-                device_id = await hub.auth.resolve_device_id(secret)
+            try:
+                async with asyncio.timeout(AUTH_TIMEOUT):
+                    device_id = await hub.auth.resolve_device_id(secret)
+            except ApiError as exc:  # a valid token that is not an agent's: 403
+                refused = exc
         if self._gone() or ws.state is not State.CONNECTING:
             return  # the phone hung up (or the server is stopping) while we looked it up
+        if refused is not None:
+            self._reject(refused)
+            return
         if device_id is None:
-            missing = secret is None
-            message = "missing device token" if missing else "invalid or revoked device token"
-            self._reject(401, "unauthorized", message)
+            if secret is None:
+                self._reject(ApiError(401, "unauthorized", "missing device token"))
+            else:
+                refusal = ApiError(401, "unauthorized", "invalid or revoked device token")
+                client = await self._client(request)
+                self._reject(hub.auth.failures.refuse(client, refusal))
             return
         if hub.draining:  # the drain began during the lookup and has not seen this phone
-            self._reject(503, "draining", "this hub node is draining")
+            self._reject(ApiError(503, "draining", "this hub node is draining"))
             return
         response = ws.accept(request)  # a malformed upgrade gets websockets' own 4xx
         ws.send_response(response)
@@ -373,6 +417,25 @@ class DeviceSocket(asyncio.Protocol, Transport):
             await conn.finished()
         except Exception:
             log.exception("device %s: end of connection failed", conn.device_id)
+
+
+@functools.cache
+def _proxy(trusted: str) -> Any:
+    """uvicorn's middleware for ``trusted`` around an app that does nothing: it rewrites
+    the scope it is given in place. One per setting, not one per phone."""
+
+    async def nothing(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    return ProxyHeadersMiddleware(nothing, trusted_hosts=trusted)
+
+
+async def _no_receive() -> Any:
+    raise RuntimeError("not an ASGI request")
+
+
+async def _no_send(message: Any) -> None:
+    raise RuntimeError("not an ASGI request")
 
 
 def protocol_for(hub: Hub) -> type[DeviceSocket]:

@@ -27,6 +27,7 @@ from smsgw.appwire import PREFIX
 from smsgw.auth import (
     DEVICE_PREFIX,
     Scope,
+    client_address,
     hash_secret,
     issue_enrollment_code,
     new_credential,
@@ -115,7 +116,10 @@ async def register(call: Call) -> Reply:
         enrollment_code_hash=code_hash,
     )
     if result is None:
-        raise ApiError(401, "invalid_enrollment_code", "enrollment code unknown, used or expired")
+        refusal = ApiError(
+            401, "invalid_enrollment_code", "enrollment code unknown, used or expired"
+        )
+        raise hub.auth.failures.refuse(client_address(call.request), refusal)
     device, _created = result
     await hub.forget_device_token(device.id)  # the old token is dead, on every node
     live = hub.registry.get(device.id)

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from smsgw.api import api
 from smsgw.api.framework import Call
 from smsgw.api.models import ErrorOut
-from smsgw.auth import Scope
+from smsgw.auth import Scope, client_address
 from smsgw.clock import utcnow
 from smsgw.errors import ApiError
 from smsgw.hub import Hub
@@ -141,8 +141,12 @@ async def _authorize(call: Call) -> None:
     token = call.hub.settings.metrics_token
     if token:
         scheme, _, given = call.request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        if scheme.lower() != "bearer" or not given.strip():
             raise ApiError(401, "unauthorized", "Bearer SMSGW_METRICS_TOKEN expected")
+        # As bytes: compare_digest refuses a str with non-ASCII characters (a 500).
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            refusal = ApiError(401, "unauthorized", "Bearer SMSGW_METRICS_TOKEN expected")
+            raise call.hub.auth.failures.refuse(client_address(call.request), refusal)
         return
     await call.hub.auth.client(call.request, Scope.ADMIN)
 

@@ -26,7 +26,7 @@ from smsgw.appwire import (
     StateReport,
     app_time,
 )
-from smsgw.auth import Scope, basic_password, issue_enrollment_code
+from smsgw.auth import Scope, basic_password, client_address, issue_enrollment_code
 from smsgw.clock import utcnow
 from smsgw.errors import ApiError
 
@@ -63,6 +63,10 @@ def _authorization(call: Call) -> str | None:
     return call.request.headers.get("authorization")
 
 
+def _client(call: Call) -> str | None:
+    return client_address(call.request)
+
+
 def _parse(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
@@ -71,7 +75,11 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
 
 
 async def _json(call: Call) -> Any:
-    return decode_json(await read_body(call.request, call.hub.settings.max_body_bytes))
+    body = await read_body(call.request, call.hub.settings.max_body_bytes)
+    try:
+        return decode_json(body)
+    except RecursionError:  # [[[[... nested deeper than json.loads goes: was a 500
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
 
 
 @api.route(
@@ -86,9 +94,9 @@ async def _json(call: Call) -> Any:
     responses={201: RegisterResponse, 400: ErrorOut, 401: ErrorOut, 413: ErrorOut},
 )
 async def app_register(call: Call) -> Reply:
-    code_hash = await call.hub.apps.admit(_authorization(call) or "")
+    code_hash = await call.hub.apps.admit(_authorization(call) or "", _client(call))
     body = _parse(RegisterRequest, await _json(call))
-    device, token = await call.hub.apps.register(code_hash, body)
+    device, token = await call.hub.apps.register(code_hash, body, _client(call))
     return Reply(RegisterResponse(id=device.id, token=token, login=device.id), 201)
 
 
@@ -104,7 +112,7 @@ async def app_register(call: Call) -> Reply:
     responses={204: None, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 413: ErrorOut},
 )
 async def app_update(call: Call) -> Reply:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     body: DeviceUpdate = _parse(DeviceUpdate, await _json(call))
     if body.id != device.id:
         raise ApiError(403, "forbidden", "the id is not this token's phone")
@@ -119,13 +127,13 @@ async def app_update(call: Call) -> Reply:
     scope=None,
     summary="The phone's public address (and, with its token, the phone)",
     security="none, or " + DEVICE_TOKEN,
-    responses={200: DeviceInfo},
+    responses={200: DeviceInfo, **AUTH_ERRORS},  # a token that is not a phone's: 401
 )
 async def app_device(call: Call) -> Response:
     client = call.request.client
     found: dict[str, Any] = {"externalIp": client.host if client else None}
     if _authorization(call):
-        device = await call.hub.apps.device(_authorization(call))
+        device = await call.hub.apps.device(_authorization(call), _client(call))
         found["device"] = {
             "id": device.id,
             "name": device.name,
@@ -147,7 +155,7 @@ async def app_device(call: Call) -> Response:
     responses={200: MobileMessages, 400: ErrorOut, 401: ErrorOut},
 )
 async def app_pull(call: Call) -> Response:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     order = call.request.query_params.get("order", "lifo")
     if order not in ("lifo", "fifo"):
         raise ApiError(400, "invalid_request", "order must be lifo or fifo")
@@ -167,7 +175,7 @@ async def app_pull(call: Call) -> Response:
     responses={204: None, 400: ErrorOut, 401: ErrorOut, 413: ErrorOut},
 )
 async def app_report(call: Call) -> Reply:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     data = await _json(call)
     if not isinstance(data, list):
         raise ApiError(400, "invalid_request", "a JSON array of state reports is expected")
@@ -186,7 +194,7 @@ async def app_report(call: Call) -> Reply:
     responses={200: AppSettings, **AUTH_ERRORS},
 )
 async def app_settings(call: Call) -> Response:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     return JSONResponse(call.hub.apps.settings_for(device))
 
 
@@ -200,7 +208,7 @@ async def app_settings(call: Call) -> Response:
     responses={200: Webhooks, **AUTH_ERRORS},
 )
 async def app_webhooks(call: Call) -> Response:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     base = call.hub.settings.public_url or str(call.request.base_url)
     return JSONResponse(call.hub.apps.webhooks_for(device, base))
 
@@ -221,7 +229,11 @@ async def app_webhook_in(call: Call) -> Reply:
     headers = call.request.headers
     try:
         await call.hub.apps.receive(
-            call.path("key"), body, headers.get("x-timestamp"), headers.get("x-signature")
+            call.path("key"),
+            body,
+            headers.get("x-timestamp"),
+            headers.get("x-signature"),
+            _client(call),
         )
     except ValidationError as exc:
         raise invalid(exc, 400) from None
@@ -238,7 +250,7 @@ async def app_webhook_in(call: Call) -> Reply:
     responses={200: None, **AUTH_ERRORS},
 )
 async def app_events(call: Call) -> Response:
-    device = await call.hub.apps.device(_authorization(call))
+    device = await call.hub.apps.device(_authorization(call), _client(call))
     session = AppSession(call.hub, device.id)
 
     async def stream() -> Any:
@@ -267,7 +279,10 @@ async def app_user_code(call: Call) -> UserCode:
     secret = basic_password(_authorization(call) or "")
     principal = await call.hub.auth.resolve_client(secret) if secret else None
     if principal is None or not principal.allows(Scope.ADMIN):
-        raise ApiError(401, "unauthorized", "Basic with an admin API key as the password")
+        refusal = ApiError(401, "unauthorized", "Basic with an admin API key as the password")
+        if secret and principal is None:
+            raise call.hub.auth.failures.refuse(_client(call), refusal)
+        raise refusal
     hub = call.hub
     code, expires = await issue_enrollment_code(
         hub.store, utcnow(), hub.settings.enrollment_code_ttl

@@ -86,7 +86,7 @@ def build_openapi(api: Api) -> dict[str, Any]:
 def _query_params(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
     """The query model's fields as parameters, each with its validation schema. Absent
     (or empty: ``?limit=``) is the default, so null, which a query string cannot say, is
-    left out of each schema."""
+    left out of each schema, and an optional one allows the empty value."""
     model = schemas[query.__name__]
     required = set(model.get("required", ()))
     params = []
@@ -107,6 +107,8 @@ def _query_params(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[
                 "required": name in required,
                 "schema": schema,
                 "description": prop.get("description") or described or "",
+                # ?since= is taken as absent (framework.query_values), not as a bad date.
+                **({} if name in required else {"allowEmptyValue": True}),
             }
         )
     return params
@@ -115,10 +117,13 @@ def _query_params(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[
 def _responses(ep: Endpoint) -> dict[int, type[BaseModel] | None]:
     """The endpoint's answers, with those the framework gives any operation of its kind:
     400 (not JSON) and 413 (too large) to every one with a body, 422 to every one with a
-    query model. In the error body the endpoint already documents (SMSGate's on its API)."""
+    query model, 429 to every one that refuses credentials. In the error body the endpoint
+    already documents (SMSGate's on its API)."""
     out = dict(ep.responses)
     error = next((m for s, m in sorted(out.items()) if s >= 400 and m is not None), ErrorOut)
     added = ([400, 413] if ep.body is not None else []) + ([422] if ep.query is not None else [])
+    if 401 in out:  # a refused credential, past the per-address limit (smsgw/ratelimit.py)
+        added.append(429)
     for status in added:
         out.setdefault(status, error)
     return out
@@ -138,5 +143,6 @@ def _reason(status: int) -> str:
         413: "Body too large",
         415: "Not JSON",
         422: "Invalid fields",
+        429: "Too many requests (or failed authentications): see Retry-After",
         503: "Not ready",
     }.get(status, "")

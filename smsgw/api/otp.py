@@ -3,7 +3,8 @@
 Codes come from ``secrets`` and are stored only as HMAC-SHA256(hub secret, id:code); they
 are compared in constant time and never logged or returned (the OTP message's body is
 redacted in every API response). One active code per number, at most
-``SMSGW_OTP_MAX_ATTEMPTS`` tries per code, a resend cooldown and an hourly cap per number.
+``SMSGW_OTP_MAX_ATTEMPTS`` tries per code, a resend cooldown and an hourly cap per number,
+and at most ``SMSGW_OTP_MAX_FAILURES_PER_HOUR`` wrong codes per number across its codes.
 OTP messages leave the outbox ahead of ordinary traffic.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import time
 from datetime import timedelta
 
 from smsgw.api import api
@@ -21,7 +23,7 @@ from smsgw.api.messages import recipient_e164, segmented, sendable
 from smsgw.api.models import BODY_ERRORS, ErrorOut, OtpSendIn, OtpSent, OtpVerified, OtpVerifyIn
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
-from smsgw.errors import ApiError
+from smsgw.errors import ApiError, over_limit
 from smsgw.store import Message, Otp, Status
 
 DEFAULT_TEXT = "Your verification code is {code}. It expires in {minutes} minutes."
@@ -128,15 +130,31 @@ async def verify_otp(call: Call) -> OtpVerified:
         otp = await hub.store.latest_otp(recipient_e164(hub, body.to))
     if otp is None:
         raise ApiError(404, "otp_not_found", "no such code (or it was cleaned up after expiry)")
-    correct = hmac.compare_digest(code_hash(hub.otp_secret, otp.id, body.code), otp.code_hash)
-    updated = await hub.store.record_otp_attempt(otp.id, correct, now)
-    if updated is None:
-        current = await hub.store.get_otp(otp.id) or otp
-        return OtpVerified(verified=False, attempts_remaining=0, reason=_why_dead(current, now))
-    remaining = updated.max_attempts - updated.attempts
-    if updated.verified_at is not None:
-        return OtpVerified(verified=True, attempts_remaining=remaining)
-    return OtpVerified(verified=False, attempts_remaining=remaining, reason="wrong_code")
+    # The per-number limit across codes: each attempt takes a place in the number's window
+    # before the code is checked (so concurrent guesses cannot all slip under the limit),
+    # and gives it back unless it turns out a wrong code.
+    failures, limit = hub.limits.otp_failures, hub.settings.otp_max_failures_per_hour
+    stamp = time.monotonic()
+    wait = failures.acquire(otp.recipient, limit, stamp)
+    if wait is not None:
+        message = f"more than {limit} failed verifications for this number within an hour"
+        raise over_limit("otp_verify_rate_limited", message, wait, f"{limit}/hour")
+    wrong = False
+    try:
+        correct = hmac.compare_digest(code_hash(hub.otp_secret, otp.id, body.code), otp.code_hash)
+        updated = await hub.store.record_otp_attempt(otp.id, correct, now)
+        if updated is None:
+            current = await hub.store.get_otp(otp.id) or otp
+            reason = _why_dead(current, now)
+            return OtpVerified(verified=False, attempts_remaining=0, reason=reason)
+        remaining = updated.max_attempts - updated.attempts
+        if updated.verified_at is not None:
+            return OtpVerified(verified=True, attempts_remaining=remaining)
+        wrong = True
+        return OtpVerified(verified=False, attempts_remaining=remaining, reason="wrong_code")
+    finally:
+        if not wrong:
+            failures.release(otp.recipient, stamp)
 
 
 def _why_dead(otp: Otp, now: object) -> str:

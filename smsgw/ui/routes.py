@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from smsgw.auth import Scope
+from smsgw.auth import Scope, client_address
 from smsgw.errors import ApiError
 from smsgw.ui import actions, live, pages
 from smsgw.ui.page import page, read_form, sessions
@@ -83,9 +83,15 @@ async def sign_in(request: Request) -> Response:
     if not await ui.sign_in_token_ok(request, form.get("csrf", "")):
         return await _sign_in_page(request, "the form expired: try again", 403, after)
     secret = form.get("key", "").strip()
-    principal = await request.app.state.hub.auth.resolve_client(secret) if secret else None
+    auth = request.app.state.hub.auth
+    principal = await auth.resolve_client(secret) if secret else None
     if principal is None:
-        return await _sign_in_page(request, "invalid or revoked API key", 401, after)
+        refusal = ApiError(401, "unauthorized", "invalid or revoked API key")
+        if secret:  # a key that is wrong, not a form sent empty, counts as a failure
+            refusal = auth.failures.refuse(client_address(request), refusal)
+        page = await _sign_in_page(request, refusal.message, refusal.status, after)
+        page.headers.update(refusal.headers or {})  # Retry-After on a 429
+        return page
     if not principal.allows(Scope.READ):
         return await _sign_in_page(request, "the dashboard needs a key with 'read'", 403, after)
     cookie, _ = await ui.start(principal, secret)
