@@ -66,6 +66,7 @@ HUB_SETTINGS = {
     "log_level": "warning",
     "key_rate_limit_rpm": 1_000_000,
     "recipient_hourly_limit": 1_000_000,
+    "default_daily_quota": 1_000_000,  # the phones' default (90 a day) would end the run early
 }
 PG_RESTART = "pg_ctlcluster 15 main restart"
 REDIS_RESTART = (
