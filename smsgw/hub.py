@@ -76,6 +76,8 @@ class Hub:
     thirdparty: ThirdPartyAuth = field(init=False)
     # This node's counters and histograms (smsgw/telemetry.py), in a registry of its own.
     metrics: HubMetrics = field(default_factory=HubMetrics)
+    # Set when routes or route-bound messages change: the route worker looks at once.
+    route_news: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
@@ -201,6 +203,10 @@ class Hub:
             ),
             return_exceptions=True,
         )
+
+    def routes_changed(self) -> None:
+        """A hint for the route worker (docs/routes.md): look now, not at the next poll."""
+        self.route_news.set()
 
     async def ensure_admin_key(self) -> str | None:
         """First start without any admin key: create one and print it, once."""
