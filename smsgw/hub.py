@@ -21,6 +21,7 @@ from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import Limits
 from smsgw.registry import LiveDevice, LocalRegistry, Registry
+from smsgw.route_worker import RouteWorker
 from smsgw.session import Session
 from smsgw.store import Message, OptOut, Status, Store, create_store
 from smsgw.telemetry import HubMetrics
@@ -78,6 +79,7 @@ class Hub:
     metrics: HubMetrics = field(default_factory=HubMetrics)
     # Set when routes or route-bound messages change: the route worker looks at once.
     route_news: asyncio.Event = field(default_factory=asyncio.Event)
+    routes: RouteWorker = field(init=False)  # sends through routes beyond phones
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
@@ -86,6 +88,7 @@ class Hub:
         self.metrics.watch_store(self.store)
         self.apps = AppPhones(self)
         self.thirdparty = ThirdPartyAuth(self.store, self.auth)
+        self.routes = RouteWorker(self.store, self.settings, self.route_news)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -127,6 +130,7 @@ class Hub:
         )
         self.webhooks = WebhookWorker(self.store, self.settings, self.callback_secret)
         await self.webhooks.start()
+        await self.routes.start()
         await self.waker.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 
@@ -157,6 +161,8 @@ class Hub:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self._stopping = "route worker"
+        await self.routes.stop()
         self._stopping = "dispatcher"
         await self.dispatcher.stop()
         self._stopping = "wake-ups"

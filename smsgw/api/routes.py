@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 from pydantic import (
     BaseModel,
@@ -23,12 +24,14 @@ from pydantic import (
 )
 
 from smsgw.api import api
-from smsgw.api.framework import Call, Reply
+from smsgw.api.framework import Call, Reply, read_body
 from smsgw.api.models import BODY_ERRORS, ErrorOut, Strict, unchanged_if_absent
 from smsgw.auth import Scope
 from smsgw.clock import new_id, utcnow
 from smsgw.errors import ApiError
+from smsgw.providers.twilio import SIGNATURE_HEADER
 from smsgw.route_policy import SMS_TYPES
+from smsgw.route_worker import route_callback_url
 from smsgw.store import Conflict
 from smsgw.store.records import Route
 
@@ -145,8 +148,8 @@ class RouteList(BaseModel):
 
 
 def callback_url(call: Call, route_id: str) -> str:
-    base = (call.hub.settings.public_url or str(call.request.base_url)).rstrip("/")
-    return f"{base}/routes/{route_id}/callback"
+    # What the route worker gives the provider (and signatures are checked against).
+    return route_callback_url(call.hub.settings, route_id)
 
 
 def route_out(call: Call, r: Route) -> RouteOut:
@@ -271,4 +274,50 @@ async def delete_route(call: Call) -> Reply:
     if not await call.hub.store.delete_route(call.path("route_id"), utcnow()):
         raise ApiError(404, "route_not_found", f"no route {call.path('route_id')}")
     call.hub.routes_changed()
+    return Reply(None, 204)
+
+
+@api.route(
+    "POST",
+    "/routes/{route_id}/callback",
+    tag="routes",
+    scope=None,  # no API key: the provider's signature is the credential
+    summary="A provider's delivery callback (signed as the provider documents)",
+    responses={204: None, 403: ErrorOut, 413: ErrorOut},
+    raw_body=True,
+)
+async def route_callback(call: Call) -> Reply:
+    """Unsigned, forged, or for an unknown route: 403 and nothing changes. A duplicate
+    or one that arrives out of order changes what one in order would (the store's
+    reports only move a message forward)."""
+    route_id = call.path("route_id")
+    data = await read_body(call.request, call.hub.settings.max_body_bytes)
+    try:
+        params = parse_qs(data.decode(), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        params = {}
+    route = await call.hub.store.get_route(route_id)
+    provider = call.hub.routes.provider(route.kind) if route is not None else None
+    # The URL the hub gave the provider, not the one this request came in by (a proxy
+    # may rewrite the host or scheme): the signature covers it.
+    url = route_callback_url(call.hub.settings, route_id)
+    signature = call.request.headers.get(SIGNATURE_HEADER)
+    if (
+        route is None
+        or provider is None
+        or not provider.verify_callback(route, url, params, signature)
+    ):
+        raise ApiError(403, "forbidden", "callback signature missing or invalid")
+    report = provider.parse_callback(params)
+    if report is not None and report.status is not None:
+        changed = await call.hub.store.route_report(
+            route.id,
+            report.route_message_id,
+            report.status,
+            utcnow(),
+            error_code=report.error_code,
+            error=f"{route.kind} error {report.error_code}" if report.error_code else None,
+            cost=report.cost,
+        )
+        log.debug("route %s callback %s: changed=%s", route.name, report, changed)
     return Reply(None, 204)
