@@ -246,3 +246,18 @@ async def test_a_crash_between_claim_and_answer_fails_it_not_sends_twice(
     await reaches(api, mid, "FAILED")
     msg = await status_of(api, mid)
     assert msg["error_code"] == "route_unknown" and twilio.received == []
+
+
+async def test_a_phone_that_comes_online_late_never_sends_what_the_route_owns(
+    api: httpx.AsyncClient, farm: Farm, twilio: FakeTwilio
+) -> None:
+    await add_twilio(api, twilio, policy={"after_seconds": 0.3})
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "late", "wait": False})
+    mid = r.json()["message_id"]
+    await reaches(api, mid, "DELIVERED")
+    phone = await farm.add()
+    r = await api.post("/sms/dispatch", json={"to": TO, "message": "fresh", "wait": False})
+    fresh = r.json()["message_id"]
+    await reaches(api, fresh, "DELIVERED")  # the phone is there now: it takes the new one
+    assert phone.transmitted_ids == [fresh]
+    assert [s.body for s in twilio.received] == ["late"]

@@ -196,3 +196,24 @@ async def test_credentials_are_sealed_with_a_key(store: Store) -> None:
     assert "tok" not in found[0][0]
     got = await store.get_route(r.id)
     assert got is not None and got.credentials["auth_token"] == "tok"
+
+
+async def test_route_credentials_are_sealed_when_a_key_comes(store: Store) -> None:
+    """A store opened with a key seals what was stored in clear (as at a hub's start)."""
+    from dataclasses import replace
+
+    from smsgw.secretbox import SecretBox
+
+    r = new_route()
+    await store.create_route(r)
+    store.box = SecretBox("k1-" + "a" * 40)
+    store.dec = replace(store.d.decoder, secret=store.box.open)
+    report = await store.seal_secrets()
+    assert report.rewritten >= 1
+    found = await store.driver.read(lambda: select("SELECT credentials FROM routes"))
+    assert found[0][0].startswith("enc:") and "tok" not in found[0][0]
+    got = await store.get_route(r.id)
+    assert got is not None and got.credentials["auth_token"] == "tok"
+    await store.seal_secrets(clear=True)
+    found = await store.driver.read(lambda: select("SELECT credentials FROM routes"))
+    assert "tok" in found[0][0]
