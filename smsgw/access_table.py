@@ -177,6 +177,14 @@ ROWS: tuple[Row, ...] = (
     client("GET /webhooks/{webhook_id}/deliveries", "admin", 404),
     client("GET /webhooks/deliveries/{delivery_id}", "admin", 404),
     client("POST /webhooks/deliveries/{delivery_id}/replay", "admin", 404),
+    client("POST /routes", "admin", 422),
+    client("GET /routes", "admin", 200),
+    client("GET /routes/{route_id}", "admin", 404),
+    client("PATCH /routes/{route_id}", "admin", 404),
+    client("DELETE /routes/{route_id}", "admin", 404),
+    # A provider's delivery callback: its signature is the credential (docs/routes.md);
+    # an unknown route is refused like a forged signature (403), which tells nothing.
+    _row("POST /routes/{route_id}/callback", "the provider's signature", _all(403)),
     # Without SMSGW_METRICS_TOKEN (as here): an admin key. With it: that Bearer token only.
     client("GET /metrics", "admin", 200),
     # -- the agent's own --------------------------------------------------------------------

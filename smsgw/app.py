@@ -30,6 +30,7 @@ from smsgw.api import (  # noqa: F401
     optouts,
     otp,
     phone,
+    routes,
     stats,
     templates,
     thirdparty,

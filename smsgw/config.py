@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     webhook_disable_after: float = Field(default=3 * 86400.0, gt=0)  # failing this long
     webhook_secret_grace: float = Field(default=86400.0, ge=0)  # old secret signs this long
     webhook_poll_interval: float = Field(default=1.0, gt=0)
+    # Routes beyond phones (docs/routes.md): how often the route worker looks for messages
+    # a route may take, how long a transient refusal waits, and how long a claimed message
+    # may wait for the provider's answer before it is FAILED route_unknown (at most once).
+    route_poll_interval: float = Field(default=1.0, gt=0)
+    route_retry_delay: float = Field(default=30.0, gt=0)
+    route_answer_timeout: float = Field(default=120.0, gt=0)
     webhook_retention: float = Field(default=7 * 86400.0, gt=0)  # finished deliveries kept
     callback_secret: str | None = None  # signs callback_url requests; generated when unset
     # Seals the secrets the hub signs with in the database (smsgw/secretbox.py); unset: in

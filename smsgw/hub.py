@@ -21,6 +21,7 @@ from smsgw.idempotency import Idempotency
 from smsgw.protocol import CloseCode
 from smsgw.ratelimit import AuthFailures, Limits
 from smsgw.registry import LiveDevice, LocalRegistry, Registry
+from smsgw.route_worker import RouteWorker
 from smsgw.secretbox import SecretKeyError
 from smsgw.session import Session
 from smsgw.store import Message, OptOut, Status, Store, create_store
@@ -77,6 +78,9 @@ class Hub:
     thirdparty: ThirdPartyAuth = field(init=False)
     # This node's counters and histograms (smsgw/telemetry.py), in a registry of its own.
     metrics: HubMetrics = field(default_factory=HubMetrics)
+    # Set when routes or route-bound messages change: the route worker looks at once.
+    route_news: asyncio.Event = field(default_factory=asyncio.Event)
+    routes: RouteWorker = field(init=False)  # sends through routes beyond phones
 
     def __post_init__(self) -> None:
         self.waker = Waker(self.store, self.registry, self.settings)
@@ -85,6 +89,7 @@ class Hub:
         self.metrics.watch_store(self.store)
         self.apps = AppPhones(self)
         self.thirdparty = ThirdPartyAuth(self.store, self.auth)
+        self.routes = RouteWorker(self.store, self.settings, self.route_news)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Hub:
@@ -135,6 +140,7 @@ class Hub:
         )
         self.webhooks = WebhookWorker(self.store, self.settings, self.callback_secret)
         await self.webhooks.start()
+        await self.routes.start()
         await self.waker.start()
         self._watchdog = asyncio.create_task(self._close_idle(), name="smsgw-idle-watchdog")
 
@@ -165,6 +171,8 @@ class Hub:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self._stopping = "route worker"
+        await self.routes.stop()
         self._stopping = "dispatcher"
         await self.dispatcher.stop()
         self._stopping = "wake-ups"
@@ -211,6 +219,10 @@ class Hub:
             ),
             return_exceptions=True,
         )
+
+    def routes_changed(self) -> None:
+        """A hint for the route worker (docs/routes.md): look now, not at the next poll."""
+        self.route_news.set()
 
     async def ensure_admin_key(self) -> str | None:
         """First start without any admin key: create one and print it, once."""

@@ -145,6 +145,7 @@ async def prepare(
 ) -> Message:
     """A new message from a request, with every check a message must pass (ApiError
     otherwise). Nothing is stored here."""
+    route_id = await _forced_route(hub, body, pinned)
     text, template_id = await _text(hub, body)
     seg = segmented(hub, text, body.smart_encoding)
     now = utcnow()
@@ -170,7 +171,24 @@ async def prepare(
         metadata=body.metadata,
         batch_id=batch_id,
         callback_url=body.callback_url,
+        sms_type=body.sms_type,
+        route_id=route_id,
+        route_forced=route_id is not None,
     )
+
+
+async def _forced_route(hub: Hub, body: DispatchIn, pinned: str | None) -> str | None:
+    """The route the caller forced (``"route": "<name>"``), checked: docs/routes.md."""
+    if body.route is None:
+        return None
+    if pinned is not None:
+        raise ApiError(422, "route_and_device", "give a route or a device, not both")
+    route = await hub.store.get_route_by_name(body.route)
+    if route is None:
+        raise ApiError(422, "unknown_route", f"no route named {body.route!r}")
+    if not route.enabled:
+        raise ApiError(409, "route_disabled", f"route {body.route!r} is disabled")
+    return route.id
 
 
 async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: int | None) -> Reply:
@@ -181,7 +199,13 @@ async def _create(call: Call, body: DispatchIn, pinned: str | None, sim_slot: in
     # be lost.
     waits = body.wait and msg.send_at is None
     deadline = min(body.timeout or hub.settings.dispatch_deadline, 60.0) if waits else None
-    result = await hub.dispatcher.submit(msg, deadline)
+    if msg.route_id is not None:
+        # Bound to a route: stored for the route worker, never offered to a phone.
+        await hub.store.create_message(msg)
+        hub.routes_changed()
+        result = msg
+    else:
+        result = await hub.dispatcher.submit(msg, deadline)
     if msg.template_id is not None:
         try:
             await hub.store.count_template_use(msg.template_id)
@@ -284,7 +308,11 @@ async def get_message(call: Call) -> MessageOut:
     msg = await call.hub.store.get_message(call.path("message_id"), with_attempts=True)
     if msg is None:
         raise ApiError(404, "message_not_found", f"no message {call.path('message_id')}")
-    return MessageOut.of(msg, attempts=True)
+    out = MessageOut.of(msg, attempts=True)
+    if msg.route_id is not None:
+        route = await call.hub.store.get_route(msg.route_id)
+        out.route = route.name if route is not None else None
+    return out
 
 
 @api.route(

@@ -247,6 +247,15 @@ class DispatchIn(Strict):
         description="this message's status events are also POSTed here, signed with the "
         "hub's callback secret (GET /webhooks/callback-secret)",
     )
+    route: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="send through this route (a provider, docs/routes.md), never a phone",
+    )
+    sms_type: Literal["otp", "transactional", "promotional", "alert", "marketing"] | None = Field(
+        default=None, description="what the message is: route policies may filter on it"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DispatchIn:
@@ -334,6 +343,14 @@ class MessageOut(BaseModel):
         default=None, description="a data SMS to this port: body is its base64 payload"
     )
     encrypted: bool = Field(default=False, description="text and recipient encrypted by the caller")
+    sms_type: str | None = None
+    route_id: str | None = Field(
+        default=None, description="the route (not a phone) that owns it, or it is bound to"
+    )
+    route: str | None = Field(default=None, description="that route's name")
+    route_message_id: str | None = Field(default=None, description="the provider's id")
+    cost: float | None = None
+    currency: str | None = None
     attempts: list[AttemptOut] | None = None
 
     @classmethod
@@ -365,6 +382,11 @@ class MessageOut(BaseModel):
             batch_id=m.batch_id,
             data_port=m.data_port,
             encrypted=m.encrypted,
+            sms_type=m.sms_type,
+            route_id=m.route_id,
+            route_message_id=m.route_message_id,
+            cost=m.cost,
+            currency=m.currency,
             attempts=[AttemptOut.of(a) for a in m.attempts] if attempts else None,
         )
 

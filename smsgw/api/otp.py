@@ -95,6 +95,7 @@ async def send_otp(call: Call) -> Reply:
         encoding=seg.encoding,
         priority=settings.otp_priority,
         sensitive=True,
+        sms_type="otp",  # a route policy may take only these (docs/routes.md)
     )
     otp = Otp(
         id=otp_id,

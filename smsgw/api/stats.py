@@ -44,6 +44,10 @@ class StatsOut(BaseModel):
     )
     failure_reasons: dict[str, int]
     failovers: int = Field(description="offers after a message's first: another phone tried")
+    by_route: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="route name -> status -> count, and cost -> total (docs/routes.md)",
+    )
     inbound: int
     otp: OtpStats
 
@@ -84,6 +88,7 @@ async def stats(call: Call) -> StatsOut:
         success_rate=_ratio(sent + delivered, sent + delivered + failed),
         failure_reasons=s.failure_reasons,
         failovers=s.failovers,
+        by_route=s.by_route,
         inbound=s.inbound,
         otp=OtpStats(
             sent=s.otp_sent,

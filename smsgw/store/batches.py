@@ -122,6 +122,29 @@ class Batches(Operations):
         otp = yield fetchrow(
             f"SELECT count(*), count(verified_at) FROM otp_codes WHERE {in_range}", since, until
         )
+        # Messages routes own (docs/routes.md), by route name (its id once removed).
+        by_route: dict[str, dict[str, float]] = {}
+        found = yield fetch(
+            "SELECT COALESCE(r.name, m.route_id), m.status, count(*), COALESCE(SUM(m.cost), 0) "
+            "FROM messages m LEFT JOIN routes r ON r.id = m.route_id "
+            "WHERE m.created_at >= $1 AND m.created_at < $2 AND m.route_id IS NOT NULL "
+            "AND m.status != 'PENDING' GROUP BY 1, 2",
+            since,
+            until,
+        )
+        for name, status, n, cost in found:
+            entry = by_route.setdefault(name, {"cost": 0.0})
+            entry[status] = n
+            entry["cost"] = round(entry["cost"] + float(cost), 6)
         return Stats(
-            by_status, by_day, by_hour, by_device, reasons, inbound, otp[0], otp[1], failovers
+            by_status,
+            by_day,
+            by_hour,
+            by_device,
+            reasons,
+            inbound,
+            otp[0],
+            otp[1],
+            failovers,
+            by_route,
         )

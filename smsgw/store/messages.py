@@ -144,12 +144,13 @@ class Messages(Operations):
 
     @read
     def due_messages(self, now: datetime, limit: int) -> Op[list[Message]]:
-        """PENDING, not on offer (or the offer's lease ran out), retry time reached; with
-        the phone that last sent to the recipient as a routing hint."""
+        """PENDING, not on offer (or the offer's lease ran out), retry time reached, not
+        bound to a route (docs/routes.md: phones are never offered those); with the phone
+        that last sent to the recipient as a routing hint."""
         found = yield fetch(
             f"SELECT {MESSAGE_COLUMNS}, (SELECT a.device_id FROM recipient_affinity a "
             "WHERE a.recipient = messages.recipient) AS last_device "
-            "FROM messages WHERE status = 'PENDING' "
+            "FROM messages WHERE status = 'PENDING' AND route_id IS NULL "
             "AND (lease_until IS NULL OR lease_until <= $1) "
             "AND (next_attempt_at IS NULL OR next_attempt_at <= $1) "
             "ORDER BY priority DESC, created_at, id LIMIT $2",

@@ -124,6 +124,16 @@ class Message:
     data_port: int | None = None
     encrypted: bool = False
     delivery_report: bool = True  # False: the phone asks for no delivery report
+    # Routes beyond phones (docs/routes.md): while PENDING, ``route_id`` binds the message
+    # to that route (the caller forced it: no phone is ever offered it); from QUEUED on,
+    # the route owns it (``device_id`` is then NULL). ``route_message_id``: the
+    # provider's id, which its callbacks name.
+    route_id: str | None = None
+    route_message_id: str | None = None
+    cost: float | None = None
+    currency: str | None = None
+    route_forced: bool = False  # the caller named the route: never offered to phones
+    sms_type: str | None = None  # otp, transactional, promotional, alert, marketing
     attempts: list[Attempt] = field(default_factory=list)
     # Routing hint, not a column: the phone that last sent to this recipient (filled by
     # due_messages, or by the dispatcher from its affinity cache).
@@ -204,6 +214,8 @@ class Stats:
     otp_sent: int
     otp_verified: int
     failovers: int  # offers after a message's first (another phone tried)
+    # route name -> status -> count, and "cost" -> total cost (messages a route owns)
+    by_route: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -227,6 +239,26 @@ class Webhook:
     format: str = "smsgw"
     event_name: str | None = None
     device_id: str | None = None
+
+
+@dataclass(slots=True)
+class Route:
+    """A way out other than the phones: a provider account (docs/routes.md).
+    ``credentials`` are sealed at rest and never shown by the API."""
+
+    id: str
+    kind: str  # "twilio", "sns"
+    name: str
+    enabled: bool
+    credentials: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    sender: str | None = None
+    priority: int = 0
+    policy: dict[str, Any] = field(default_factory=dict)
+    api_base_url: str | None = None
+    price_per_segment: float | None = None
+    currency: str | None = None
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -35,6 +35,7 @@ from smsgw.store.records import (
     Message,
     OptOut,
     Otp,
+    Route,
     Status,
     Template,
     UiSession,
@@ -113,6 +114,12 @@ MESSAGE_FIELDS = (
     "data_port",
     "encrypted",
     "delivery_report",
+    "route_id",
+    "route_message_id",
+    "cost",
+    "currency",
+    "sms_type",
+    "route_forced",
 )
 """The ``messages`` columns :func:`message` reads, in table order."""
 MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
@@ -162,6 +169,12 @@ def message_values(m: Message) -> tuple[Any, ...]:
         m.data_port,
         m.encrypted,
         m.delivery_report,
+        m.route_id,
+        m.route_message_id,
+        m.cost,
+        m.currency,
+        m.sms_type,
+        m.route_forced,
     )
 
 
@@ -203,6 +216,12 @@ def message(row: Row, d: Decoder) -> Message:
         data_port=row["data_port"],
         encrypted=d.flag(row["encrypted"]),
         delivery_report=d.flag(row["delivery_report"]),
+        route_id=row["route_id"],
+        route_message_id=row["route_message_id"],
+        cost=row["cost"],
+        currency=row["currency"],
+        sms_type=row["sms_type"],
+        route_forced=d.flag(row["route_forced"]),
     )
 
 
@@ -395,3 +414,22 @@ def add_history(by_id: dict[str, Delivery], attempts: Iterable[Row], d: Decoder)
                 duration_ms=a["duration_ms"],
             )
         )
+
+
+def route(row: Row, d: Decoder) -> Route:
+    """A ``routes`` row, its credentials opened (``d.secret``) and parsed."""
+    return Route(
+        id=row["id"],
+        kind=row["kind"],
+        name=row["name"],
+        enabled=d.flag(row["enabled"]),
+        credentials=json.loads(d.secret(row["credentials"])),
+        created_at=d.req_dt(row["created_at"]),
+        updated_at=d.req_dt(row["updated_at"]),
+        sender=row["sender"],
+        priority=row["priority"],
+        policy=json.loads(row["policy"]),
+        api_base_url=row["api_base_url"],
+        price_per_segment=row["price_per_segment"],
+        currency=row["currency"],
+    )

@@ -1,10 +1,10 @@
 """Every stored secret the hub signs with, brought to the form the store's key says.
 
 Which columns hold such secrets: ``hub_secrets.value``, ``webhooks.secret`` and
-``webhooks.previous_secret``, and ``webhooks.signing_key`` inside the documents of
-``hub_settings`` (the SMSGate API's settings). Each is written through ``Store.box`` and
-read through ``Store.dec.secret`` (``smsgw/secretbox.py``); the documents through the two
-helpers below.
+``webhooks.previous_secret``, ``routes.credentials`` (a JSON document), and
+``webhooks.signing_key`` inside the documents of ``hub_settings`` (the SMSGate API's
+settings). Each is written through ``Store.box`` and read through ``Store.dec.secret``
+(``smsgw/secretbox.py``); the documents through the two helpers below.
 
 ``Store.open`` runs :meth:`Secrets.seal_secrets` before anything else reads a secret: a
 value it cannot open stops the store from opening (the hub refuses to start, naming the
@@ -93,6 +93,17 @@ class Secrets(Operations):
                 hook_id,
                 secret,
                 previous,
+            )
+        found = yield fetch("SELECT id, credentials FROM routes ORDER BY id")
+        for route_id, sealed in found:
+            if to.current(sealed):
+                kept += 1
+                continue
+            rewritten += yield execute(
+                "UPDATE routes SET credentials = $1 WHERE id = $2 AND credentials = $3",
+                to.seal(opened(sealed)),
+                route_id,
+                sealed,
             )
         found = yield fetch("SELECT name, value FROM hub_settings ORDER BY name")
         for name, value in found:

@@ -2,7 +2,8 @@
 
 The operations are written once, grouped by what they change (``messages.py``,
 ``devices.py``, ``access.py``, ``templates.py``, ``inbound.py``, ``batches.py``,
-``webhooks.py``, ``smsgate.py``); a driver (``sqlite.py`` or ``postgres.py``) runs them.
+``webhooks.py``, ``smsgate.py``, ``routes.py``); a driver (``sqlite.py`` or
+``postgres.py``) runs them.
 Nothing outside ``smsgw/store/`` may assume a particular engine.
 """
 
@@ -17,6 +18,7 @@ from smsgw.store.batches import Batches
 from smsgw.store.devices import Devices
 from smsgw.store.inbound import InboundMessages
 from smsgw.store.messages import Messages
+from smsgw.store.routes import Routes
 from smsgw.store.secrets import Secrets
 from smsgw.store.smsgate import SmsgateRecords
 from smsgw.store.sql import Driver, Op, fetch
@@ -34,6 +36,7 @@ class Store(
     Webhooks,
     SmsgateRecords,
     Secrets,
+    Routes,
 ):
     """Async storage on the engine ``driver`` speaks to (``SqliteStore``, ``PostgresStore``).
 

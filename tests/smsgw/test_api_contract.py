@@ -177,7 +177,15 @@ async def test_patch_bodies_take_null_where_the_schema_says_so(
     template = (await api.post("/templates", json=template)).json()
     hook = {"url": "http://127.0.0.1:9/", "events": ["*"], "description": "d"}
     hook = (await api.post("/webhooks", json=hook)).json()
-    ids = {"device_id": phone.device_id, "template_id": template["id"], "webhook_id": hook["id"]}
+    creds = {"account_sid": "AC1", "auth_token": "t"}
+    route = {"kind": "twilio", "name": "tw", "credentials": creds}
+    route = (await api.post("/routes", json=route)).json()
+    ids = {
+        "device_id": phone.device_id,
+        "template_id": template["id"],
+        "webhook_id": hook["id"],
+        "route_id": route["id"],
+    }
     spec = await spec_of(hub)
     checked = 0
     for method, path, op in operations(spec):
