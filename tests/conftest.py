@@ -22,6 +22,8 @@ SQLITE_ONLY = {
     "tests/smsgw/store/test_store_contract.py::test_migrations_are_recorded_and_idempotent": (
         "SQLite migration files (PostgreSQL: tests/smsgw/store/test_postgres.py)"
     ),
+    "tests/smsgw/test_secrets_e2e.py": "reads the SQLite file's bytes and builds sqlite:/// URLs "
+    "(PostgreSQL: tests/smsgw/store/test_secrets_contract.py)",
 }
 
 

@@ -358,3 +358,12 @@ async def test_json_nested_too_deep_is_400_not_500(api: httpx.AsyncClient) -> No
         r = await api.post(path, content=b"[" * 20_000)
         assert r.status_code == 400, (path, r.text)
         assert r.json()["error"]["code"] == "invalid_json"
+
+
+async def test_nul_in_text_is_422_on_every_engine(api: httpx.AsyncClient) -> None:
+    """PostgreSQL cannot store U+0000 in text (it answered 500); refused alike everywhere."""
+    r = await api.post("/templates", content=b'{"name": "n", "body": "a\\u0000b"}')
+    assert r.status_code == 422 and "U+0000" in r.json()["error"]["message"], r.text
+    r = await api.get("/sms/", params={"custom_id": "a\x00b"})
+    assert r.status_code == 422, r.text
+    assert (await api.get("/templates")).json()["items"] == []
